@@ -1,0 +1,108 @@
+"""`campaignq` command line: one sub-command per module in `consumer.commands`.
+
+Every failure the user can fix (bad flag, unreachable database, bad config) ends as one
+line on stderr and a non-zero exit status; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from . import __version__
+from .errors import CampaignqError, ConfigurationError, DatabaseUnavailableError
+
+# name -> module in consumer.commands exposing HELP, add_arguments(parser), run(args) -> int
+COMMANDS: dict[str, str] = {
+    "migrate": "migrate",
+    "produce": "produce",
+    "consume": "consume",
+    "replay": "replay",
+    "stats": "stats",
+    "prune": "prune",
+    "demo": "demo",
+    "simulate": "simulate",
+    "bench": "bench",
+}
+
+
+class CommandModule(Protocol):
+    HELP: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load(name: str) -> CommandModule | None:
+    try:
+        module = importlib.import_module(f"consumer.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"consumer.commands.{name}":
+            return None  # command not built yet in this checkout
+        raise
+    return module  # type: ignore[return-value]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
+    parser = argparse.ArgumentParser(
+        prog="campaignq",
+        description="AI-personalised outbound WhatsApp campaigns on PostgreSQL + PGMQ.",
+    )
+    parser.add_argument("--version", action="version", version=f"campaignq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    modules: dict[str, CommandModule] = {}
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        modules[name] = module
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        add_common_arguments(command_parser)
+        module.add_arguments(command_parser)
+    return parser, modules
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common")
+    group.add_argument("--database-url", help="PostgreSQL URL (env DATABASE_URL); default: embedded server")
+    group.add_argument("--data-dir", help="embedded PostgreSQL folder (env CAMPAIGNQ_DATA_DIR, ./.campaignq)")
+    group.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    group.add_argument("--log-level", help="DEBUG, INFO, WARNING… (env CAMPAIGNQ_LOG_LEVEL)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return modules[args.command].run(args)
+    except KeyboardInterrupt:
+        print("campaignq: interrupted", file=sys.stderr)
+        return 130
+    except ValidationError as exc:
+        print(f"campaignq: error: invalid configuration: {_first_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
+        print(f"campaignq: error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailableError as exc:
+        print(f"campaignq: error: {exc}", file=sys.stderr)
+        return 1
+    except CampaignqError as exc:
+        print(f"campaignq: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _first_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "value"
+    return f"{where}: {first['msg']}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

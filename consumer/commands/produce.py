@@ -1,0 +1,46 @@
+"""`campaignq produce`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType
+
+from ..durations import parse_duration_s
+from ..migrate import connect
+from ..producer import ProducerLoop, enqueue_due
+from ._common import database_url, settings_from
+
+HELP = "move due campaign_messages into the PGMQ queue (once, or every few seconds)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="run the producer once and print the count")
+    mode.add_argument("--every", type=parse_duration_s, metavar="DURATION", dest="producer_interval_s",
+                      help="run in a loop, e.g. --every 5s (env CAMPAIGNQ_PRODUCER_INTERVAL_S, default 5s)")
+    parser.add_argument("--limit", type=int, dest="producer_batch_size", metavar="N",
+                        help="most rows queued per call (env CAMPAIGNQ_PRODUCER_BATCH_SIZE, default 5000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args, producer_interval_s="producer_interval_s",
+                             producer_batch_size="producer_batch_size")
+    url = database_url(settings)
+    if args.once:
+        with connect(url) as conn:
+            print(enqueue_due(conn, settings.producer_batch_size))
+        return 0
+    stop_event = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    loop = ProducerLoop(url=url, interval_s=settings.producer_interval_s,
+                        batch_size=settings.producer_batch_size, stop_event=stop_event)
+    loop.run()
+    print(f"producer stopped; queued {loop.queued_total} messages")
+    return 0

@@ -1,0 +1,110 @@
+"""One error hierarchy: the policy decides on these types, never on message strings.
+
+Driver and HTTP errors are translated into these classes at the edges (`db.py`, `ai.py`,
+`whatsapp.py`), so the pure core only ever sees a `CampaignqError`.
+"""
+
+from __future__ import annotations
+
+
+class CampaignqError(Exception):
+    """Base of every error campaignq raises on purpose."""
+
+    error_class = "error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
+
+
+class ConfigurationError(CampaignqError):
+    """Bad settings or command-line input; reported as one line, exit status 2."""
+
+    error_class = "configuration"
+
+
+class DatabaseUnavailableError(CampaignqError):
+    """The database cannot be reached."""
+
+    error_class = "database_unavailable"
+
+
+class TemporaryError(CampaignqError):
+    """Worth retrying later: timeouts, 5xx, connection resets, invalid AI output."""
+
+    error_class = "temporary"
+
+
+class ProviderTimeoutError(TemporaryError):
+    """A provider call exceeded its timeout."""
+
+    error_class = "timeout"
+
+
+class ProviderUnavailableError(TemporaryError):
+    """A provider answered 5xx or the connection failed."""
+
+    error_class = "provider_unavailable"
+
+
+class InvalidAIOutputError(TemporaryError):
+    """The AI answered 200 but the content failed validation (empty, too short, error body)."""
+
+    error_class = "invalid_ai_output"
+
+
+class DeferralError(TemporaryError):
+    """Not the message's fault (rate limit, inbox down): retry later without burning an attempt."""
+
+    error_class = "deferred"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(DeferralError):
+    """The provider said 429 (or 402 in-flight budget): wait `retry_after_s`, no attempt burnt."""
+
+    error_class = "rate_limited"
+
+
+class CircuitOpenError(DeferralError):
+    """A circuit breaker is open for this provider or inbox; the call was not made."""
+
+    error_class = "circuit_open"
+
+
+class InboxUnavailableError(DeferralError):
+    """The WhatsApp instance is disconnected or its socket is dead."""
+
+    error_class = "inbox_unavailable"
+
+
+class PermanentError(CampaignqError):
+    """Retrying cannot help: dead-letter at once."""
+
+    error_class = "permanent"
+
+
+class ProviderRejectedError(PermanentError):
+    """The provider answered 400/404/422 for this request."""
+
+    error_class = "provider_rejected"
+
+
+class InvalidLeadError(PermanentError):
+    """The lead cannot be messaged (no phone, phone not E.164-like, not on WhatsApp)."""
+
+    error_class = "invalid_lead"
+
+
+class InvalidConfigError(PermanentError):
+    """The campaign config cannot produce a message (empty prompt, missing inbox)."""
+
+    error_class = "invalid_config"
+
+
+class FatalError(CampaignqError):
+    """The whole process cannot go on (bad API key, no credits): stop reading, exit non-zero."""
+
+    error_class = "fatal"

@@ -1,0 +1,63 @@
+"""The producer loop around the SQL function ``enqueue_due_campaign_messages``.
+
+pg_cron runs the same function where installed (`campaignq migrate --schedule-producer`);
+this loop is for servers without it. It survives database restarts: a lost connection is
+logged and retried with capped exponential backoff, never an exit.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+from loguru import logger
+
+from .sql import query
+
+RECONNECT_DELAY_MAX_S = 30.0
+
+
+def enqueue_due(conn: psycopg.Connection[tuple[object, ...]], limit: int) -> int:
+    """One producer call in its own transaction; returns how many messages it queued."""
+    with conn.transaction():
+        row = conn.execute(query("enqueue_due"), {"limit": limit}).fetchone()
+    return int(str(row[0])) if row else 0
+
+
+@dataclass
+class ProducerLoop:
+    url: str
+    interval_s: float
+    batch_size: int
+    stop_event: threading.Event
+    queued_total: int = 0
+
+    def run(self) -> None:
+        reconnect_delay_s = 0.0
+        while not self.stop_event.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                    if reconnect_delay_s:
+                        logger.info("producer reconnected to the database")
+                    reconnect_delay_s = 0.0
+                    self._produce_until_stopped(conn)
+            except psycopg.OperationalError as exc:
+                reconnect_delay_s = min(RECONNECT_DELAY_MAX_S, max(0.5, reconnect_delay_s * 2))
+                delay_s = random.uniform(reconnect_delay_s / 2, reconnect_delay_s)  # noqa: S311 (jitter)
+                logger.warning("producer lost the database ({}); retrying in {:.1f} s",
+                               str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                               delay_s)
+                self.stop_event.wait(delay_s)
+
+    def _produce_until_stopped(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        while not self.stop_event.is_set():
+            started = time.perf_counter()
+            queued = enqueue_due(conn, self.batch_size)
+            self.queued_total += queued
+            if queued:
+                logger.info("queued {} due messages in {:.0f} ms", queued, (time.perf_counter() - started) * 1000)
+            if queued < self.batch_size:  # backlog drained: wait for the next tick
+                self.stop_event.wait(self.interval_s)

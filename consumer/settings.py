@@ -1,0 +1,105 @@
+"""All configuration, read once from the environment (prefix ``CAMPAIGNQ_``) and CLI flags.
+
+Nothing else in the package reads ``os.environ``: every component receives a `Settings`
+(or the few values it needs) through its constructor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens, used when the provider does not report `usage.cost`."""
+
+    prompt_per_million_usd: float = Field(ge=0)
+    completion_per_million_usd: float = Field(ge=0)
+
+
+DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
+    "openai/gpt-4o-mini": ModelPrice(prompt_per_million_usd=0.15, completion_per_million_usd=0.60),
+    "openai/gpt-4.1-mini": ModelPrice(prompt_per_million_usd=0.40, completion_per_million_usd=1.60),
+    "anthropic/claude-3.5-haiku": ModelPrice(prompt_per_million_usd=0.80, completion_per_million_usd=4.00),
+    "google/gemini-2.0-flash-001": ModelPrice(prompt_per_million_usd=0.10, completion_per_million_usd=0.40),
+}
+
+
+class Settings(BaseSettings):
+    """Every knob of campaignq. Units are in the names (`_s` seconds, `_ms` milliseconds)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAMPAIGNQ_", extra="ignore", populate_by_name=True)
+
+    # --- database -----------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "CAMPAIGNQ_DATABASE_URL", "database_url"),
+        description="PostgreSQL URL; when unset an embedded server under data_dir is used.",
+    )
+    data_dir: Path = Field(default=Path(".campaignq"), description="Where the embedded PostgreSQL lives.")
+    db_pool_max_size: int = Field(default=8, ge=1, le=200)
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+
+    # --- AI provider (OpenAI-compatible chat completions) --------------------------------
+    ai_base_url: str = "https://openrouter.ai/api/v1"
+    ai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CAMPAIGNQ_AI_API_KEY", "OPENROUTER_API_KEY", "ai_api_key"),
+    )
+    ai_requests_per_minute: int = Field(default=600, ge=1)
+    ai_timeout_s: float = Field(default=30.0, gt=0)
+    split_timeout_s: float = Field(default=20.0, gt=0)
+    ai_max_tokens: int = Field(default=1024, ge=16)
+    split_max_tokens: int = Field(default=2048, ge=16)
+    ai_max_retry_after_s: float = Field(default=120.0, gt=0, description="Cap on a provider Retry-After.")
+    ai_breaker_failures: int = Field(default=10, ge=1, description="Consecutive failures that open it.")
+    ai_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_MODEL_PRICES))
+
+    # --- WhatsApp gateway (Evolution API shape) ------------------------------------------
+    whatsapp_base_url: str = "http://127.0.0.1:8080"
+    whatsapp_api_key: SecretStr | None = None
+    send_timeout_s: float = Field(default=10.0, gt=0)
+    typing_words_per_minute: float = Field(default=400.0, gt=0)
+    typing_delay_cap_s: float = Field(default=3.0, ge=0)
+    inbox_state_ttl_s: float = Field(default=10.0, ge=0)
+    inbox_breaker_failures: int = Field(default=3, ge=1)
+    inbox_breaker_cooldown_s: float = Field(default=15.0, gt=0)
+
+    # --- consumer ------------------------------------------------------------------------
+    concurrency: int = Field(default=32, ge=1, le=4096)
+    batch_size: int = Field(default=50, ge=1, le=1000, description="Most messages read per round trip.")
+    visibility_timeout_s: int = Field(default=120, ge=5)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    backoff_base_s: float = Field(default=2.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    max_deferral_s: float = Field(default=6 * 3600.0, gt=0, description="Then `deferred_too_long`.")
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    config_cache_ttl_s: float = Field(default=30.0, ge=0)
+    min_message_chars: int = Field(default=10, ge=1)
+    max_part_chars: int = Field(default=4096, ge=16, le=4096)
+
+    # --- producer ------------------------------------------------------------------------
+    producer_batch_size: int = Field(default=5000, ge=1)
+    producer_interval_s: float = Field(default=5.0, gt=0)
+
+    # --- observability -------------------------------------------------------------------
+    log_json: bool = False
+    log_level: str = "INFO"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("ai_base_url", "whatsapp_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    def ai_key(self) -> str:
+        return self.ai_api_key.get_secret_value() if self.ai_api_key else ""
+
+    def whatsapp_key(self) -> str:
+        return self.whatsapp_api_key.get_secret_value() if self.whatsapp_api_key else ""

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests import pg
+from tests.factories import Seeder
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with pg.admin_url(Path(tmp_path_factory.mktemp("pg"))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> Iterator[str]:
+    name = pg.create_template(pg_admin_url)
+    yield name
+    pg.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for this test."""
+    name = pg.clone_template(pg_admin_url, template_db)
+    yield pg.with_dbname(pg_admin_url, name)
+    pg.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A database with nothing in it (not even PGMQ)."""
+    import uuid
+
+    name = f"cq_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg.with_dbname(pg_admin_url, name)
+    pg.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def seed(db: psycopg.Connection[tuple[object, ...]]) -> Seeder:
+    return Seeder(db)
