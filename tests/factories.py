@@ -104,8 +104,9 @@ class Seeder:
     ) -> Campaign:
         workspace_id = workspace_id or uuid.uuid4()
         inbox_id = self.inbox(workspace_id, instance)
-        config_id = self.config(workspace_id, inbox_id, split=split, max_parts=max_parts, model=model,
-                                prompt=prompt)
+        config_id = self.config(
+            workspace_id, inbox_id, split=split, max_parts=max_parts, model=model, prompt=prompt
+        )
         run_id = self.run(config_id, status=run_status, leads_total=n)
         lead_ids = self.leads(workspace_id, n, phones=phones)
         message_ids = self.messages(run_id, lead_ids, scheduled_offset=scheduled_offset)
@@ -113,7 +114,9 @@ class Seeder:
 
     def statuses(self, run_id: uuid.UUID | None = None) -> dict[str, int]:
         if run_id is None:
-            rows = self.conn.execute("SELECT status, count(*) FROM campaign_messages GROUP BY status").fetchall()
+            rows = self.conn.execute(
+                "SELECT status, count(*) FROM campaign_messages GROUP BY status"
+            ).fetchall()
         else:
             rows = self.conn.execute(
                 "SELECT status, count(*) FROM campaign_messages WHERE run_id = %s GROUP BY status", (run_id,)

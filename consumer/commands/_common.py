@@ -11,8 +11,12 @@ from ..logs import configure_logging, register_secret
 from ..settings import Settings
 
 # argparse dest -> Settings field, for flags that override the environment
-_COMMON_OVERRIDES = {"database_url": "database_url", "data_dir": "data_dir", "log_json": "log_json",
-                     "log_level": "log_level"}
+_COMMON_OVERRIDES = {
+    "database_url": "database_url",
+    "data_dir": "data_dir",
+    "log_json": "log_json",
+    "log_level": "log_level",
+}
 
 
 def settings_from(args: argparse.Namespace, **field_for_dest: str) -> Settings:

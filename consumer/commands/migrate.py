@@ -11,10 +11,16 @@ HELP = "install PGMQ and apply the SQL migrations in db/ (safe to run twice or c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--schedule-producer", action="store_true",
-                        help="register the producer as a pg_cron job (needs pg_cron on the server)")
-    parser.add_argument("--create-roles", action="store_true",
-                        help="create the least-privilege campaignq_worker role and its grants")
+    parser.add_argument(
+        "--schedule-producer",
+        action="store_true",
+        help="register the producer as a pg_cron job (needs pg_cron on the server)",
+    )
+    parser.add_argument(
+        "--create-roles",
+        action="store_true",
+        help="create the least-privilege campaignq_worker role and its grants",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

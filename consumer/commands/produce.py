@@ -18,15 +18,26 @@ HELP = "move due campaign_messages into the PGMQ queue (once, or every few secon
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run the producer once and print the count")
-    mode.add_argument("--every", type=parse_duration_s, metavar="DURATION", dest="producer_interval_s",
-                      help="run in a loop, e.g. --every 5s (env CAMPAIGNQ_PRODUCER_INTERVAL_S, default 5s)")
-    parser.add_argument("--limit", type=int, dest="producer_batch_size", metavar="N",
-                        help="most rows queued per call (env CAMPAIGNQ_PRODUCER_BATCH_SIZE, default 5000)")
+    mode.add_argument(
+        "--every",
+        type=parse_duration_s,
+        metavar="DURATION",
+        dest="producer_interval_s",
+        help="run in a loop, e.g. --every 5s (env CAMPAIGNQ_PRODUCER_INTERVAL_S, default 5s)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        dest="producer_batch_size",
+        metavar="N",
+        help="most rows queued per call (env CAMPAIGNQ_PRODUCER_BATCH_SIZE, default 5000)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from(args, producer_interval_s="producer_interval_s",
-                             producer_batch_size="producer_batch_size")
+    settings = settings_from(
+        args, producer_interval_s="producer_interval_s", producer_batch_size="producer_batch_size"
+    )
     url = database_url(settings)
     if args.once:
         with connect(url) as conn:
@@ -39,8 +50,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    loop = ProducerLoop(url=url, interval_s=settings.producer_interval_s,
-                        batch_size=settings.producer_batch_size, stop_event=stop_event)
+    loop = ProducerLoop(
+        url=url,
+        interval_s=settings.producer_interval_s,
+        batch_size=settings.producer_batch_size,
+        stop_event=stop_event,
+    )
     loop.run()
     print(f"producer stopped; queued {loop.queued_total} messages")
     return 0

@@ -113,17 +113,20 @@ $$;
 CREATE TRIGGER campaign_runs_stamp_started BEFORE INSERT OR UPDATE OF status ON campaign_runs
     FOR EACH ROW EXECUTE FUNCTION campaignq_stamp_run_started();
 
--- Audit problem 4: the producer's selection walks only pending rows of running runs.
+-- Audit problems 4 and 12: the producer's selection and its stale sweep both walk only
+-- pending rows of running runs, per run, in scheduled_at order; the sweep's range ends
+-- at the first row newer than the stale window, so it costs one index probe per running
+-- run when nothing is stale.
 CREATE INDEX campaign_messages_pending_due_idx
     ON campaign_messages (run_id, status, scheduled_at) WHERE status = 'pending';
 CREATE INDEX campaign_runs_running_idx
     ON campaign_runs (id, status) WHERE status = 'running';
--- Audit problem 12: the stale sweep is one short range scan that finds nothing when
--- nothing is stale.
-CREATE INDEX campaign_messages_pending_scheduled_idx
-    ON campaign_messages (scheduled_at) WHERE status = 'pending';
--- finalize_campaign_run_if_complete and per-run progress views.
-CREATE INDEX campaign_messages_run_status_idx ON campaign_messages (run_id, status);
+-- finalize_campaign_run_if_complete asks "is anything of this run still moving?": pending
+-- rows through campaign_messages_pending_due_idx, in-flight rows through this one.
+CREATE INDEX campaign_messages_run_in_flight_idx
+    ON campaign_messages (run_id) WHERE status IN ('queued', 'generating', 'sending');
+-- Foreign-key cascades and per-run progress views.
+CREATE INDEX campaign_messages_run_idx ON campaign_messages (run_id);
 CREATE INDEX campaign_messages_lead_idx ON campaign_messages (lead_id);
 CREATE INDEX campaign_messages_finished_idx
     ON campaign_messages (finished_at) WHERE finished_at IS NOT NULL;

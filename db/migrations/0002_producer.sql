@@ -1,7 +1,7 @@
 -- 0002_producer: the SQL producer (contract Flow step 2) and run finalisation.
 
 -- Completes a running run once none of its messages can still change. Returns true when
--- this call completed it. Uses campaign_messages_run_status_idx; cheap enough to call after
+-- this call completed it. Two index probes (pending, in flight): cheap enough to call after
 -- every terminal outcome.
 CREATE OR REPLACE FUNCTION finalize_campaign_run_if_complete(p_run_id uuid)
 RETURNS boolean
@@ -14,8 +14,10 @@ LANGUAGE sql AS $$
            AND EXISTS (SELECT 1 FROM campaign_messages m WHERE m.run_id = r.id)
            AND NOT EXISTS (
                  SELECT 1 FROM campaign_messages m
-                  WHERE m.run_id = r.id
-                    AND m.status IN ('pending', 'queued', 'generating', 'sending'))
+                  WHERE m.run_id = r.id AND m.status = 'pending')
+           AND NOT EXISTS (
+                 SELECT 1 FROM campaign_messages m
+                  WHERE m.run_id = r.id AND m.status IN ('queued', 'generating', 'sending'))
         RETURNING r.id
     )
     SELECT EXISTS (SELECT 1 FROM completed);

@@ -1,0 +1,177 @@
+"""What to do with a message whose attempt failed: retry later or dead-letter it.
+
+Pure on purpose (no clock, no I/O, randomness injected): the worker only carries out a
+`Decision`, and every branch of the policy is a row in a parametrize table. The policy
+decides on error *types* (see `consumer.errors`), never on message strings.
+
+Attempt accounting follows the design's invariant: deferrals that are not the message's
+fault (rate limit, open breaker, inbox down) and a stopping process do not burn an
+attempt; real errors and bugs do. Deferrals are bounded in total time instead, so
+nothing cycles forever.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from .errors import CampaignqError, DeferralError, FatalError, PermanentError
+
+# --- dead-letter reasons (stored in the DLQ payload's "reason"; `replay --reason` filters on them)
+REASON_PERMANENT = "permanent"
+"""The error says retrying cannot help (provider 400, invalid phone, bad config)."""
+REASON_MAX_ATTEMPTS = "max_attempts"
+"""Every allowed attempt failed with a temporary error or a bug."""
+REASON_DEFERRED_TOO_LONG = "deferred_too_long"
+"""Deferred (rate limit, breaker, inbox down) for longer than `max_deferral_s` in total."""
+REASON_INVALID_PAYLOAD = "invalid_payload"
+"""The queue message does not parse; dead-lettered by the worker before any decision."""
+REASON_RUN_GONE = "run_gone"
+"""The payload's campaign message or run no longer exists; dead-lettered by the worker."""
+
+DEAD_LETTER_REASONS: frozenset[str] = frozenset(
+    {
+        REASON_PERMANENT,
+        REASON_MAX_ATTEMPTS,
+        REASON_DEFERRED_TOO_LONG,
+        REASON_INVALID_PAYLOAD,
+        REASON_RUN_GONE,
+    }
+)
+
+# --- retry reasons (for logs and metrics: why a message went back to the queue)
+RETRY_REASON_BACKOFF = "backoff"
+"""A temporary error or a bug: an attempt was burnt, wait an exponential backoff."""
+RETRY_REASON_DEFERRED = "deferred"
+"""Not the message's fault: no attempt burnt, wait Retry-After or a deferral backoff."""
+RETRY_REASON_PROCESS_STOPPING = "process_stopping"
+"""Fatal error (bad API key) or cancellation: the worker stops, another one takes over."""
+
+ERROR_CLASS_INTERNAL = "internal"
+"""`error_class` of any exception that is not a `CampaignqError`: a bug, or an untranslated error."""
+
+MIN_RETRY_DELAY_S = 1.0
+"""Floor of every backoff, so a retry never hammers a provider that just failed."""
+PROCESS_STOPPING_DELAY_S = 5.0
+"""Release delay when the process stops: long enough not to spin, short enough for a healthy peer."""
+DEFAULT_MAX_RETRY_AFTER_S = 120.0
+"""Cap on a server's Retry-After (openai-python uses the same); matches `Settings.ai_max_retry_after_s`."""
+
+# 2.0 ** 512 is far above any cap yet far below float overflow, so huge attempt counts stay finite.
+_MAX_BACKOFF_EXPONENT = 512
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Make the queue message visible again after `delay_s`; `burns_attempt` says whether it counts."""
+
+    delay_s: float
+    burns_attempt: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Move the message to the DLQ and mark its row `failed`."""
+
+    reason: str
+    error_class: str
+
+
+Decision = Retry | DeadLetter
+
+
+def error_class_of(error: BaseException) -> str:
+    """Stable, low-cardinality label for metrics and the DLQ; never the message text."""
+    if isinstance(error, CampaignqError):
+        return error.error_class
+    return ERROR_CLASS_INTERNAL
+
+
+def backoff_delay_s(attempt: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog): spreads retries of a
+    burst of failures evenly instead of in synchronised waves.
+
+    ``uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))`` raised to a floor of
+    `MIN_RETRY_DELAY_S` (or `cap_s` when the cap is smaller), so the result is always in
+    ``[min(MIN_RETRY_DELAY_S, cap_s), cap_s]``.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    if not (base_s > 0 and cap_s > 0):
+        raise ValueError(f"base_s and cap_s must be positive, got {base_s} and {cap_s}")
+    ceiling_s = min(cap_s, math.ldexp(base_s, min(attempt - 1, _MAX_BACKOFF_EXPONENT)))
+    return max(min(MIN_RETRY_DELAY_S, cap_s), rng.uniform(0.0, ceiling_s))
+
+
+def decide(
+    error: BaseException,
+    *,
+    attempts_made: int,
+    max_attempts: int,
+    deferred_for_s: float,
+    max_deferral_s: float,
+    backoff_base_s: float,
+    backoff_max_s: float,
+    rng: random.Random,
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
+) -> Decision:
+    """The outcome of one failed attempt.
+
+    `attempts_made` counts the attempts burnt so far *including* the one that just failed
+    when `error` burns one. `deferred_for_s` is the time the message already spent
+    deferred (the sum of earlier non-burning delays). Every `Retry.delay_s` is at most
+    ``max(backoff_max_s, max_retry_after_s)`` and never negative.
+
+    Order matters: `DeferralError` is a `TemporaryError`, so it is matched first.
+    """
+    error_class = error_class_of(error)
+    if isinstance(error, PermanentError):
+        return DeadLetter(reason=REASON_PERMANENT, error_class=error_class)
+    if isinstance(error, FatalError) or not isinstance(error, Exception):
+        # The process is going down (bad key, cancellation, interpreter exit); the
+        # message is not at fault, so it goes back untouched for a healthy worker.
+        delay_s = min(PROCESS_STOPPING_DELAY_S, backoff_max_s)
+        return Retry(delay_s=delay_s, burns_attempt=False, reason=RETRY_REASON_PROCESS_STOPPING)
+    if isinstance(error, DeferralError):
+        delay_s = _deferral_delay_s(
+            error.retry_after_s,
+            deferred_for_s=deferred_for_s,
+            base_s=backoff_base_s,
+            cap_s=backoff_max_s,
+            max_retry_after_s=max_retry_after_s,
+            rng=rng,
+        )
+        if deferred_for_s + delay_s > max_deferral_s:
+            return DeadLetter(reason=REASON_DEFERRED_TOO_LONG, error_class=error_class)
+        return Retry(delay_s=delay_s, burns_attempt=False, reason=RETRY_REASON_DEFERRED)
+    # TemporaryError, and any other exception: a bug must not lose a message, but it
+    # must not loop forever either, so it burns attempts like a temporary error.
+    if attempts_made >= max_attempts:
+        return DeadLetter(reason=REASON_MAX_ATTEMPTS, error_class=error_class)
+    delay_s = backoff_delay_s(max(1, attempts_made), base_s=backoff_base_s, cap_s=backoff_max_s, rng=rng)
+    return Retry(delay_s=delay_s, burns_attempt=True, reason=RETRY_REASON_BACKOFF)
+
+
+def _deferral_delay_s(
+    retry_after_s: float | None,
+    *,
+    deferred_for_s: float,
+    base_s: float,
+    cap_s: float,
+    max_retry_after_s: float,
+    rng: random.Random,
+) -> float:
+    """The server's Retry-After when it gave one (it knows best), else a backoff that grows
+    with the time already deferred.
+
+    Deferrals burn no attempt, so the attempt count cannot drive the backoff; waiting up
+    to as long as the message has already waited roughly doubles the total each time —
+    exponential without a deferral counter — and jitter spreads a whole batch of messages
+    deferred by the same outage.
+    """
+    if retry_after_s is not None and not math.isnan(retry_after_s):
+        return min(max(retry_after_s, MIN_RETRY_DELAY_S), max(cap_s, max_retry_after_s))
+    ceiling_s = min(cap_s, max(base_s, deferred_for_s))
+    return max(min(MIN_RETRY_DELAY_S, cap_s), rng.uniform(0.0, ceiling_s))

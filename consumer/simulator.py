@@ -1,0 +1,886 @@
+"""Both providers in one loopback aiohttp server: an OpenAI-compatible LLM and an Evolution gateway.
+
+The tests, the demo and the benchmarks all talk to this instead of the real services, so
+it has to be (a) faithful where our clients make decisions — status codes, Retry-After
+forms, 200s that are failures, dead sockets behind an "open" instance — (b) scriptable
+for deterministic tests (`fail_next_ai`, `fail_next_send`, `fail_next_state`), (c) random
+but reproducible for chaos runs (`Faults` with a `seed`), and (d) fast: latency is an
+`asyncio.sleep`, so one process serves hundreds of requests per second.
+
+It records every send it accepted, in order, so a test can prove "no duplicates" by
+counting (`duplicate_sends()`) rather than by trusting the code under test.
+
+Routes:
+    POST {base}/v1/chat/completions                 the LLM (generate, or split when
+                                                     the request has a response_format)
+    GET  {base}/instance/connectionState/{instance}  the gateway's instance state
+    POST {base}/message/sendText/{instance}          the gateway's send
+    GET|POST {base}/_sim/faults     read / patch the random faults (JSON object)
+    POST {base}/_sim/fail-next/{ai|send|state}       script one-shot faults (kwargs as JSON)
+    GET  {base}/_sim/sends          accepted sends (``?number=`` filters)
+    GET  {base}/_sim/stats          counts by outcome, accepted sends, duplicates
+    POST {base}/_sim/reset          forget records and scripts (``{"keep_faults": true}``)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import random
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType, TracebackType
+from typing import Annotated, Any, Literal, Self, get_args
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+AIFaultKind = Literal[
+    "429",  # rate limited, with a Retry-After in the requested form
+    "402_in_flight",  # OpenRouter's transient in-flight budget 402, with Retry-After
+    "402",  # no credits
+    "400",
+    "401",
+    "403",
+    "404",
+    "408",
+    "409",
+    "413",
+    "422",
+    "500",
+    "502",
+    "503",  # with Retry-After
+    "hang",  # sleep `hang_s` before answering (past any sane client timeout)
+    "error_body",  # 200 with a top-level "error"
+    "choice_error",  # 200 with choices[0].error and finish_reason "error"
+    "finish_error",  # 200 with finish_reason "error" but some content
+    "no_choices",  # 200 with "choices": []
+    "empty",  # 200 with whitespace content (finish_reason "length")
+    "bad_json",  # 200 whose content is not the JSON a split asked for
+    "not_json",  # 200 whose body is an HTML page
+]
+SendFaultKind = Literal[
+    "400",
+    "401",
+    "403",
+    "404",
+    "422",
+    "429",
+    "500",  # JSON 500 that does not blame the socket
+    "502_html",  # a proxy's HTML error page
+    "connection_closed",  # 500 "Connection Closed": the instance's socket is dead
+    "not_on_whatsapp",  # 400 exists:false
+    "hang",  # never answers within `hang_s`, and does not send
+    "hang_after_accept",  # records the send, then hangs: the ambiguous-timeout case
+]
+StateFaultKind = Literal["401", "404", "500", "hang", "close", "connecting"]
+RetryAfterForm = Literal["seconds", "http_date", "ms", "none"]
+AIRequestKind = Literal["generate", "split"]
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Seconds = Annotated[float, Field(ge=0.0)]
+
+_AI_KINDS = frozenset(get_args(AIFaultKind))
+_SEND_KINDS = frozenset(get_args(SendFaultKind))
+_STATE_KINDS = frozenset(get_args(StateFaultKind))
+_UNKNOWN_INSTANCE_PREFIX = "unknown-"
+_AI_RECORDS_KEPT = 10_000  # bounded: a benchmark makes hundreds of thousands of requests
+_PROMPT_PRICE_PER_TOKEN_USD = 0.15e-6
+_COMPLETION_PRICE_PER_TOKEN_USD = 0.60e-6
+
+
+class Faults(BaseModel):
+    """Random misbehaviour, drawn per request from the simulator's seeded generator.
+
+    Probabilities are per request and checked in field order; a scripted fault
+    (`Simulator.fail_next_ai` …) always wins over a random one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ai_latency_s: Seconds = 0.0
+    ai_latency_jitter_s: Seconds = 0.0
+    send_latency_s: Seconds = 0.0
+    state_latency_s: Seconds = 0.0
+    hang_s: Seconds = 60.0
+
+    ai_rate_limited_p: Probability = 0.0
+    ai_retry_after_s: Seconds = 1.0
+    ai_server_error_p: Probability = 0.0
+    ai_hang_p: Probability = 0.0
+    ai_error_body_p: Probability = 0.0
+    ai_empty_p: Probability = 0.0
+    split_bad_json_p: Probability = 0.0
+    send_server_error_p: Probability = 0.0
+    send_hang_p: Probability = 0.0
+
+    reject_phones: frozenset[str] = frozenset()
+    disconnected_instances: frozenset[str] = frozenset()
+    dead_socket_instances: frozenset[str] = frozenset()
+    seed: int | None = None
+
+
+FAULT_PROFILES: Mapping[str, Faults] = MappingProxyType(
+    {
+        "none": Faults(),
+        "light": Faults(
+            ai_rate_limited_p=0.02,
+            ai_retry_after_s=2.0,
+            ai_server_error_p=0.01,
+            ai_hang_p=0.002,
+            ai_error_body_p=0.01,
+            ai_empty_p=0.01,
+            split_bad_json_p=0.02,
+            send_server_error_p=0.01,
+            send_hang_p=0.002,
+        ),
+        "chaos": Faults(
+            ai_rate_limited_p=0.10,
+            ai_retry_after_s=3.0,
+            ai_server_error_p=0.05,
+            ai_hang_p=0.02,
+            ai_error_body_p=0.03,
+            ai_empty_p=0.03,
+            split_bad_json_p=0.10,
+            send_server_error_p=0.05,
+            send_hang_p=0.02,
+        ),
+    }
+)
+
+
+def fault_profile(name: str, **overrides: Any) -> Faults:
+    """A named profile (`FAULT_PROFILES`) with some fields replaced, validated."""
+    try:
+        base = FAULT_PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown fault profile {name!r} (choose from {', '.join(FAULT_PROFILES)})"
+        ) from None
+    return Faults.model_validate({**base.model_dump(), **overrides})
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    sequence: int
+    instance: str
+    number: str
+    text: str
+    delay_ms: int
+    message_id: str
+    at: float  # epoch seconds, for people reading /_sim/sends
+    monotonic_s: float  # time.monotonic(), comparable with the clients' default clock
+
+
+@dataclass(frozen=True)
+class AIRequest:
+    sequence: int
+    kind: AIRequestKind
+    model: str
+    max_tokens: int | None
+    outcome: str
+    monotonic_s: float
+    body: dict[str, Any]
+
+
+@dataclass
+class _Script:
+    kind: str
+    remaining: int
+    retry_after_s: float | None = None
+    retry_after_form: RetryAfterForm = "seconds"
+    only: AIRequestKind | None = None
+    instance: str | None = None
+    number: str | None = None
+    text_contains: str | None = None
+
+
+@dataclass
+class _Counts:
+    ai: Counter[str] = field(default_factory=Counter)
+    state: Counter[str] = field(default_factory=Counter)
+    send: Counter[str] = field(default_factory=Counter)
+
+
+class Simulator:
+    """Both fake providers; ``async with Simulator() as sim:``, then use `ai_base_url` / `whatsapp_base_url`.
+
+    ``ai_api_key`` / ``whatsapp_api_key``: when set, only that key is accepted; otherwise
+    any non-empty key is. A missing or wrong key is a 401, as from the real services.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | None = None,
+        ai_api_key: str | None = None,
+        whatsapp_api_key: str | None = None,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._initial_faults = faults or Faults()
+        self._faults = self._initial_faults
+        self._ai_api_key = ai_api_key
+        self._whatsapp_api_key = whatsapp_api_key
+        self._rng = random.Random(self._faults.seed)  # noqa: S311 - fault injection, not secrets
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._reset_records()
+
+    def _reset_records(self) -> None:
+        self._sends: list[SentMessage] = []
+        self._send_counts: Counter[tuple[str, str]] = Counter()
+        self._duplicates: list[SentMessage] = []
+        self._ai_requests: deque[AIRequest] = deque(maxlen=_AI_RECORDS_KEPT)
+        self._ai_sequence = 0
+        self._counts = _Counts()
+        self._ai_scripts: list[_Script] = []
+        self._send_scripts: list[_Script] = []
+        self._state_scripts: list[_Script] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("simulator already started")
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/instance/connectionState/{instance}", self._connection_state)
+        app.router.add_post("/message/sendText/{instance}", self._send_text)
+        app.router.add_get("/_sim/faults", self._get_faults)
+        app.router.add_post("/_sim/faults", self._patch_faults)
+        app.router.add_post("/_sim/fail-next/{target}", self._fail_next)
+        app.router.add_get("/_sim/sends", self._get_sends)
+        app.router.add_get("/_sim/stats", self._get_stats)
+        app.router.add_post("/_sim/reset", self._post_reset)
+        # handler_cancellation: a client that timed out and hung up cancels its hanging
+        # handler, so "hang" faults do not pile up sleeping tasks. A short shutdown
+        # timeout keeps `stop()` quick while a hang is still in progress.
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._requested_port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("simulator not started")
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    @property
+    def ai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def whatsapp_base_url(self) -> str:
+        return self.base_url
+
+    # --- faults -----------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        if faults.seed != self._faults.seed:
+            self._rng.seed(faults.seed)
+        self._faults = faults
+
+    def set_faults(self, **changes: Any) -> Faults:
+        """Replace some fields of the current faults (validated); returns the new faults."""
+        self.faults = Faults.model_validate({**self._faults.model_dump(), **changes})
+        return self._faults
+
+    def fail_next_ai(
+        self,
+        kind: AIFaultKind,
+        *,
+        times: int = 1,
+        retry_after_s: float | None = None,
+        retry_after_form: RetryAfterForm = "seconds",
+        only: AIRequestKind | None = None,
+    ) -> None:
+        """The next `times` AI requests (of kind `only`, if given) fail as `kind`."""
+        _check_kind(kind, _AI_KINDS)
+        self._ai_scripts.append(
+            _Script(kind, times, retry_after_s=retry_after_s, retry_after_form=retry_after_form, only=only)
+        )
+
+    def fail_next_send(
+        self,
+        kind: SendFaultKind = "500",
+        *,
+        times: int = 1,
+        instance: str | None = None,
+        number: str | None = None,
+        text_contains: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """The next `times` sends matching every filter given fail as `kind`."""
+        _check_kind(kind, _SEND_KINDS)
+        self._send_scripts.append(
+            _Script(
+                kind,
+                times,
+                retry_after_s=retry_after_s,
+                instance=instance,
+                number=number,
+                text_contains=text_contains,
+            )
+        )
+
+    def fail_next_state(
+        self, kind: StateFaultKind = "500", *, times: int = 1, instance: str | None = None
+    ) -> None:
+        """The next `times` connection-state requests (for `instance`, if given) fail as `kind`."""
+        _check_kind(kind, _STATE_KINDS)
+        self._state_scripts.append(_Script(kind, times, instance=instance))
+
+    def reset(self, *, keep_faults: bool = False) -> None:
+        """Forget sends, requests, counts and scripted faults; faults back to the initial ones."""
+        self._reset_records()
+        if not keep_faults:
+            self.faults = self._initial_faults
+        self._rng.seed(self._faults.seed)
+
+    # --- what happened ----------------------------------------------------------------------
+
+    @property
+    def sends(self) -> list[SentMessage]:
+        """Every send the gateway accepted, in order."""
+        return list(self._sends)
+
+    def sends_to(self, number: str) -> list[SentMessage]:
+        wanted = _digits(number)
+        return [sent for sent in self._sends if _digits(sent.number) == wanted]
+
+    def duplicate_sends(self) -> list[SentMessage]:
+        """Each accepted send that repeats an earlier one (same number and text): len() = extras."""
+        return list(self._duplicates)
+
+    @property
+    def ai_requests(self) -> list[AIRequest]:
+        """The latest AI requests received (bounded), in order, with what the simulator did."""
+        return list(self._ai_requests)
+
+    @property
+    def ai_request_count(self) -> int:
+        return self._ai_sequence
+
+    def state_request_count(self, instance: str | None = None) -> int:
+        counts = self._counts.state
+        return counts[instance] if instance is not None else sum(counts.values())
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "ai": {"requests": self._ai_sequence, "by_outcome": dict(self._counts.ai)},
+            "state": {"requests": self.state_request_count(), "by_instance": dict(self._counts.state)},
+            "send": {
+                "requests": sum(self._counts.send.values()),
+                "accepted": len(self._sends),
+                "duplicates": len(self._duplicates),
+                "by_outcome": dict(self._counts.send),
+            },
+        }
+
+    # --- the LLM ------------------------------------------------------------------------------
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        if not _bearer_ok(request.headers.get("Authorization"), self._ai_api_key):
+            self._counts.ai["401_auth"] += 1
+            return _ai_error(401, "No auth credentials found")
+        body = await _json_body(request)
+        messages = body.get("messages") if body else None
+        if body is None or not isinstance(messages, list) or not isinstance(body.get("model"), str):
+            self._counts.ai["400_malformed"] += 1
+            return _ai_error(400, "body must be a JSON object with 'model' and 'messages'")
+        kind: AIRequestKind = "split" if body.get("response_format") else "generate"
+        script = self._take_script(self._ai_scripts, lambda s: s.only in (None, kind))
+        outcome = script.kind if script else self._random_ai_fault(kind)
+        self._record_ai(kind, body, outcome)
+        retry_after_s = script.retry_after_s if script and script.retry_after_s is not None else None
+        form: RetryAfterForm = script.retry_after_form if script else "seconds"
+        return await self._ai_answer(outcome, kind, body, retry_after_s, form)
+
+    def _random_ai_fault(self, kind: AIRequestKind) -> str:
+        faults = self._faults
+        chances = [
+            ("429", faults.ai_rate_limited_p),
+            (self._rng.choice(("500", "502", "503")), faults.ai_server_error_p),
+            ("hang", faults.ai_hang_p),
+            ("error_body", faults.ai_error_body_p),
+            ("empty", faults.ai_empty_p),
+            ("bad_json", faults.split_bad_json_p if kind == "split" else 0.0),
+        ]
+        return _draw(self._rng, chances)
+
+    def _record_ai(self, kind: AIRequestKind, body: dict[str, Any], outcome: str) -> None:
+        self._ai_sequence += 1
+        self._counts.ai[outcome] += 1
+        max_tokens = body.get("max_tokens")
+        self._ai_requests.append(
+            AIRequest(
+                sequence=self._ai_sequence,
+                kind=kind,
+                model=str(body.get("model")),
+                max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+                outcome=outcome,
+                monotonic_s=time.monotonic(),
+                body=body,
+            )
+        )
+
+    async def _ai_answer(
+        self,
+        outcome: str,
+        kind: AIRequestKind,
+        body: dict[str, Any],
+        retry_after_s: float | None,
+        form: RetryAfterForm,
+    ) -> web.StreamResponse:
+        faults = self._faults
+        if outcome == "429":
+            wait_s = faults.ai_retry_after_s if retry_after_s is None else retry_after_s
+            return _ai_error(429, "Rate limit exceeded", headers=_retry_after_headers(wait_s, form))
+        if outcome == "402_in_flight":
+            wait_s = faults.ai_retry_after_s if retry_after_s is None else retry_after_s
+            return _ai_error(
+                402,
+                "Too many requests in flight for your budget",
+                metadata={"limit_source": "openrouter_in_flight_budget"},
+                headers=_retry_after_headers(wait_s, form),
+            )
+        if outcome == "402":
+            return _ai_error(402, "Insufficient credits")
+        if outcome.isdigit() and int(outcome) < 500:
+            return _ai_error(int(outcome), f"Simulated provider error {outcome}")
+        await asyncio.sleep(self._ai_latency_s())
+        if outcome == "hang":
+            await asyncio.sleep(faults.hang_s)
+        elif outcome.isdigit():
+            headers = _retry_after_headers(retry_after_s, form) if retry_after_s is not None else None
+            return _ai_error(int(outcome), "Upstream provider unavailable", headers=headers)
+        elif outcome == "not_json":
+            return web.Response(
+                status=200, text="<html><body>upstream hiccup</body></html>", content_type="text/html"
+            )
+        elif outcome == "error_body":
+            return web.json_response(
+                {"error": {"code": 502, "message": "Upstream provider returned an error", "metadata": {}}}
+            )
+        return web.json_response(self._completion(outcome, kind, body))
+
+    def _ai_latency_s(self) -> float:
+        jitter = self._faults.ai_latency_jitter_s
+        return max(0.0, self._faults.ai_latency_s + (self._rng.uniform(-jitter, jitter) if jitter else 0.0))
+
+    def _completion(self, outcome: str, kind: AIRequestKind, body: dict[str, Any]) -> dict[str, Any]:
+        prompt_text = "\n".join(_message_texts(body))
+        finish_reason = "stop"
+        choice_error: dict[str, Any] | None = None
+        if outcome == "empty":
+            content, finish_reason = " \n ", "length"
+        elif outcome == "bad_json":
+            content = 'Sure! Here are the parts: parts: ["first part", "second'
+        elif outcome == "choice_error":
+            content, finish_reason = "", "error"
+            choice_error = {"code": 502, "message": "Provider stream ended unexpectedly"}
+        elif kind == "split":
+            content = json.dumps({"parts": _split_parts(body)}, ensure_ascii=False)
+        else:
+            content = _personalised_message(self._rng, _lead_name(prompt_text))
+        if outcome == "finish_error":
+            finish_reason = "error"
+        if outcome == "no_choices":
+            choices: list[dict[str, Any]] = []
+        else:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish_reason,
+            }
+            if choice_error is not None:
+                choice["error"] = choice_error
+            choices = [choice]
+        prompt_tokens = max(1, math.ceil(len(prompt_text) / 4))
+        completion_tokens = math.ceil(len(content) / 4)
+        return {
+            "id": f"gen-sim-{self._ai_sequence}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "cost": round(
+                    prompt_tokens * _PROMPT_PRICE_PER_TOKEN_USD
+                    + completion_tokens * _COMPLETION_PRICE_PER_TOKEN_USD,
+                    10,
+                ),
+            },
+        }
+
+    # --- the WhatsApp gateway -------------------------------------------------------------------
+
+    async def _connection_state(self, request: web.Request) -> web.StreamResponse:
+        if not _key_ok(request.headers.get("apikey"), self._whatsapp_api_key):
+            return _evolution_error(401, "Unauthorized")
+        instance = request.match_info["instance"]
+        self._counts.state[instance] += 1
+        script = self._take_script(self._state_scripts, lambda s: s.instance in (None, instance))
+        fault = script.kind if script else None
+        if instance.startswith(_UNKNOWN_INSTANCE_PREFIX) or fault == "404":
+            return _evolution_error(404, [f'The "{instance}" instance does not exist'])
+        if fault == "401":
+            return _evolution_error(401, "Unauthorized")
+        await asyncio.sleep(self._faults.state_latency_s)
+        if fault == "hang":
+            await asyncio.sleep(self._faults.hang_s)
+        if fault == "500":
+            return _evolution_error(500, "Internal Server Error")
+        state = "close" if instance in self._faults.disconnected_instances else "open"
+        if fault in ("close", "connecting"):
+            state = fault
+        return web.json_response({"instance": {"instanceName": instance, "state": state}})
+
+    async def _send_text(self, request: web.Request) -> web.StreamResponse:
+        if not _key_ok(request.headers.get("apikey"), self._whatsapp_api_key):
+            self._counts.send["401_auth"] += 1
+            return _evolution_error(401, "Unauthorized")
+        instance = request.match_info["instance"]
+        body = await _json_body(request)
+        number = body.get("number") if body else None
+        text = body.get("text") if body else None
+        delay = body.get("delay", 0) if body else 0
+        if not (
+            isinstance(number, str) and number and isinstance(text, str) and text and isinstance(delay, int)
+        ):
+            self._counts.send["400_malformed"] += 1
+            return _evolution_error(400, ["number and text must be non-empty strings, delay an integer"])
+        outcome, script = self._send_outcome(instance, number, text)
+        self._counts.send[outcome] += 1
+        if outcome == "404":
+            return _evolution_error(404, [f'The "{instance}" instance does not exist'])
+        if outcome in ("400", "401", "403", "422"):
+            return _evolution_error(int(outcome), [f"Simulated gateway error {outcome}"])
+        if outcome == "429":
+            wait_s = script.retry_after_s if script and script.retry_after_s is not None else 1.0
+            return _evolution_error(429, "Too Many Requests", headers=_retry_after_headers(wait_s, "seconds"))
+        await asyncio.sleep(self._faults.send_latency_s)
+        if outcome == "not_on_whatsapp":
+            return _evolution_error(
+                400, [{"jid": f"{number}@s.whatsapp.net", "exists": False, "number": number}]
+            )
+        if outcome == "connection_closed":
+            return _evolution_error(500, ["Error: Connection Closed"])
+        if outcome == "500":
+            return _evolution_error(500, "Internal Server Error")
+        if outcome == "502_html":
+            return web.Response(status=502, text=_BAD_GATEWAY_PAGE, content_type="text/html")
+        if outcome == "hang":
+            await asyncio.sleep(self._faults.hang_s)
+            return _evolution_error(500, "Internal Server Error")
+        await asyncio.sleep(max(0, delay) / 1000.0)
+        sent = self._accept(instance, number, text, delay)
+        if outcome == "hang_after_accept":
+            await asyncio.sleep(self._faults.hang_s)
+        return web.json_response(
+            {
+                "key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True, "id": sent.message_id},
+                "message": {"conversation": text},
+                "messageTimestamp": int(sent.at),
+                "status": "PENDING",
+            },
+            status=201,
+        )
+
+    def _send_outcome(self, instance: str, number: str, text: str) -> tuple[str, _Script | None]:
+        if instance.startswith(_UNKNOWN_INSTANCE_PREFIX):
+            return "404", None
+        script = self._take_script(
+            self._send_scripts,
+            lambda s: (
+                s.instance in (None, instance)
+                and (s.number is None or _digits(s.number) == _digits(number))
+                and (s.text_contains is None or s.text_contains in text)
+            ),
+        )
+        if script is not None:
+            return script.kind, script
+        faults = self._faults
+        if instance in faults.disconnected_instances or instance in faults.dead_socket_instances:
+            return "connection_closed", None
+        if _digits(number) in {_digits(phone) for phone in faults.reject_phones}:
+            return "not_on_whatsapp", None
+        chances = [("502_html", faults.send_server_error_p), ("hang", faults.send_hang_p)]
+        return _draw(self._rng, chances, default="accepted"), None
+
+    def _accept(self, instance: str, number: str, text: str, delay_ms: int) -> SentMessage:
+        sequence = len(self._sends) + 1
+        sent = SentMessage(
+            sequence=sequence,
+            instance=instance,
+            number=number,
+            text=text,
+            delay_ms=delay_ms,
+            message_id=f"3EB0{sequence:016X}",
+            at=time.time(),
+            monotonic_s=time.monotonic(),
+        )
+        self._sends.append(sent)
+        key = (_digits(number), text)
+        self._send_counts[key] += 1
+        if self._send_counts[key] > 1:
+            self._duplicates.append(sent)
+        return sent
+
+    # --- control endpoints --------------------------------------------------------------------
+
+    async def _get_faults(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._faults.model_dump(mode="json"))
+
+    async def _patch_faults(self, request: web.Request) -> web.StreamResponse:
+        patch = await _json_body(request)
+        if patch is None:
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        try:
+            faults = self.set_faults(**patch)
+        except ValidationError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(faults.model_dump(mode="json"))
+
+    async def _fail_next(self, request: web.Request) -> web.StreamResponse:
+        kwargs = await _json_body(request)
+        target = request.match_info["target"]
+        scripts: dict[str, Callable[..., None]] = {
+            "ai": self.fail_next_ai,
+            "send": self.fail_next_send,
+            "state": self.fail_next_state,
+        }
+        if kwargs is None or target not in scripts:
+            return web.json_response(
+                {"error": "POST a JSON object to /_sim/fail-next/{ai|send|state}"}, status=400
+            )
+        try:
+            scripts[target](**kwargs)
+        except (TypeError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"scripted": target})
+
+    async def _get_sends(self, request: web.Request) -> web.StreamResponse:
+        number = request.query.get("number")
+        sends = self.sends_to(number) if number else self._sends
+        return web.json_response({"sends": [asdict(sent) for sent in sends]})
+
+    async def _get_stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.stats())
+
+    async def _post_reset(self, request: web.Request) -> web.StreamResponse:
+        options = await _json_body(request) if request.can_read_body else {}
+        self.reset(keep_faults=bool((options or {}).get("keep_faults", False)))
+        return web.json_response({"reset": True})
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _take_script(scripts: list[_Script], matches: Callable[[_Script], bool]) -> _Script | None:
+        for index, script in enumerate(scripts):
+            if matches(script):
+                script.remaining -= 1
+                if script.remaining <= 0:
+                    del scripts[index]
+                return script
+        return None
+
+
+_BAD_GATEWAY_PAGE = (
+    "<html><head><title>502 Bad Gateway</title></head>"
+    "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
+
+
+def _check_kind(kind: str, allowed: frozenset[str]) -> None:
+    if kind not in allowed:
+        raise ValueError(f"unknown fault kind {kind!r} (choose from {', '.join(sorted(allowed))})")
+
+
+def _draw(rng: random.Random, chances: list[tuple[str, float]], *, default: str = "ok") -> str:
+    """One roll against cumulative probabilities, so the configured rates hold exactly."""
+    roll = rng.random()
+    threshold = 0.0
+    for outcome, probability in chances:
+        threshold += probability
+        if roll < threshold:
+            return outcome
+    return default
+
+
+def _digits(phone: str) -> str:
+    return re.sub(r"\D", "", phone)
+
+
+def _bearer_ok(header: str | None, expected: str | None) -> bool:
+    if not header or not header.lower().startswith("bearer "):
+        return False
+    return _key_ok(header[len("bearer ") :].strip(), expected)
+
+
+def _key_ok(key: str | None, expected: str | None) -> bool:
+    if not key:
+        return False
+    return expected is None or key == expected
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    try:
+        data = await request.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _retry_after_headers(wait_s: float | None, form: RetryAfterForm) -> dict[str, str]:
+    if wait_s is None or form == "none":
+        return {}
+    if form == "ms":
+        # Like OpenAI: the precise value in ms, a rounded-up one for clients that only know seconds.
+        return {"retry-after-ms": str(round(wait_s * 1000)), "Retry-After": str(math.ceil(wait_s))}
+    if form == "http_date":
+        when = datetime.now(UTC) + timedelta(seconds=wait_s)
+        return {"Retry-After": email.utils.format_datetime(when, usegmt=True)}
+    return {"Retry-After": f"{wait_s:g}"}
+
+
+def _ai_error(
+    status: int,
+    message: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    error: dict[str, Any] = {"code": status, "message": message}
+    if metadata is not None:
+        error["metadata"] = metadata
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 422: "Unprocessable"}
+
+
+def _evolution_error(status: int, message: Any, *, headers: Mapping[str, str] | None = None) -> web.Response:
+    reason = _REASONS.get(status, "Too Many Requests" if status == 429 else "Internal Server Error")
+    return web.json_response(
+        {"status": status, "error": reason, "response": {"message": message}}, status=status, headers=headers
+    )
+
+
+def _message_texts(body: Mapping[str, Any]) -> list[str]:
+    texts = []
+    for message in body.get("messages", []):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, str):
+            texts.append(content)
+    return texts
+
+
+_NAME = re.compile(
+    r"""(?i)\b(?:lead[_ ]?)?(?:first[_ ]?)?(?:name|nome)\b["']?\s*[:=]\s*["']?([^\W\d_][\w'-]*)"""
+)
+
+
+def _lead_name(prompt: str) -> str | None:
+    match = _NAME.search(prompt)
+    return match.group(1).capitalize() if match else None
+
+
+_GREETINGS = ("Hi {name}!", "Hello {name},", "Hey {name}!", "Good morning, {name}!")
+_FIRST_PARAGRAPH = (
+    "I noticed you were looking at our plans last week and wanted to reach out personally.",
+    "Thanks for stopping by our store recently, it was great to have you with us.",
+    "I hope your week is going well and that the new season started on the right foot.",
+    "We just opened a few spots in our next onboarding group and I thought of you right away.",
+)
+_SECOND_PARAGRAPH = (
+    "This month we are offering a free consultation where we look at your goals together "
+    "and suggest the simplest next step. It takes about twenty minutes and there is no commitment.",
+    "Many customers like you told us the hardest part is getting started, so we prepared a short "
+    "guide and a discount for your first order. Everything is ready whenever you are.",
+    "Our team put together a few options that fit what you told us, from a light plan to the "
+    "complete package. I can send the details or we can talk for a few minutes, as you prefer.",
+)
+_SIGN_OFFS = (
+    "Would tomorrow afternoon work for a quick chat?",
+    "Shall I send you the details here?",
+    "Just reply to this message and I will take care of the rest.",
+)
+
+
+def _personalised_message(rng: random.Random, name: str | None) -> str:
+    """Two paragraphs, 250-500 characters: the shape a real campaign message has."""
+    greeting = rng.choice(_GREETINGS).format(name=name or "there")
+    first = f"{greeting} {rng.choice(_FIRST_PARAGRAPH)}"
+    second = f"{rng.choice(_SECOND_PARAGRAPH)} {rng.choice(_SIGN_OFFS)}"
+    return f"{first}\n\n{second}"
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _split_parts(body: Mapping[str, Any]) -> list[str]:
+    """Paragraphs first; one long paragraph is cut between sentences; never more than maxItems."""
+    texts = [
+        message.get("content", "")
+        for message in body.get("messages", [])
+        if isinstance(message, Mapping) and message.get("role") == "user"
+    ]
+    text = str(texts[-1]).strip() if texts else ""
+    max_parts = _max_items(body)
+    parts = [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
+    if len(parts) == 1 and max_parts >= 2 and len(text) > 160:
+        sentences = _SENTENCE_END.split(text)
+        if len(sentences) > 1:
+            middle = len(sentences) // 2
+            parts = [" ".join(sentences[:middle]), " ".join(sentences[middle:])]
+    if len(parts) > max_parts:
+        parts = [*parts[: max_parts - 1], "\n\n".join(parts[max_parts - 1 :])]
+    return parts or [text]
+
+
+def _max_items(body: Mapping[str, Any]) -> int:
+    try:
+        value = body["response_format"]["json_schema"]["schema"]["properties"]["parts"]["maxItems"]
+    except (KeyError, TypeError):
+        return 3
+    return value if isinstance(value, int) and value >= 1 else 3

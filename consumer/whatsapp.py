@@ -1,0 +1,332 @@
+"""The WhatsApp edge: an Evolution-API-shaped gateway over aiohttp, translated into `errors` types.
+
+The distinction that matters here is *whose fault* a failure is. A number that is not on
+WhatsApp is the lead's (permanent); a dead socket behind an instance that claims to be
+"open" is the inbox's (defer every message of that inbox, do not burn their attempts); a
+502 page from a proxy is the gateway's (temporary). Each instance gets its own circuit
+breaker so one broken inbox cannot slow the others down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from loguru import logger
+
+from .ai import parse_retry_after_s
+from .breaker import CircuitBreaker
+from .errors import (
+    FatalError,
+    InboxUnavailableError,
+    InvalidConfigError,
+    InvalidLeadError,
+    ProviderRejectedError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from .logs import mask_phone, redact
+from .settings import Settings
+
+CONNECTED_STATE = "open"
+# Evolution's answer when Baileys' socket is gone although connectionState still says "open".
+DEAD_SOCKET_MARKER = "connection closed"
+_PROVIDER_TEXT_MAX_CHARS = 300
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    message_id: str | None
+    status: str
+
+
+def typing_delay_ms(text: str, *, words_per_minute: float, cap_s: float) -> int:
+    """How long "typing…" shows before a bubble, like Typebot: words / wpm, capped.
+
+    The cap keeps a long bubble from holding a send (and its HTTP call) for ages; callers
+    pass 0 for the first bubble, which Typebot sends at once.
+    """
+    words = len(text.split())
+    if words == 0 or words_per_minute <= 0:
+        return 0
+    return round(min(words / words_per_minute * 60.0, cap_s) * 1000)
+
+
+@dataclass(frozen=True)
+class _CachedState:
+    """What the gateway last said about an instance: its state, or why we could not learn it."""
+
+    state: str | None
+    unavailable_reason: str | None
+    fetched_at: float
+
+
+class WhatsAppClient:
+    """Sends text through one gateway for many instances (inboxes), with per-instance health."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        send_timeout_s: float = 10.0,
+        state_ttl_s: float = 10.0,
+        breaker_failures: int = 3,
+        breaker_cooldown_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._send_timeout_s = send_timeout_s
+        self._state_ttl_s = state_ttl_s
+        self._breaker_failures = breaker_failures
+        self._breaker_cooldown_s = breaker_cooldown_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._states: dict[str, _CachedState] = {}
+        self._state_locks: dict[str, asyncio.Lock] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, session: aiohttp.ClientSession) -> WhatsAppClient:
+        return cls(
+            session=session,
+            base_url=settings.whatsapp_base_url,
+            api_key=settings.whatsapp_key(),
+            send_timeout_s=settings.send_timeout_s,
+            state_ttl_s=settings.inbox_state_ttl_s,
+            breaker_failures=settings.inbox_breaker_failures,
+            breaker_cooldown_s=settings.inbox_breaker_cooldown_s,
+        )
+
+    # --- connection state -----------------------------------------------------------------
+
+    async def ensure_connected(self, instance: str) -> None:
+        """Raise unless `instance` can send; asks the gateway at most once per `state_ttl_s`.
+
+        Meant to be called before generating, so no AI budget is spent for an inbox that is
+        down. Only a peek at the breaker here: `send_text` claims the half-open trial.
+        """
+        breaker = self._breakers.get(instance)
+        now = self._clock()
+        if breaker is not None and breaker.current_state(now) == "open":
+            raise InboxUnavailableError(
+                f"inbox {instance!r} is failing sends; paused", retry_after_s=breaker.retry_after_s(now)
+            )
+        state = await self._connection_state(instance)
+        if state != CONNECTED_STATE:
+            raise InboxUnavailableError(f"inbox {instance!r} is not connected (state {state!r})")
+
+    def invalidate(self, instance: str) -> None:
+        """Forget the cached state so the next `ensure_connected` asks the gateway again."""
+        self._states.pop(instance, None)
+
+    def breaker_states(self) -> dict[str, str]:
+        now = self._clock()
+        return {instance: breaker.current_state(now) for instance, breaker in self._breakers.items()}
+
+    async def _connection_state(self, instance: str) -> str:
+        cached = self._fresh_state(instance)
+        if cached is None:
+            # One request per instance even when a whole batch asks at once: the others
+            # wait for it and then read the cache, failures included, so a gateway that
+            # times out costs one timeout per TTL, not one per waiting message.
+            async with self._state_locks.setdefault(instance, asyncio.Lock()):
+                cached = self._fresh_state(instance)
+                if cached is None:
+                    cached = await self._fetch_and_cache_state(instance)
+        if cached.state is None:
+            raise InboxUnavailableError(cached.unavailable_reason)
+        return cached.state
+
+    async def _fetch_and_cache_state(self, instance: str) -> _CachedState:
+        try:
+            state = await self._fetch_state(instance)
+        except InboxUnavailableError as exc:
+            cached = _CachedState(state=None, unavailable_reason=str(exc), fetched_at=self._clock())
+        else:
+            cached = _CachedState(state=state, unavailable_reason=None, fetched_at=self._clock())
+        self._states[instance] = cached
+        return cached
+
+    def _fresh_state(self, instance: str) -> _CachedState | None:
+        cached = self._states.get(instance)
+        if cached is None or self._clock() - cached.fetched_at >= self._state_ttl_s:
+            return None
+        return cached
+
+    async def _fetch_state(self, instance: str) -> str:
+        url = f"{self._base_url}/instance/connectionState/{quote(instance, safe='')}"
+        try:
+            async with self._session.get(
+                url,
+                headers={"apikey": self._api_key},
+                timeout=aiohttp.ClientTimeout(total=self._send_timeout_s),
+            ) as response:
+                status, body = response.status, await response.read()
+        except TimeoutError as exc:
+            raise InboxUnavailableError(f"connection state of {instance!r} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise InboxUnavailableError(f"gateway unreachable: {type(exc).__name__}") from exc
+        if status == 404:
+            raise InvalidConfigError(f"WhatsApp instance {instance!r} does not exist on the gateway")
+        if status in (401, 403):
+            raise FatalError(f"WhatsApp gateway refused our API key ({status})")
+        if status != 200:
+            raise InboxUnavailableError(f"connection state of {instance!r} unavailable ({status})")
+        data = _json_object(body)
+        inner = data.get("instance") if data else None
+        state = inner.get("state") if isinstance(inner, Mapping) else None
+        if not isinstance(state, str):
+            raise InboxUnavailableError(f"connection state of {instance!r} unreadable")
+        return state
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def send_text(self, *, instance: str, number: str, text: str, delay_ms: int = 0) -> SendReceipt:
+        """Send one bubble. A receipt means the gateway took it: never send that part again."""
+        breaker = self._breakers.setdefault(
+            instance,
+            CircuitBreaker(failure_threshold=self._breaker_failures, cooldown_s=self._breaker_cooldown_s),
+        )
+        now = self._clock()
+        if not breaker.allow(now):
+            raise InboxUnavailableError(
+                f"inbox {instance!r} is failing sends; paused", retry_after_s=breaker.retry_after_s(now)
+            )
+        payload: dict[str, Any] = {"number": number, "text": text}
+        if delay_ms > 0:
+            payload["delay"] = delay_ms
+        # Evolution holds the HTTP call open while it shows "typing…" for `delay` ms.
+        timeout_s = self._send_timeout_s + max(0, delay_ms) / 1000.0
+        try:
+            receipt = await self._post_text(instance, number, payload, timeout_s)
+        except InboxUnavailableError:
+            self._inbox_failed(instance, breaker)
+            raise
+        except BaseException:
+            breaker.record_neutral()
+            raise
+        breaker.record_success(self._clock())
+        return receipt
+
+    def _inbox_failed(self, instance: str, breaker: CircuitBreaker) -> None:
+        was_open = breaker.state == "open"
+        breaker.record_failure(self._clock())
+        self.invalidate(instance)
+        if breaker.state == "open" and not was_open:
+            logger.warning(
+                "inbox {!r}: circuit breaker opened after {} dead-socket sends; pausing {}s",
+                instance,
+                breaker.consecutive_failures,
+                breaker.cooldown_s,
+            )
+
+    async def _post_text(
+        self, instance: str, number: str, payload: dict[str, Any], timeout_s: float
+    ) -> SendReceipt:
+        url = f"{self._base_url}/message/sendText/{quote(instance, safe='')}"
+        try:
+            async with self._session.post(
+                url,
+                json=payload,
+                headers={"apikey": self._api_key},
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                status, body = response.status, await response.read()
+                content_type = response.content_type
+                headers = response.headers
+        except TimeoutError as exc:
+            # Ambiguous: the gateway may have sent it. The caller decides whether to risk a resend.
+            raise ProviderTimeoutError(f"WhatsApp send did not answer within {timeout_s:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderUnavailableError(f"WhatsApp gateway unreachable: {type(exc).__name__}") from exc
+        if status in (200, 201):
+            return _receipt_from(body)
+        raise self._send_error(instance, number, status, content_type, headers, body)
+
+    def _send_error(
+        self,
+        instance: str,
+        number: str,
+        status: int,
+        content_type: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Exception:
+        data = _json_object(body)
+        message = self._provider_text(data, body)
+        if status in (401, 403):
+            return FatalError(f"WhatsApp gateway refused our API key ({status})")
+        if status == 429:
+            retry_after_s = parse_retry_after_s(headers, now_epoch_s=self._wall_clock())
+            return RateLimitedError(
+                f"WhatsApp gateway rate limited (429): {message}", retry_after_s=retry_after_s
+            )
+        if data is None and (content_type == "text/html" or body.lstrip().startswith(b"<")):
+            return ProviderUnavailableError(f"WhatsApp gateway answered {status} with an HTML page")
+        if status >= 500:
+            if DEAD_SOCKET_MARKER in message.lower():
+                return InboxUnavailableError(f"inbox {instance!r} lost its WhatsApp connection: {message}")
+            return ProviderUnavailableError(f"WhatsApp gateway unavailable ({status}): {message}")
+        if status == 404:
+            return InvalidConfigError(f"WhatsApp instance {instance!r} does not exist on the gateway")
+        if status == 400 and _not_on_whatsapp(data):
+            return InvalidLeadError(f"{mask_phone(number)} is not on WhatsApp")
+        if status in (400, 422):
+            return ProviderRejectedError(f"WhatsApp gateway rejected the message ({status}): {message}")
+        return ProviderUnavailableError(f"WhatsApp gateway answered {status}: {message}")
+
+    def _provider_text(self, data: Mapping[str, Any] | None, body: bytes) -> str:
+        """Evolution nests its reason in ``response.message`` (a string or a list); mask phones."""
+        text = ""
+        if data is not None:
+            response = data.get("response")
+            reason = response.get("message") if isinstance(response, Mapping) else data.get("message")
+            if reason is None:
+                reason = data.get("error")
+            if reason is not None:
+                text = reason if isinstance(reason, str) else json.dumps(reason, ensure_ascii=False)
+        if not text:
+            text = body.decode("utf-8", "replace").strip() or "no details"
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return redact(" ".join(text.split()))[:_PROVIDER_TEXT_MAX_CHARS]
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _not_on_whatsapp(data: Mapping[str, Any] | None) -> bool:
+    response = data.get("response") if data else None
+    entries = response.get("message") if isinstance(response, Mapping) else None
+    if not isinstance(entries, list):
+        return False
+    return any(isinstance(entry, Mapping) and entry.get("exists") is False for entry in entries)
+
+
+def _receipt_from(body: bytes) -> SendReceipt:
+    """A 2xx is an acknowledgement even if its body is odd: resending would risk a duplicate."""
+    data = _json_object(body) or {}
+    key = data.get("key")
+    message_id = key.get("id") if isinstance(key, Mapping) else None
+    status = data.get("status")
+    return SendReceipt(
+        message_id=message_id if isinstance(message_id, str) and message_id else None,
+        status=status if isinstance(status, str) and status else "UNKNOWN",
+    )
