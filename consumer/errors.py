@@ -108,3 +108,10 @@ class FatalError(CampaignqError):
     """The whole process cannot go on (bad API key, no credits): stop reading, exit non-zero."""
 
     error_class = "fatal"
+
+
+class LeaseLostError(CampaignqError):
+    """This worker no longer holds the queue message (its visibility timeout ran out and
+    another worker read it): stop touching it, the new holder carries on."""
+
+    error_class = "lease_lost"

@@ -2,7 +2,7 @@
 
 Two ways in, one way out. The LLM may propose parts (a JSON answer validated by pydantic
 against `split_response_schema`); they are used only when they respect the limits *and*
-carry exactly the generated text, so what is stored as `generated_message` is what the
+carry the generated text word for word, so what is stored as `generated_message` is what the
 lead reads. Otherwise `split_text` splits deterministically. `plan_parts` is the single
 place that decides which.
 
@@ -14,12 +14,15 @@ place that decides which.
 - cuts prefer paragraph breaks, then line or sentence ends, then spaces; a run longer
   than `max_chars` without whitespace (CJK without punctuation, a pasted URL) is cut
   inside, never inside a grapheme we can recognise (emoji sequences, combining marks);
-- at most `max_parts` parts, balanced in length, *unless* the text does not fit
-  `max_parts` bubbles of `max_chars` without cutting words. Then it returns the fewest
-  bubbles that hold it. Chosen over raising because the text is valid and already paid
-  for, and over truncating because a message must arrive whole: `max_chars` is a hard
-  limit, `max_parts` a style preference. In practice it needs a text longer than about
-  `max_parts` x 4096 chars, which `ai_max_tokens` already prevents.
+- at most `max_parts` parts: one per paragraph when there are few enough, else adjacent
+  pieces share bubbles, balanced in length;
+- *unless* the text does not fit `max_parts` bubbles of `max_chars` even when cut
+  between any two words. Then `max_parts` is exceeded: bubbles are filled up to
+  `max_chars` with whole paragraphs (cut finer only inside a paragraph too long for one
+  bubble). Chosen over raising because the text is valid and already paid for, and over
+  truncating because a message must arrive whole: `max_chars` is WhatsApp's hard limit,
+  `max_parts` a style preference. It takes a text of nearly `max_parts` x `max_chars`
+  (12k chars for 3 x 4096), which `ai_max_tokens` already prevents.
 """
 
 from __future__ import annotations
@@ -128,11 +131,10 @@ def split_text(text: str, *, max_parts: int, max_chars: int) -> list[str]:
         return []
     spans = _plan(atoms, max_parts, max_chars)
     if spans is None:
-        # Too long for max_parts bubbles: find the fewest bubbles that hold it, then plan
-        # for that count so the cuts still prefer paragraphs and sentences.
-        finest = _units(atoms, 0, len(atoms), _CUT, max_chars)
-        fewest = _pack(atoms, finest, max_chars)
-        spans = _plan(atoms, len(fewest), max_chars) or fewest
+        # Too long for max_parts bubbles at any level. The count is lost anyway, so keep
+        # the cuts clean: full bubbles of whole paragraphs (finer only inside a paragraph
+        # longer than max_chars).
+        spans = _pack(atoms, _units(atoms, 0, len(atoms), _PARAGRAPH, max_chars), max_chars)
     return [_render(atoms, start, end) for start, end in spans]
 
 

@@ -237,7 +237,7 @@ DEFERRALS = (RateLimitedError, CircuitOpenError, InboxUnavailableError)
 positive = st.floats(min_value=0.01, max_value=10_000.0)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     make_error=st.sampled_from(ERROR_FACTORIES),
     retry_after_s=st.none() | st.floats(allow_nan=True, allow_infinity=True),

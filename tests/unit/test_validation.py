@@ -85,7 +85,7 @@ def test_error_message_preview_is_bounded() -> None:
     assert len(str(caught.value)) < 200
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     text=st.text(alphabet=st.characters(codec="utf-8"), max_size=80)
     | st.builds(
@@ -162,7 +162,7 @@ def test_bad_phone_is_a_permanent_lead_error(raw: str | None, match: str) -> Non
     assert "9999" not in str(caught.value)  # the number never reaches logs, rows or the DLQ
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     digits=st.text(alphabet="0123456789", min_size=8, max_size=15).filter(lambda d: d[0] != "0"),
     separators=st.lists(st.sampled_from([" ", "-", ".", "(", ")", "/", "\t"]), max_size=15),
@@ -174,7 +174,7 @@ def test_formatted_phone_gives_back_its_digits(digits: str, separators: list[str
     assert normalize_phone(("+" if plus else "") + formatted) == digits
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(raw=st.text(max_size=30))
 def test_any_phone_is_either_ascii_digits_in_range_or_rejected(raw: str) -> None:
     try:

@@ -1,0 +1,61 @@
+"""Assembles a consumer process: pool, HTTP session, provider clients, worker, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import aiohttp
+from loguru import logger
+from psycopg_pool import PoolTimeout
+
+from .ai import AIClient
+from .db import Database
+from .errors import DatabaseUnavailableError
+from .metrics import ConsumerMetrics
+from .settings import Settings
+from .whatsapp import WhatsAppClient
+from .worker import Worker
+
+
+async def run_consumer(
+    settings: Settings, database_url: str, *, metrics: ConsumerMetrics | None = None
+) -> int:
+    try:
+        db = await Database.open(
+            database_url,
+            max_size=settings.db_pool_max_size,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+    except PoolTimeout as exc:
+        raise DatabaseUnavailableError("cannot connect to the database (pool did not open in time)") from exc
+    connector = aiohttp.TCPConnector(limit=settings.concurrency * 2 + 8, ttl_dns_cache=300)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            worker = Worker(
+                settings=settings,
+                db=db,
+                ai=AIClient.from_settings(settings, session),
+                whatsapp=WhatsAppClient.from_settings(settings, session),
+                database_url=database_url,
+                metrics=metrics,
+            )
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, _stopper(worker, signum))
+            try:
+                return await worker.run()
+            finally:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+    finally:
+        await db.close()
+
+
+def _stopper(worker: Worker, signum: int) -> Callable[[], None]:
+    def stop() -> None:
+        logger.info("received {}, draining", signal.Signals(signum).name)
+        worker.stop()
+
+    return stop

@@ -1,0 +1,219 @@
+"""The consumer's only door to PostgreSQL: every statement comes from ``db/queries.sql``.
+
+Each outcome is one call to a SQL function from ``db/migrations/0004_consumer_outcomes.sql``
+(one round trip, one transaction, guarded by the (msg_id, read_ct) lease).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from .models import QueueMessage
+from .sql import query
+
+QUEUE = "campaign_messages"
+NOTIFY_CHANNEL = "pgmq.q_campaign_messages.INSERT"
+
+
+class Database:
+    def __init__(self, *, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+        # Statements sent, by query name: how tests (and curious operators) can see that a
+        # batch costs one context query, not one per message.
+        self.statements: Counter[str] = Counter()
+
+    @classmethod
+    async def open(
+        cls, url: str, *, max_size: int = 8, statement_timeout_ms: int = 15_000, timeout_s: float = 10.0
+    ) -> Database:
+        options = f"-c statement_timeout={int(statement_timeout_ms)}"
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            timeout=timeout_s,
+            reconnect_timeout=0,  # keep trying forever: a restarted server must not kill workers
+            kwargs={"autocommit": True, "options": options, "connect_timeout": 10},
+            name="campaignq",
+        )
+        await pool.open(wait=True, timeout=timeout_s)
+        return cls(pool=pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _scalar(self, name: str, params: dict[str, Any]) -> Any:
+        self.statements[name] += 1
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query(name), params)
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def read(self, *, qty: int, vt_s: int) -> list[QueueMessage]:
+        self.statements["read_messages"] += 1
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("read_messages"), {"qty": qty, "vt_s": vt_s})
+            rows = await cur.fetchall()
+        return [
+            QueueMessage(msg_id=r[0], read_ct=r[1], enqueued_at=r[2], vt=r[3], message=r[4]) for r in rows
+        ]
+
+    async def claim_batch(
+        self,
+        leases: Sequence[tuple[QueueMessage, uuid.UUID]],
+        *,
+        cached_config_ids: Sequence[uuid.UUID],
+    ) -> list[dict[str, Any]]:
+        self.statements["claim_batch"] += 1
+        params = {
+            "msg_ids": [m.msg_id for m, _ in leases],
+            "read_cts": [m.read_ct for m, _ in leases],
+            "message_ids": [message_id for _, message_id in leases],
+            "cached_config_ids": list(cached_config_ids),
+        }
+        async with self.pool.connection() as conn:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query("claim_batch"), params)
+                rows: list[dict[str, Any]] = await cur.fetchall()
+        return rows
+
+    async def extend_leases(self, leases: Sequence[tuple[int, int]], *, vt_s: int) -> set[int]:
+        if not leases:
+            return set()
+        self.statements["extend_leases"] += 1
+        params = {"msg_ids": [m for m, _ in leases], "read_cts": [r for _, r in leases], "vt_s": vt_s}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("extend_leases"), params)
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def store_generation(
+        self,
+        msg: QueueMessage,
+        message_id: uuid.UUID,
+        *,
+        text: str,
+        parts: list[str],
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float | None,
+        ai_ms: int,
+        split_ms: int | None,
+    ) -> bool:
+        return bool(
+            await self._scalar(
+                "store_generation",
+                {
+                    "msg_id": msg.msg_id,
+                    "read_ct": msg.read_ct,
+                    "message_id": message_id,
+                    "text": text,
+                    "parts": Jsonb(parts),
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "cost_usd": cost_usd,
+                    "ai_ms": ai_ms,
+                    "split_ms": split_ms,
+                },
+            )
+        )
+
+    async def record_part_sent(self, message_id: uuid.UUID, parts_sent: int) -> None:
+        await self._scalar("record_part_sent", {"message_id": message_id, "parts_sent": parts_sent})
+
+    async def complete_sent(self, msg: QueueMessage, message_id: uuid.UUID, *, send_ms: int) -> bool:
+        return bool(
+            await self._scalar(
+                "complete_sent",
+                {"msg_id": msg.msg_id, "read_ct": msg.read_ct, "message_id": message_id, "send_ms": send_ms},
+            )
+        )
+
+    async def retry_later(
+        self,
+        msg: QueueMessage,
+        message_id: uuid.UUID | None,
+        *,
+        delay_s: float,
+        burns_attempt: bool,
+        error_class: str,
+        error: str,
+        stage: str,
+    ) -> bool:
+        return bool(
+            await self._scalar(
+                "retry_later",
+                {
+                    "msg_id": msg.msg_id,
+                    "read_ct": msg.read_ct,
+                    "message_id": message_id,
+                    "delay_s": delay_s,
+                    "burns_attempt": burns_attempt,
+                    "error_class": error_class,
+                    "error": error,
+                    "stage": stage,
+                },
+            )
+        )
+
+    async def dead_letter(
+        self,
+        msg: QueueMessage,
+        message_id: uuid.UUID | None,
+        *,
+        reason: str,
+        error_class: str,
+        error: str,
+        stage: str,
+        burns_attempt: bool,
+    ) -> int | None:
+        value = await self._scalar(
+            "dead_letter",
+            {
+                "msg_id": msg.msg_id,
+                "read_ct": msg.read_ct,
+                "message_id": message_id,
+                "reason": reason,
+                "error_class": error_class,
+                "error": error,
+                "stage": stage,
+                "burns_attempt": burns_attempt,
+            },
+        )
+        return int(value) if value is not None else None
+
+    async def release_to_pending(self, msg: QueueMessage, message_id: uuid.UUID) -> bool:
+        params = {"msg_id": msg.msg_id, "read_ct": msg.read_ct, "message_id": message_id}
+        return bool(await self._scalar("release_to_pending", params))
+
+    async def skip(self, msg: QueueMessage, message_id: uuid.UUID, *, error_class: str, error: str) -> bool:
+        params = {
+            "msg_id": msg.msg_id,
+            "read_ct": msg.read_ct,
+            "message_id": message_id,
+            "error_class": error_class,
+            "error": error,
+        }
+        return bool(await self._scalar("skip", params))
+
+    async def archive_leased(self, msg: QueueMessage) -> bool:
+        return bool(await self._scalar("archive_leased", {"msg_id": msg.msg_id, "read_ct": msg.read_ct}))
+
+    async def release_now(self, msg: QueueMessage, message_id: uuid.UUID | None) -> bool:
+        params = {"msg_id": msg.msg_id, "read_ct": msg.read_ct, "message_id": message_id}
+        return bool(await self._scalar("release_now", params))
+
+
+async def listen_connection(url: str) -> psycopg.AsyncConnection[Any]:
+    """A dedicated connection LISTENing for new-message notifications (the pool's are shared)."""
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
+    await conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(NOTIFY_CHANNEL)))
+    return conn

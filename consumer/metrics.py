@@ -1,0 +1,83 @@
+"""Prometheus metrics of a consumer process (served by `campaignq consume --metrics-port`).
+
+Collectors live in one registry built per process (`ConsumerMetrics`), injected into the
+worker, so tests can run several workers in one interpreter without sharing counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "campaignq_stage_seconds",
+            "Latency of one stage of one message",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
+        self.message_seconds = Histogram(
+            "campaignq_message_seconds",
+            "Wall time of one attempt, read to outcome",
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "campaignq_outcomes",
+            "Attempt outcomes by kind and error class",
+            ["outcome", "error_class"],
+            registry=r,
+        )
+        self.rate_limit_waits = Counter(
+            "campaignq_rate_limit_waits",
+            "Times the process paused reading for a provider cooldown",
+            registry=r,
+        )
+        self.rate_limit_wait_seconds = Counter(
+            "campaignq_rate_limit_wait_seconds",
+            "Seconds spent paused for provider cooldowns",
+            registry=r,
+        )
+        self.in_flight = Gauge("campaignq_in_flight", "Messages being processed now", registry=r)
+        self.batch_fill_ratio = Histogram(
+            "campaignq_batch_fill_ratio",
+            "Messages read / messages asked for, per read",
+            buckets=(0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "campaignq_circuit_open",
+            "1 when a circuit breaker is open (0.5 half-open)",
+            ["circuit"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "campaignq_queue_depth",
+            "Messages in the queue (sampled)",
+            ["queue"],
+            registry=r,
+        )
+        self.queue_visible = Gauge(
+            "campaignq_queue_visible",
+            "Messages visible now (sampled)",
+            ["queue"],
+            registry=r,
+        )
+        self.queue_oldest_age_seconds = Gauge(
+            "campaignq_queue_oldest_age_seconds",
+            "Age of the oldest message (sampled)",
+            ["queue"],
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "campaignq_leases_lost",
+            "Messages whose visibility timeout ran out while held",
+            registry=r,
+        )
+        self.tokens = Counter("campaignq_ai_tokens", "AI tokens used", ["kind"], registry=r)

@@ -1,0 +1,101 @@
+"""Typed shapes of what crosses a boundary: queue payloads and the per-batch context rows."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+PAYLOAD_VERSION = 1
+
+
+class QueuePayload(BaseModel):
+    """The contract's queue payload: ``{"v": 1, "campaign_message_id", "run_id", "lead_id"}``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: Literal[1]
+    campaign_message_id: uuid.UUID
+    run_id: uuid.UUID
+    lead_id: uuid.UUID
+
+
+class InvalidPayloadError(ValueError):
+    """A queue message whose payload is not a contract payload; it is dead-lettered, never retried."""
+
+
+def parse_payload(raw: Any) -> QueuePayload:
+    try:
+        return QueuePayload.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "payload"
+        raise InvalidPayloadError(f"{where}: {first['msg']}") from exc
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """One PGMQ read: (msg_id, read_ct) is this worker's lease on the message."""
+
+    msg_id: int
+    read_ct: int
+    enqueued_at: datetime
+    vt: datetime
+    message: Any
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    id: uuid.UUID
+    workspace_id: uuid.UUID
+    ai_model: str
+    system_prompt: str
+    split_messages: bool
+    max_parts: int
+    max_tokens: int
+    inbox_id: uuid.UUID
+    instance: str
+
+
+@dataclass
+class MessageContext:
+    """What the batch query knows about one queue message, before any work is done.
+
+    ``previous_status`` is the row's status before this read claimed it: ``generating`` or
+    ``sending`` there means the previous holder crashed mid-message.
+    """
+
+    msg: QueueMessage
+    payload: QueuePayload | None
+    payload_error: str | None = None
+    found: bool = False
+    claimed: bool = False
+    previous_status: str | None = None
+    run_status: str | None = None
+    run_id: uuid.UUID | None = None
+    lead_id: uuid.UUID | None = None
+    retry_count: int = 0
+    deferral_count: int = 0
+    first_deferred_at: datetime | None = None
+    generated_message: str | None = None
+    parts: list[str] | None = None
+    parts_sent: int = 0
+    attempt_history: list[dict[str, Any]] = field(default_factory=list)
+    lead_name: str | None = None
+    phone: str | None = None
+    custom_fields: dict[str, Any] | None = None
+    config_id: uuid.UUID | None = None
+    config: CampaignConfig | None = None
+    last_error_class: str | None = None
+
+    @property
+    def message_id(self) -> uuid.UUID | None:
+        return self.payload.campaign_message_id if self.payload else None
+
+    def require_message_id(self) -> uuid.UUID:
+        if self.payload is None:
+            raise InvalidPayloadError(self.payload_error or "no payload")
+        return self.payload.campaign_message_id

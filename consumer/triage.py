@@ -1,0 +1,90 @@
+"""What to do with a message as soon as its batch context is loaded, before any work.
+
+Pure: decided from the row as it was when read, so every odd case (paused run, row already
+sent, unknown id, a crash left behind) has one obvious place and a unit test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import MessageContext
+
+TERMINAL_STATUSES = frozenset({"sent", "failed", "skipped"})
+IN_FLIGHT_STATUSES = frozenset({"generating", "sending"})
+
+
+@dataclass(frozen=True)
+class Process:
+    """Generate (unless already generated), split, send the missing parts."""
+
+
+@dataclass(frozen=True)
+class ReleaseToPending:
+    """Run paused or not started: row back to pending, queue message removed."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Run cancelled (or already completed): row skipped, queue message archived."""
+
+    error_class: str
+    why: str
+
+
+@dataclass(frozen=True)
+class ArchiveOnly:
+    """The row is already terminal (a duplicate delivery or a replay of a sent message)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class DeadLetterNow:
+    reason: str
+    error_class: str
+    why: str
+    burns_attempt: bool = False
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """Another worker read the message after this read: leave it to that worker."""
+
+
+Action = Process | ReleaseToPending | Skip | ArchiveOnly | DeadLetterNow | LeaseLost
+
+
+def triage(ctx: MessageContext, *, max_attempts: int) -> Action:
+    if ctx.payload is None:
+        return DeadLetterNow("invalid_payload", "invalid_payload", ctx.payload_error or "unparsable payload")
+    if not ctx.found:
+        return DeadLetterNow(
+            "unknown_message",
+            "unknown_message",
+            f"campaign message {ctx.payload.campaign_message_id} does not exist",
+        )
+    if ctx.run_id != ctx.payload.run_id or ctx.lead_id != ctx.payload.lead_id:
+        return DeadLetterNow(
+            "invalid_payload", "invalid_payload", "payload run_id/lead_id do not match the campaign message"
+        )
+    if ctx.previous_status in TERMINAL_STATUSES:
+        return ArchiveOnly(f"row is already {ctx.previous_status}")
+    if ctx.run_status == "cancelled":
+        return Skip("run_cancelled", "the run was cancelled")
+    if ctx.run_status == "completed":
+        return Skip("run_completed", "the run was already completed")
+    if ctx.run_status != "running" or ctx.previous_status == "pending":
+        return ReleaseToPending(f"run is {ctx.run_status}, row was {ctx.previous_status}")
+    if not ctx.claimed:
+        return LeaseLost()
+    if ctx.previous_status in IN_FLIGHT_STATUSES and ctx.retry_count >= max_attempts:
+        return DeadLetterNow(
+            "max_attempts",
+            "crashed",
+            f"the holder stopped mid-message {ctx.retry_count} times",
+            burns_attempt=False,
+        )
+    return Process()

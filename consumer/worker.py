@@ -1,0 +1,337 @@
+"""`campaignq consume`: the long-lived loop that reads, leases and processes messages.
+
+Shape (procrastinate's): wait for "new message, poll tick, free slot, or stop"; read at
+most as many messages as there are free slots; one task per message; a heartbeat keeps
+every held lease alive; a listener turns NOTIFY into an immediate read. `stop()` only sets
+an event; the loop always leaves through the same drain path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from loguru import logger
+from psycopg_pool import PoolTimeout
+
+from .ai import AIClient
+from .db import Database, listen_connection
+from .errors import FatalError
+from .metrics import ConsumerMetrics
+from .models import CampaignConfig, InvalidPayloadError, MessageContext, QueueMessage, parse_payload
+from .pipeline import MessagePipeline
+from .settings import Settings
+from .whatsapp import WhatsAppClient
+
+EXIT_OK = 0
+EXIT_FATAL = 3
+DB_RETRY_DELAY_MAX_S = 10.0
+# A freed slot is refilled together with others that free up within this window, so a
+# busy worker reads in batches instead of one message per round trip.
+REFILL_GATHER_S = 0.02
+
+
+@dataclass
+class Lease:
+    msg: QueueMessage
+    message_id: uuid.UUID | None
+    started: float
+    task: asyncio.Task[str] | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        ai: AIClient,
+        whatsapp: WhatsAppClient,
+        database_url: str,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.ai = ai
+        self.whatsapp = whatsapp
+        self.database_url = database_url
+        self.metrics = metrics or ConsumerMetrics()
+        self.pipeline = MessagePipeline(
+            db=db, ai=ai, whatsapp=whatsapp, settings=settings, metrics=self.metrics, on_fatal=self._on_fatal
+        )
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._leases: dict[int, Lease] = {}
+        self._configs: dict[uuid.UUID, tuple[CampaignConfig, float]] = {}
+        self._fatal: FatalError | None = None
+        self.processed = 0
+
+    # --- control --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading; in-flight messages finish (up to the drain timeout). Signal-safe."""
+        self._stop.set()
+
+    def _on_fatal(self, exc: FatalError) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+            logger.critical("fatal provider error, stopping this consumer: {}", exc)
+        self._stop.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._leases)
+
+    async def run(self) -> int:
+        side_tasks = [
+            asyncio.create_task(self._heartbeat(), name="campaignq-heartbeat"),
+            asyncio.create_task(self._listen(), name="campaignq-listener"),
+        ]
+        logger.info(
+            "consumer started: concurrency {}, batch {}, visibility timeout {} s",
+            self.settings.concurrency,
+            self.settings.batch_size,
+            self.settings.visibility_timeout_s,
+        )
+        try:
+            await self._read_loop()
+        finally:
+            await self._drain()
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, return_exceptions=True)
+        logger.info("consumer stopped after {} messages", self.processed)
+        return EXIT_FATAL if self._fatal else EXIT_OK
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        db_delay_s = 0.0
+        while not self._stop.is_set():
+            cooldown_s = self.ai.cooldown_remaining_s()
+            if cooldown_s > 0:
+                self.metrics.rate_limit_waits.inc()
+                self.metrics.rate_limit_wait_seconds.inc(cooldown_s)
+                await self._wait_any(asyncio.sleep(cooldown_s))
+                continue
+            free = self.settings.concurrency - len(self._leases)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait_any(self._slot_freed.wait())
+                continue
+            if free < min(self.settings.batch_size, self.settings.concurrency) and self._leases:
+                await asyncio.sleep(REFILL_GATHER_S)
+                free = self.settings.concurrency - len(self._leases)
+            qty = min(free, self.settings.batch_size)
+            try:
+                self._wake.clear()
+                messages = await self.db.read(qty=qty, vt_s=self.settings.visibility_timeout_s)
+                db_delay_s = 0.0
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                db_delay_s = min(DB_RETRY_DELAY_MAX_S, max(0.5, db_delay_s * 2))
+                logger.warning(
+                    "cannot read from the queue ({}); retrying in {:.1f} s", _one_line(exc), db_delay_s
+                )
+                await self._wait_any(asyncio.sleep(db_delay_s))
+                continue
+            self.metrics.batch_fill_ratio.observe(len(messages) / qty)
+            if not messages:
+                await self._wait_any(self._wake.wait(), asyncio.sleep(self.settings.poll_interval_s))
+                continue
+            await self._start(messages)
+
+    async def _wait_any(self, *waits: Awaitable[Any]) -> None:
+        tasks = [asyncio.ensure_future(w) for w in (*waits, self._stop.wait())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _start(self, messages: list[QueueMessage]) -> None:
+        now = time.perf_counter()
+        contexts: list[MessageContext] = []
+        valid: list[tuple[QueueMessage, uuid.UUID]] = []
+        for msg in messages:
+            try:
+                payload = parse_payload(msg.message)
+            except InvalidPayloadError as exc:
+                contexts.append(MessageContext(msg=msg, payload=None, payload_error=str(exc)))
+                self._leases[msg.msg_id] = Lease(msg, None, now)
+                continue
+            contexts.append(MessageContext(msg=msg, payload=payload))
+            valid.append((msg, payload.campaign_message_id))
+            self._leases[msg.msg_id] = Lease(msg, payload.campaign_message_id, now)
+        try:
+            rows = await self._claim(valid) if valid else {}
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            # Nothing was claimed: the messages reappear after their visibility timeout and
+            # no attempt is counted (their rows are still `queued`).
+            logger.warning(
+                "cannot load the batch context ({}); {} messages will reappear", _one_line(exc), len(messages)
+            )
+            for msg in messages:
+                self._leases.pop(msg.msg_id, None)
+            return
+        for ctx in contexts:
+            row = rows.get(ctx.msg.msg_id)
+            if row is not None:
+                self._fill(ctx, row)
+            lease = self._leases[ctx.msg.msg_id]
+            lease.task = asyncio.create_task(self._run_one(ctx), name=f"campaignq-msg-{ctx.msg.msg_id}")
+        self.metrics.in_flight.set(len(self._leases))
+
+    async def _claim(self, valid: list[tuple[QueueMessage, uuid.UUID]]) -> dict[int, dict[str, Any]]:
+        now = time.monotonic()
+        fresh = [cid for cid, (_, expires) in self._configs.items() if expires > now]
+        rows = await self.db.claim_batch(valid, cached_config_ids=fresh)
+        return {int(row["msg_id"]): row for row in rows}
+
+    def _fill(self, ctx: MessageContext, row: dict[str, Any]) -> None:
+        ctx.found = bool(row["found"])
+        ctx.claimed = bool(row["claimed"])
+        ctx.previous_status = row["previous_status"]
+        ctx.run_status = row["run_status"]
+        ctx.run_id = row["run_id"]
+        ctx.lead_id = row["lead_id"]
+        ctx.retry_count = int(row["retry_count"] or 0)
+        ctx.deferral_count = int(row["deferral_count"] or 0)
+        ctx.first_deferred_at = row["first_deferred_at"]
+        ctx.generated_message = row["generated_message"]
+        ctx.parts = list(row["parts"]) if row["parts"] is not None else None
+        ctx.parts_sent = int(row["parts_sent"] or 0)
+        ctx.attempt_history = list(row["attempt_history"] or [])
+        ctx.lead_name = row["lead_name"]
+        ctx.phone = row["phone"]
+        ctx.custom_fields = row["custom_fields"]
+        ctx.config_id = row["config_id"]
+        ctx.config = self._config_for(row)
+
+    def _config_for(self, row: dict[str, Any]) -> CampaignConfig | None:
+        config_id = row["config_id"]
+        if config_id is None:
+            return None
+        if row["ai_model"] is None:  # not sent: the cached copy was fresh
+            cached = self._configs.get(config_id)
+            return cached[0] if cached else None
+        if row["instance"] is None:
+            return None
+        config = CampaignConfig(
+            id=config_id,
+            workspace_id=row["workspace_id"],
+            ai_model=row["ai_model"],
+            system_prompt=row["system_prompt"],
+            split_messages=bool(row["split_messages"]),
+            max_parts=int(row["max_parts"]),
+            max_tokens=int(row["max_tokens"]),
+            inbox_id=row["inbox_id"],
+            instance=row["instance"],
+        )
+        self._configs[config_id] = (config, time.monotonic() + self.settings.config_cache_ttl_s)
+        return config
+
+    async def _run_one(self, ctx: MessageContext) -> str:
+        try:
+            outcome = await self.pipeline.handle(ctx)
+            self.processed += 1
+            return outcome
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a database outage during the outcome write: the lease expires
+            logger.opt(exception=True).error(
+                "could not record the outcome of msg_id={}; it will reappear after its visibility timeout",
+                ctx.msg.msg_id,
+            )
+            return "error"
+        finally:
+            self._leases.pop(ctx.msg.msg_id, None)
+            self.metrics.in_flight.set(len(self._leases))
+            self._slot_freed.set()
+
+    # --- side tasks -----------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Keep held leases alive so a slow message is never processed twice.
+
+        Extends every lease older than a third of the visibility timeout, in one statement.
+        A lease the database no longer recognises was lost: the new holder will carry on.
+        """
+        vt_s = self.settings.visibility_timeout_s
+        interval_s = max(0.5, vt_s / 3)
+        budget_s = self._planned_attempt_s()
+        while True:
+            await asyncio.sleep(interval_s)
+            now = time.perf_counter()
+            held = [lease for lease in self._leases.values() if now - lease.started >= interval_s * 0.9]
+            for lease in held:
+                if now - lease.started > budget_s:
+                    logger.bind(msg_id=lease.msg.msg_id, message_id=str(lease.message_id)).warning(
+                        "message in progress for {:.0f} s, longer than planned ({:.0f} s)",
+                        now - lease.started,
+                        budget_s,
+                    )
+            if not held:
+                continue
+            try:
+                alive = await self.db.extend_leases([(h.msg.msg_id, h.msg.read_ct) for h in held], vt_s=vt_s)
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                logger.warning(
+                    "could not extend {} leases ({}); they expire within {} s",
+                    len(held),
+                    _one_line(exc),
+                    vt_s,
+                )
+                continue
+            for lease in held:
+                if lease.msg.msg_id not in alive:
+                    self.metrics.leases_lost.inc()
+                    logger.bind(msg_id=lease.msg.msg_id).warning(
+                        "lease lost while processing; another worker has it"
+                    )
+
+    def _planned_attempt_s(self) -> float:
+        s = self.settings
+        return s.ai_timeout_s + s.split_timeout_s + 10 * (s.send_timeout_s + s.typing_delay_cap_s)
+
+    async def _listen(self) -> None:
+        """NOTIFY → immediate read. Only a shortcut: the poll still finds re-visible messages."""
+        delay_s = 0.0
+        while True:
+            try:
+                conn = await listen_connection(self.database_url)
+                delay_s = 0.0
+                async with conn:
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.Error, OSError) as exc:
+                delay_s = min(DB_RETRY_DELAY_MAX_S, max(0.5, delay_s * 2))
+                logger.debug("listener reconnecting in {:.1f} s ({})", delay_s, _one_line(exc))
+                await asyncio.sleep(delay_s)
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        tasks = [lease.task for lease in self._leases.values() if lease.task is not None]
+        if not tasks:
+            return
+        logger.info(
+            "draining {} in-flight messages (up to {:.0f} s)", len(tasks), self.settings.drain_timeout_s
+        )
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            logger.warning("drain timeout: released {} unfinished messages back to the queue", len(pending))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

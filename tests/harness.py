@@ -1,0 +1,101 @@
+"""Run a real consumer (in-process or as a `campaignq consume` subprocess) against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from consumer.ai import AIClient
+from consumer.db import Database
+from consumer.settings import Settings
+from consumer.simulator import Simulator
+from consumer.whatsapp import WhatsAppClient
+from consumer.worker import Worker
+
+AI_KEY = "sk-test-0123456789abcdef"
+WHATSAPP_KEY = "wa-test-key-0123456789"
+
+FAST_TEST_SETTINGS: dict[str, Any] = {
+    "poll_interval_s": 0.1,
+    "backoff_base_s": 0.2,
+    "backoff_max_s": 2.0,
+    "inbox_state_ttl_s": 0.2,
+    "typing_delay_cap_s": 0.0,
+    "drain_timeout_s": 10.0,
+    "visibility_timeout_s": 30,
+}
+
+
+def consumer_settings(database_url: str, sim: Simulator, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "ai_base_url": sim.ai_base_url,
+        "whatsapp_base_url": sim.whatsapp_base_url,
+        "ai_api_key": AI_KEY,
+        "whatsapp_api_key": WHATSAPP_KEY,
+        **FAST_TEST_SETTINGS,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def subprocess_env(database_url: str, sim: Simulator, **overrides: str) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": database_url,
+        "CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url,
+        "CAMPAIGNQ_WHATSAPP_BASE_URL": sim.whatsapp_base_url,
+        "CAMPAIGNQ_AI_API_KEY": AI_KEY,
+        "CAMPAIGNQ_WHATSAPP_API_KEY": WHATSAPP_KEY,
+    }
+    env.update({f"CAMPAIGNQ_{k.upper()}": str(v) for k, v in FAST_TEST_SETTINGS.items()})
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class RunningWorker:
+    worker: Worker
+    db: Database
+    task: asyncio.Task[int]
+
+    async def stop(self) -> int:
+        self.worker.stop()
+        return await asyncio.wait_for(self.task, timeout=60)
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[RunningWorker]:
+    assert settings.database_url
+    db = await Database.open(settings.database_url, max_size=settings.db_pool_max_size)
+    try:
+        async with aiohttp.ClientSession() as session:
+            worker = Worker(
+                settings=settings,
+                db=db,
+                ai=AIClient.from_settings(settings, session),
+                whatsapp=WhatsAppClient.from_settings(settings, session),
+                database_url=settings.database_url,
+            )
+            running = RunningWorker(worker, db, asyncio.create_task(worker.run()))
+            try:
+                yield running
+            finally:
+                if not running.task.done():
+                    worker.stop()
+                await asyncio.wait_for(running.task, timeout=60)
+    finally:
+        await db.close()
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
