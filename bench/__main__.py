@@ -12,24 +12,43 @@ from bench import BENCHMARKS, common, load
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="name",
-                        help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: checks the benchmark works, numbers are not meaningful")
-    parser.add_argument("--out", type=Path, default=common.OUT_DIR,
-                        help=f"where to write <name>.json and <name>.png (default: {common.OUT_DIR})")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="name",
+        help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: checks the benchmark works, numbers are not meaningful",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where to write <name>.json and <name>.png (default: {common.OUT_DIR}, "
+        "or its quick/ subfolder with --quick, so a smoke run never overwrites real numbers)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    out_dir = args.out or (common.OUT_DIR / "quick" if args.quick else common.OUT_DIR)
 
     for name in args.names or list(BENCHMARKS):
         module = load(name)
         print(f"== {name} ({'quick' if args.quick else 'full'}) ==", flush=True)
         started = time.perf_counter()
         result = module.run(quick=args.quick)
-        common.record(name, result, quick=args.quick, elapsed_s=time.perf_counter() - started,
-                      plot=getattr(module, "plot", None), out_dir=args.out)
+        common.record(
+            name,
+            result,
+            quick=args.quick,
+            elapsed_s=time.perf_counter() - started,
+            plot=getattr(module, "plot", None),
+            out_dir=out_dir,
+        )
     return 0
 
 

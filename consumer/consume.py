@@ -1,4 +1,4 @@
-"""Assembles a consumer process: pool, HTTP session, provider clients, worker, signals."""
+"""Assembles a consumer process: pool, HTTP session, provider clients, worker, metrics, signals."""
 
 from __future__ import annotations
 
@@ -14,14 +14,20 @@ from .ai import AIClient
 from .db import Database
 from .errors import DatabaseUnavailableError
 from .metrics import ConsumerMetrics
+from .observability import DEFAULT_SAMPLE_INTERVAL_S, serve_metrics
 from .settings import Settings
 from .whatsapp import WhatsAppClient
 from .worker import Worker
 
 
 async def run_consumer(
-    settings: Settings, database_url: str, *, metrics: ConsumerMetrics | None = None
+    settings: Settings,
+    database_url: str,
+    *,
+    metrics: ConsumerMetrics | None = None,
+    metrics_sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
 ) -> int:
+    metrics = metrics or ConsumerMetrics()
     try:
         db = await Database.open(
             database_url,
@@ -33,22 +39,32 @@ async def run_consumer(
     connector = aiohttp.TCPConnector(limit=settings.concurrency * 2 + 8, ttl_dns_cache=300)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
+            ai = AIClient.from_settings(settings, session)
+            whatsapp = WhatsAppClient.from_settings(settings, session)
             worker = Worker(
                 settings=settings,
                 db=db,
-                ai=AIClient.from_settings(settings, session),
-                whatsapp=WhatsAppClient.from_settings(settings, session),
+                ai=ai,
+                whatsapp=whatsapp,
                 database_url=database_url,
                 metrics=metrics,
             )
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, _stopper(worker, signum))
-            try:
-                return await worker.run()
-            finally:
+            async with serve_metrics(
+                port=settings.metrics_port,
+                db=db,
+                metrics=metrics,
+                ai=ai,
+                whatsapp=whatsapp,
+                sample_interval_s=metrics_sample_interval_s,
+            ):
+                loop = asyncio.get_running_loop()
                 for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(signum)
+                    loop.add_signal_handler(signum, _stopper(worker, signum))
+                try:
+                    return await worker.run()
+                finally:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(signum)
     finally:
         await db.close()
 

@@ -1,28 +1,61 @@
 """Logging setup (loguru): readable lines by default, JSON lines with ``--log-json``.
 
-Every record passes through `redact` so API keys and phone numbers never reach a sink in
-full, whoever logged them.
+Both sinks render records themselves instead of using loguru's ``serialize=True`` or its
+default formatter, for two reasons:
+
+* redaction must cover everything that reaches the terminal, including the text of an
+  exception's traceback, which loguru formats after every patcher has run;
+* redacting a finished JSON document would mangle it (a float timestamp looks like a phone
+  number), so fields are redacted one by one and the JSON is built afterwards.
+
+Every record first passes through `_patch`, so API keys and phone numbers never reach a sink
+in full, whoever logged them and under whatever key.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
-from typing import TYPE_CHECKING
+import traceback
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Record
+    from loguru import Message, Record
 
 _PHONE = re.compile(r"(?<![\w-])\+?\d[\d\s().-]{6,}\d(?![\w-])")
 # Shapes that look like phone numbers to _PHONE but are not: dates and uuids.
 _NOT_A_PHONE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8}-\d{4}-)")
+# A credential after a name that announces it: "Bearer x", "apikey: x", "api_key=x", …
 _BEARER = re.compile(
-    r"(?i)(bearer\s+|apikey[\"'=:\s]+|api_key[\"'=:\s]+)([A-Za-z0-9._\-]{4})[A-Za-z0-9._\-]+"
+    r"(?i)(bearer\s+|apikey[\"'=:\s]+|api[_-]key[\"'=:\s]+|authorization[\"'=:\s]+(?!bearer\s)"
+    r"|token[\"'=:\s]+|secret[\"'=:\s]+|password[\"'=:\s]+)([A-Za-z0-9._\-]{4})[A-Za-z0-9._\-]+"
 )
+# Provider key shapes that need no announcement (OpenAI / OpenRouter style ``sk-…``).
+_KEY_SHAPE = re.compile(r"(?<![\w-])(sk-)[A-Za-z0-9_\-]{12,}")
+# Extra fields whose whole value is sensitive whatever it looks like.
+_SENSITIVE_KEYS = frozenset(
+    {"phone", "number", "api_key", "apikey", "authorization", "token", "secret", "password", "key"}
+)
+# JSON keys every line has; an extra field with the same name is renamed, never lost.
+_CORE_KEYS = frozenset({"time", "level", "message", "logger", "function", "line", "exception"})
+
 _secrets: set[str] = set()
-_HUMAN_FORMAT = "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> {message} <dim>{extra}</dim>"
+
+_COLORS = {
+    "TRACE": "\x1b[2m",
+    "DEBUG": "\x1b[36m",
+    "INFO": "\x1b[1m",
+    "SUCCESS": "\x1b[32m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;41m",
+}
+_DIM = "\x1b[2m"
+_RESET = "\x1b[0m"
 
 
 def register_secret(value: str | None) -> None:
@@ -40,10 +73,12 @@ def mask_phone(phone: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
+    # Longest first, so a secret that contains another one is masked as a whole.
+    for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, secret[:3] + "***")
     text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _KEY_SHAPE.sub(lambda m: f"{m.group(1)}***", text)
     return _PHONE.sub(_mask_phone_match, text)
 
 
@@ -55,23 +90,101 @@ def _mask_phone_match(match: re.Match[str]) -> str:
     return mask_phone(found)
 
 
+def _redact_value(key: str, value: Any) -> Any:
+    """Strings are scrubbed, containers walked; a value under a sensitive key is masked whole."""
+    if key.lower() in _SENSITIVE_KEYS and value is not None:
+        return mask_phone(str(value)) if key.lower() in {"phone", "number"} else "***"
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {str(k): _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value("", v) for v in value]
+    return value
+
+
 def _patch(record: Record) -> None:
     record["message"] = redact(record["message"])
     for key, value in list(record["extra"].items()):
-        if isinstance(value, str):
-            record["extra"][key] = redact(value)
+        record["extra"][key] = _redact_value(key, value)
+
+
+def _exception_text(record: Record) -> str | None:
+    exception = record["exception"]
+    if exception is None or exception.type is None:
+        return None
+    lines = traceback.format_exception(exception.type, exception.value, exception.traceback)
+    return redact("".join(lines).rstrip("\n"))
+
+
+def _human_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else str(value)
+    return redact(text) if not isinstance(value, int | float | bool) else text
+
+
+def _human_sink(message: Message) -> None:
+    """``12:00:01.234 INFO     sent 3f2a…: 1 part(s)  outcome=sent run_id=… attempt=1 …``"""
+    record = message.record
+    stream = sys.stderr
+    color = getattr(stream, "isatty", lambda: False)()
+    level = record["level"].name
+    extras = "  ".join(f"{key}={_human_value(value)}" for key, value in record["extra"].items())
+    when = record["time"].strftime("%H:%M:%S.") + f"{record['time'].microsecond // 1000:03d}"
+    level_text = f"{level: <8}"
+    if color:
+        level_text = f"{_COLORS.get(level, '')}{level_text}{_RESET}"
+        extras = f"{_DIM}{extras}{_RESET}" if extras else extras
+    line = f"{when} {level_text} {record['message']}"
+    if extras:
+        line += f"  {extras}"
+    trace = _exception_text(record)
+    if trace:
+        line += "\n" + trace
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def _json_default(value: Any) -> str:
+    return redact(str(value))
+
+
+def _json_sink(message: Message) -> None:
+    """One JSON object per line; bound fields (outcome, message_id, …) are top-level keys."""
+    record = message.record
+    payload: dict[str, Any] = {
+        "time": record["time"].isoformat(timespec="milliseconds"),
+        "level": record["level"].name,
+        "message": record["message"],
+        "logger": record["name"],
+        "function": record["function"],
+        "line": record["line"],
+    }
+    for key, value in record["extra"].items():
+        payload[f"extra_{key}" if key in _CORE_KEYS else key] = value
+    trace = _exception_text(record)
+    if trace:
+        payload["exception"] = trace
+    stream = sys.stderr
+    stream.write(json.dumps(payload, default=_json_default, ensure_ascii=False) + "\n")
+    stream.flush()
 
 
 def configure_logging(*, json_lines: bool = False, level: str = "INFO") -> None:
+    """Route every loguru record to stderr, readable or as JSON lines, always redacted.
+
+    The sinks look ``sys.stderr`` up at every write, so a test (or a daemon manager) that
+    swaps stderr after configuration still receives every line.
+    """
     logger.remove()
     logger.configure(patcher=_patch)
-    if json_lines:
-        logger.add(sys.stderr, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
-    else:
-        logger.add(
-            sys.stderr,
-            level=level.upper(),
-            backtrace=False,
-            diagnose=False,
-            format=_HUMAN_FORMAT,
-        )
+    logger.add(
+        _json_sink if json_lines else _human_sink,
+        level=level.upper(),
+        format="{message}",
+        backtrace=False,
+        diagnose=False,
+        colorize=False,
+        catch=True,
+    )

@@ -2,6 +2,8 @@
 
 Collectors live in one registry built per process (`ConsumerMetrics`), injected into the
 worker, so tests can run several workers in one interpreter without sharing counters.
+Counters and histograms move as messages are processed; the queue gauges are sampled every
+few seconds by `observability.QueueSampler` (one query, never per message).
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ class ConsumerMetrics:
             "campaignq_queue_oldest_age_seconds",
             "Age of the oldest message (sampled)",
             ["queue"],
+            registry=r,
+        )
+        self.queue_in_flight = Gauge(
+            "campaignq_queue_in_flight",
+            "Messages read and invisible now: being processed or waiting out a retry delay (sampled)",
+            ["queue"],
+            registry=r,
+        )
+        self.samples_failed = Counter(
+            "campaignq_metrics_samples_failed",
+            "Queue samples that could not be taken (the database did not answer)",
             registry=r,
         )
         self.leases_lost = Counter(

@@ -93,6 +93,7 @@ class MessagePipeline:
         except asyncio.CancelledError:
             # Drain timeout: hand the message back at once, without counting an attempt.
             if isinstance(action, Process):
+                await _shielded(self._record_progress(ctx))
                 await _shielded(self.db.release_now(ctx.msg, ctx.message_id))
                 self._log(ctx, attempt, "released", "shutdown", level="WARNING")
             raise
@@ -152,11 +153,17 @@ class MessagePipeline:
             self.db.complete_sent(ctx.msg, ctx.require_message_id(), send_ms=attempt.send_ms)
         )
         if not done:
+            await _shielded(self._record_progress(ctx))
             self.metrics.leases_lost.inc()
             self._log(ctx, attempt, "lease_lost", "sent, but the lease was gone at ack time", level="WARNING")
             return "lease_lost"
         self._log(ctx, attempt, "sent", f"{len(ctx.parts or [])} part(s)")
         return "sent"
+
+    async def _record_progress(self, ctx: MessageContext) -> None:
+        """Persist the parts acknowledged so far (the last one is otherwise only recorded on success)."""
+        if ctx.parts_sent > 0 and ctx.message_id is not None:
+            await self.db.record_part_sent(ctx.message_id, ctx.parts_sent)
 
     async def _deliver(self, ctx: MessageContext, attempt: Attempt) -> None:
         config = ctx.config
@@ -186,10 +193,13 @@ class MessagePipeline:
             elapsed_ms = _ms_since(started)
             attempt.send_ms += elapsed_ms
             self.metrics.stage_seconds.labels(stage="send").observe(elapsed_ms / 1000)
-            # The gateway acknowledged this part: record it even if cancelled right now.
-            await _shielded(self.db.record_part_sent(message_id, index + 1))
             ctx.parts_sent = index + 1
             attempt.parts_sent_now += 1
+            if index + 1 < len(parts):
+                # The gateway acknowledged this part: record it now (shielded from
+                # cancellation) so no retry sends it again. The last part is recorded by
+                # the success transaction itself, one round trip fewer per message.
+                await _shielded(self.db.record_part_sent(message_id, index + 1))
 
     async def _generate(self, ctx: MessageContext, config: CampaignConfig, attempt: Attempt) -> list[str]:
         if not config.system_prompt.strip():

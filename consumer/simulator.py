@@ -64,6 +64,7 @@ AIFaultKind = Literal[
     "empty",  # 200 with whitespace content (finish_reason "length")
     "bad_json",  # 200 whose content is not the JSON a split asked for
     "not_json",  # 200 whose body is an HTML page
+    "no_usage",  # a good 200 without a usage block (some providers omit it)
 ]
 SendFaultKind = Literal[
     "400",
@@ -534,7 +535,7 @@ class Simulator:
             choices = [choice]
         prompt_tokens = max(1, math.ceil(len(prompt_text) / 4))
         completion_tokens = math.ceil(len(content) / 4)
-        return {
+        answer: dict[str, Any] = {
             "id": f"gen-sim-{self._ai_sequence}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -551,6 +552,9 @@ class Simulator:
                 ),
             },
         }
+        if outcome == "no_usage":
+            del answer["usage"]
+        return answer
 
     # --- the WhatsApp gateway -------------------------------------------------------------------
 

@@ -130,3 +130,100 @@ SELECT campaignq_archive_leased(%(msg_id)s::bigint, %(read_ct)s::integer);
 
 -- name: release_now
 SELECT campaignq_release_now(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid);
+
+-- name: replay_dead_letters
+-- Operating it (issue 4): replay, stats, prune and the metrics sampler below; their views and
+-- functions live in db/migrations/0005_operator_views.sql.
+SELECT dlq_msg_id, campaign_message_id, run_id, reason, previous_status, action
+  FROM campaignq_replay_dead_letters(
+           p_limit        => %(limit)s::integer,
+           p_after_msg_id => %(after_msg_id)s::bigint,
+           p_run_id       => %(run_id)s::uuid,
+           p_reason       => %(reason)s::text,
+           p_older_than   => make_interval(secs => %(older_than_s)s::double precision),
+           p_newer_than   => make_interval(secs => %(newer_than_s)s::double precision));
+
+-- name: stats_queues
+SELECT queue_name, role, depth, visible, in_flight, delayed, oldest_age_s, dead_letters, archived_estimate
+  FROM campaignq_queue_overview;
+
+-- name: stats_runs
+-- One run when run_id is given; else every run not finished yet plus those finished in the
+-- last day, newest first.
+SELECT run_id, workspace_id, config_id, campaign, ai_model, run_status, leads_total, leads_processed,
+       messages, pending, queued, in_progress, sent, failed, skipped, done_pct,
+       retries, retried_messages, deferrals, tokens, prompt_tokens, completion_tokens,
+       cost_usd, unpriced_messages, unpriced_prompt_tokens, unpriced_completion_tokens,
+       ai_ms_p50, ai_ms_p95, split_ms_p50, split_ms_p95, send_ms_p50, send_ms_p95,
+       sent_last_minute, sent_per_minute, started_at, finished_at, last_sent_at
+  FROM campaignq_run_progress
+ WHERE CASE WHEN %(run_id)s::uuid IS NULL
+            THEN run_status IN ('scheduled', 'running', 'paused') OR finished_at >= now() - interval '1 day'
+            ELSE run_id = %(run_id)s::uuid END
+ ORDER BY started_at DESC NULLS FIRST, run_id
+ LIMIT %(limit)s::integer;
+
+-- name: stats_workspaces
+SELECT workspace_id, period, finished, sent, failed, skipped, retries, timeouts, rate_limited,
+       tokens, cost_usd, unpriced_messages, ai_ms_p50, ai_ms_p95, send_ms_p50, send_ms_p95, sent_per_minute
+  FROM campaignq_workspace_totals
+ WHERE %(workspace_id)s::uuid IS NULL OR workspace_id = %(workspace_id)s::uuid
+ ORDER BY workspace_id, period;
+
+-- name: stats_workspace_unpriced
+-- Tokens of finished rows with no stored cost, per model: `campaignq stats` prices them with
+-- the current price table (a view cannot read the application's configuration).
+SELECT c.workspace_id, p.period, c.ai_model,
+       count(*) AS messages,
+       coalesce(sum(m.ai_prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(m.ai_completion_tokens), 0)::bigint AS completion_tokens
+  FROM (VALUES ('1h'::text, interval '1 hour'), ('24h'::text, interval '1 day')) AS p(period, length)
+  JOIN campaign_messages m ON m.finished_at >= now() - p.length
+  JOIN campaign_runs r ON r.id = m.run_id
+  JOIN campaign_configs c ON c.id = r.config_id
+ WHERE m.ai_cost_usd IS NULL AND m.ai_tokens_used IS NOT NULL
+   AND (%(workspace_id)s::uuid IS NULL OR c.workspace_id = %(workspace_id)s::uuid)
+ GROUP BY c.workspace_id, p.period, c.ai_model;
+
+-- name: stats_dead_letters_by_reason
+SELECT reason, error_class, dead_letters, runs, oldest_at, newest_at
+  FROM campaignq_dead_letters_by_reason
+ ORDER BY dead_letters DESC, reason, error_class;
+
+-- name: stats_dead_letters_by_run
+SELECT run_id, workspace_id, reason, dead_letters, oldest_at, newest_at
+  FROM campaignq_dead_letters_by_run
+ WHERE %(run_id)s::uuid IS NULL OR run_id = %(run_id)s::uuid
+ ORDER BY dead_letters DESC, run_id, reason
+ LIMIT %(limit)s::integer;
+
+-- name: sample_queues
+-- The metrics sampler, every few seconds per consumer: one scan of each queue table (what
+-- pgmq.metrics() costs) and nothing per message. Reads the tables, not the views, so it
+-- needs only the grants the worker role already has.
+SELECT 'campaign_messages' AS queue_name,
+       count(*) AS depth,
+       count(*) FILTER (WHERE vt <= now()) AS visible,
+       count(*) FILTER (WHERE vt > now() AND read_ct > 0) AS in_flight,
+       coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::double precision AS oldest_age_s
+  FROM pgmq.q_campaign_messages
+UNION ALL
+SELECT 'campaign_messages_dlq',
+       count(*),
+       count(*) FILTER (WHERE vt <= now()),
+       count(*) FILTER (WHERE vt > now() AND read_ct > 0),
+       coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::double precision
+  FROM pgmq.q_campaign_messages_dlq;
+
+-- name: prune_cutoff
+SELECT now() - make_interval(secs => %(older_than_s)s::double precision);
+
+-- name: prune_count
+SELECT 'campaign_messages' AS queue_name, count(*) AS prunable, min(archived_at) AS oldest_archived_at
+  FROM pgmq.a_campaign_messages WHERE archived_at < %(before)s::timestamptz
+UNION ALL
+SELECT 'campaign_messages_dlq', count(*), min(archived_at)
+  FROM pgmq.a_campaign_messages_dlq WHERE archived_at < %(before)s::timestamptz;
+
+-- name: prune_archive_batch
+SELECT campaignq_prune_archive(%(queue)s::text, %(before)s::timestamptz, %(limit)s::integer);
