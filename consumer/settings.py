@@ -39,57 +39,103 @@ class Settings(BaseSettings):
         description="PostgreSQL URL; when unset an embedded server under data_dir is used.",
     )
     data_dir: Path = Field(default=Path(".campaignq"), description="Where the embedded PostgreSQL lives.")
-    db_pool_max_size: int = Field(default=8, ge=1, le=200)
-    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    db_pool_max_size: int = Field(default=8, ge=1, le=200, description="Connections per consumer process.")
+    db_statement_timeout_ms: int = Field(
+        default=15_000, ge=0, description="Server-side cap on any one statement (0 = none)."
+    )
 
     # --- AI provider (OpenAI-compatible chat completions) --------------------------------
-    ai_base_url: str = "https://openrouter.ai/api/v1"
+    ai_base_url: str = Field(
+        default="https://openrouter.ai/api/v1", description="OpenAI-compatible chat completions base URL."
+    )
     ai_api_key: SecretStr | None = Field(
         default=None,
+        description="Bearer key of the AI provider.",
         validation_alias=AliasChoices("CAMPAIGNQ_AI_API_KEY", "OPENROUTER_API_KEY", "ai_api_key"),
     )
-    ai_requests_per_minute: int = Field(default=600, ge=1)
-    ai_timeout_s: float = Field(default=30.0, gt=0)
-    split_timeout_s: float = Field(default=20.0, gt=0)
-    ai_max_tokens: int = Field(default=1024, ge=16)
-    split_max_tokens: int = Field(default=2048, ge=16)
+    ai_requests_per_minute: int = Field(
+        default=600,
+        ge=1,
+        description="AI request budget of ONE process; split the provider's among processes.",
+    )
+    ai_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one generate call.")
+    split_timeout_s: float = Field(default=20.0, gt=0, description="Timeout of one split call.")
+    ai_max_tokens: int = Field(default=1024, ge=16, description="max_tokens of a generate call.")
+    split_max_tokens: int = Field(default=2048, ge=16, description="max_tokens of a split call.")
     ai_max_retry_after_s: float = Field(default=120.0, gt=0, description="Cap on a provider Retry-After.")
-    ai_breaker_failures: int = Field(default=10, ge=1, description="Consecutive failures that open it.")
-    ai_breaker_cooldown_s: float = Field(default=30.0, gt=0)
-    model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_MODEL_PRICES))
+    ai_breaker_failures: int = Field(
+        default=10, ge=1, description="Consecutive AI failures that open the circuit breaker."
+    )
+    ai_breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="Open breaker waits this long before one trial call."
+    )
+    model_prices: dict[str, ModelPrice] = Field(
+        default_factory=lambda: dict(DEFAULT_MODEL_PRICES),
+        description="JSON {model: {prompt_per_million_usd, completion_per_million_usd}} for cost estimates.",
+    )
 
     # --- WhatsApp gateway (Evolution API shape) ------------------------------------------
-    whatsapp_base_url: str = "http://127.0.0.1:8080"
-    whatsapp_api_key: SecretStr | None = None
-    send_timeout_s: float = Field(default=10.0, gt=0)
-    typing_words_per_minute: float = Field(default=400.0, gt=0)
-    typing_delay_cap_s: float = Field(default=3.0, ge=0)
-    inbox_state_ttl_s: float = Field(default=10.0, ge=0)
-    inbox_breaker_failures: int = Field(default=3, ge=1)
-    inbox_breaker_cooldown_s: float = Field(default=15.0, gt=0)
+    whatsapp_base_url: str = Field(default="http://127.0.0.1:8080", description="Evolution API base URL.")
+    whatsapp_api_key: SecretStr | None = Field(default=None, description="Evolution API `apikey` header.")
+    send_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of one send, plus its typing delay."
+    )
+    typing_words_per_minute: float = Field(
+        default=400.0, gt=0, description="Typing pace shown before bubbles 2..n."
+    )
+    typing_delay_cap_s: float = Field(
+        default=3.0, ge=0, description="Longest typing delay (0 disables typing)."
+    )
+    inbox_state_ttl_s: float = Field(
+        default=10.0, ge=0, description="How long an inbox connection state is cached."
+    )
+    inbox_breaker_failures: int = Field(
+        default=3, ge=1, description="Dead-socket sends that open an inbox's breaker."
+    )
+    inbox_breaker_cooldown_s: float = Field(
+        default=15.0, gt=0, description="Open inbox breaker waits this long."
+    )
 
     # --- consumer ------------------------------------------------------------------------
-    concurrency: int = Field(default=32, ge=1, le=4096)
+    concurrency: int = Field(default=32, ge=1, le=4096, description="Messages processed at once per process.")
     batch_size: int = Field(default=50, ge=1, le=1000, description="Most messages read per round trip.")
-    visibility_timeout_s: int = Field(default=120, ge=5)
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    poll_interval_s: float = Field(default=1.0, gt=0)
-    backoff_base_s: float = Field(default=2.0, gt=0)
-    backoff_max_s: float = Field(default=300.0, gt=0)
-    max_deferral_s: float = Field(default=6 * 3600.0, gt=0, description="Then `deferred_too_long`.")
-    drain_timeout_s: float = Field(default=30.0, ge=0)
-    config_cache_ttl_s: float = Field(default=30.0, ge=0)
-    min_message_chars: int = Field(default=10, ge=1)
-    max_part_chars: int = Field(default=4096, ge=16, le=4096)
+    visibility_timeout_s: int = Field(
+        default=120, ge=5, description="Lease length; the heartbeat extends it every third."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Failed attempts before dead letter.")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="Idle poll (NOTIFY wakes earlier for new messages)."
+    )
+    backoff_base_s: float = Field(default=2.0, gt=0, description="Retry backoff base (full jitter).")
+    backoff_max_s: float = Field(default=300.0, gt=0, description="Retry backoff cap.")
+    max_deferral_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="Deferred (not its fault) longer than this: dead letter `deferred_too_long`.",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="SIGTERM waits this long for in-flight work, then releases it."
+    )
+    config_cache_ttl_s: float = Field(
+        default=30.0, ge=0, description="Campaign configs are cached this long per process."
+    )
+    min_message_chars: int = Field(
+        default=10, ge=1, description="Shortest acceptable AI text after trimming."
+    )
+    max_part_chars: int = Field(default=4096, ge=16, le=4096, description="Longest WhatsApp bubble.")
 
     # --- producer ------------------------------------------------------------------------
-    producer_batch_size: int = Field(default=5000, ge=1)
-    producer_interval_s: float = Field(default=5.0, gt=0)
+    producer_batch_size: int = Field(default=5000, ge=1, description="Most rows one producer call queues.")
+    producer_interval_s: float = Field(
+        default=5.0, gt=0, description="Producer loop period (`produce --every`)."
+    )
 
     # --- observability -------------------------------------------------------------------
-    log_json: bool = False
-    log_level: str = "INFO"
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    log_json: bool = Field(default=False, description="JSON log lines instead of readable ones.")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve Prometheus metrics here (consume)."
+    )
 
     @field_validator("ai_base_url", "whatsapp_base_url")
     @classmethod
@@ -103,3 +149,12 @@ class Settings(BaseSettings):
 
     def whatsapp_key(self) -> str:
         return self.whatsapp_api_key.get_secret_value() if self.whatsapp_api_key else ""
+
+
+def env_names(field_name: str) -> list[str]:
+    """The environment variables that set one field (for docs and the README check)."""
+    field = Settings.model_fields[field_name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices if isinstance(choice, str) and choice.isupper()]
+    return [f"CAMPAIGNQ_{field_name.upper()}"]
