@@ -270,3 +270,21 @@ async def test_a_lost_lease_can_neither_ack_nor_extend(db: psycopg.Connection[An
     assert dead_letters(db) == []
     # the current holder can
     assert db.execute(checks["complete"], (msg_id, second[1], message_id)).fetchone() == (True,)
+
+
+async def test_a_message_deferred_too_long_is_dead_lettered(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    campaign = seed.campaign(1, instance="inst-gone")
+    produce(db)
+    sim.set_faults(disconnected_instances=frozenset({"inst-gone"}))
+
+    settings = consumer_settings(database_url, sim, max_deferral_s=1.5, backoff_base_s=0.2, backoff_max_s=0.5)
+    async with running_worker(settings):
+        await wait_until(lambda: terminal(seed, campaign), timeout_s=30, what="dead letter")
+
+    row = message_row(db, campaign.message_ids[0])
+    assert row["status"] == "failed"
+    assert row["retry_count"] == 0 and row["deferral_count"] >= 1
+    [letter] = dead_letters(db)
+    assert (letter["reason"], letter["error_class"]) == ("deferred_too_long", "inbox_unavailable")
