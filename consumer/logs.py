@@ -29,10 +29,13 @@ if TYPE_CHECKING:
 _PHONE = re.compile(r"(?<![\w-])\+?\d[\d\s().-]{6,}\d(?![\w-])")
 # Shapes that look like phone numbers to _PHONE but are not: dates and uuids.
 _NOT_A_PHONE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8}-\d{4}-)")
-# A credential after a name that announces it: "Bearer x", "apikey: x", "api_key=x", …
+# A credential after a name that announces it: "Bearer x", "apikey: x", "api_key=x",
+# "token=x", "password: x"… (token/secret/password only before = or :, so prose such as
+# "max token limit" in a provider's error stays readable).
 _BEARER = re.compile(
-    r"(?i)(bearer\s+|apikey[\"'=:\s]+|api[_-]key[\"'=:\s]+|authorization[\"'=:\s]+(?!bearer\s)"
-    r"|token[\"'=:\s]+|secret[\"'=:\s]+|password[\"'=:\s]+)([A-Za-z0-9._\-]{4})[A-Za-z0-9._\-]+"
+    r"(?i)(bearer\s+|apikey[\"'=:\s]+|api[_-]key[\"'=:\s]+"
+    r"|(?:authorization|token|secret|password)[\"']?\s*[=:]\s*[\"']?(?!bearer\s))"
+    r"([A-Za-z0-9._\-]{4})[A-Za-z0-9._\-]+"
 )
 # Provider key shapes that need no announcement (OpenAI / OpenRouter style ``sk-…``).
 _KEY_SHAPE = re.compile(r"(?<![\w-])(sk-)[A-Za-z0-9_\-]{12,}")

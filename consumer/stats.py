@@ -125,7 +125,9 @@ def collect_stats(
         generated_at = row[0] if row else None
         queues = _rows(conn, "stats_queues", {})
         runs = _rows(conn, "stats_runs", {"run_id": run_id, "limit": runs_limit})
-        workspace_id = runs[0]["workspace_id"] if run_id is not None and runs else None
+        workspace_id = None
+        if run_id is not None:  # that run's workspace only; an unknown run matches no workspace
+            workspace_id = runs[0]["workspace_id"] if runs else uuid.UUID(int=0)
         workspaces = _rows(conn, "stats_workspaces", {"workspace_id": workspace_id})
         unpriced = _rows(conn, "stats_workspace_unpriced", {"workspace_id": workspace_id})
         by_reason = _rows(conn, "stats_dead_letters_by_reason", {})
@@ -266,7 +268,7 @@ def _runs_progress_table(runs: Sequence[Mapping[str, Any]]) -> Table:
         waiting = int(r["pending"]) + int(r["queued"]) + int(r["in_progress"])
         table.add_row(
             str(r["run_id"])[:8],
-            str(r["campaign"])[:24],
+            str(r["campaign"])[:32],
             str(r["run_status"]),
             f"{_n(r['done_pct'])}%",
             _n(r["sent"]),
@@ -353,7 +355,7 @@ def _n(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.1f}"
+        return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 

@@ -43,7 +43,7 @@ def dead_letters(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 
 def queue_count(db: psycopg.Connection[Any], table: str = "q_campaign_messages") -> int:
-    row = db.execute(f"SELECT count(*) FROM pgmq.{table}").fetchone()  # noqa: S608 (fixed names)
+    row = db.execute(f"SELECT count(*) FROM pgmq.{table}").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -76,7 +76,8 @@ async def test_success_with_split_sends_every_part_in_order(
 
 def _phones(db: psycopg.Connection[Any], campaign: Campaign) -> list[str]:
     rows = db.execute(
-        "SELECT regexp_replace(l.phone, '\\D', '', 'g') FROM campaign_messages m JOIN leads l ON l.id = m.lead_id "
+        "SELECT regexp_replace(l.phone, '\\D', '', 'g') "
+        "FROM campaign_messages m JOIN leads l ON l.id = m.lead_id "
         "WHERE m.id = ANY(%s) ORDER BY array_position(%s, m.id)",
         (campaign.message_ids, campaign.message_ids),
     ).fetchall()
@@ -137,7 +138,11 @@ async def test_permanent_400_dead_letters_at_once(
     row = message_row(db, campaign.message_ids[0])
     assert (row["status"], row["retry_count"]) == ("failed", 1)
     [letter] = dead_letters(db)
-    assert (letter["reason"], letter["error_class"], letter["attempts"]) == ("permanent", "provider_rejected", 1)
+    assert (letter["reason"], letter["error_class"], letter["attempts"]) == (
+        "permanent",
+        "provider_rejected",
+        1,
+    )
     assert sim.ai_request_count == 1
 
 
@@ -145,7 +150,11 @@ async def test_part_two_failing_once_never_resends_part_one(
     db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
 ) -> None:
     campaign = seed.campaign(1, split=True, max_parts=3)
-    parts = ["Hello Ana, first bubble here.", "Second bubble, the one that fails once.", "Third and last bubble."]
+    parts = [
+        "Hello Ana, first bubble here.",
+        "Second bubble, the one that fails once.",
+        "Third and last bubble.",
+    ]
     db.execute(
         "UPDATE campaign_messages SET generated_message = %s, parts = %s WHERE id = %s",
         (" ".join(parts), Jsonb(parts), campaign.message_ids[0]),
@@ -190,8 +199,16 @@ async def test_invalid_payloads_are_dead_lettered_and_the_worker_goes_on(
     db.execute("""SELECT pgmq.send('campaign_messages', '{"v": 2, "campaign_message_id": "x"}'::jsonb)""")
     db.execute(
         "SELECT pgmq.send('campaign_messages', %s)",
-        (Jsonb({"v": 1, "campaign_message_id": "00000000-0000-0000-0000-000000000001",
-                "run_id": "00000000-0000-0000-0000-000000000002", "lead_id": "00000000-0000-0000-0000-000000000003"}),),
+        (
+            Jsonb(
+                {
+                    "v": 1,
+                    "campaign_message_id": "00000000-0000-0000-0000-000000000001",
+                    "run_id": "00000000-0000-0000-0000-000000000002",
+                    "lead_id": "00000000-0000-0000-0000-000000000003",
+                }
+            ),
+        ),
     )
     campaign = seed.campaign(1)
     produce(db)
@@ -262,9 +279,13 @@ async def test_a_lost_lease_can_neither_ack_nor_extend(db: psycopg.Connection[An
     for name, statement in checks.items():
         result = db.execute(statement, (msg_id, stale_read_ct, message_id)).fetchone()
         assert result in {(False,), (None,)}, name
-    extended = db.execute("SELECT campaignq_extend_leases(%s, %s, 60)", ([msg_id], [stale_read_ct])).fetchall()
+    extended = db.execute(
+        "SELECT campaignq_extend_leases(%s, %s, 60)", ([msg_id], [stale_read_ct])
+    ).fetchall()
     assert extended == []
-    vt_row = db.execute("SELECT read_ct, vt > now() + interval '20 seconds' FROM pgmq.q_campaign_messages").fetchone()
+    vt_row = db.execute(
+        "SELECT read_ct, vt > now() + interval '20 seconds' FROM pgmq.q_campaign_messages"
+    ).fetchone()
     assert vt_row == (second[1], True)  # untouched: still the second holder's lease
     assert seed.statuses(campaign.run_id) == {"queued": 1}
     assert dead_letters(db) == []

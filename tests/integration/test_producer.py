@@ -73,9 +73,14 @@ def test_queue_holds_one_message_per_queued_row_and_limit_is_respected(
 
 
 @pytest.mark.parametrize("bad_limit", ["0", "-5", "NULL"])
-def test_a_non_positive_limit_is_rejected_with_a_clear_error(db: psycopg.Connection[Any], bad_limit: str) -> None:
-    statement = {"0": "SELECT enqueue_due_campaign_messages(0)", "-5": "SELECT enqueue_due_campaign_messages(-5)",
-                 "NULL": "SELECT enqueue_due_campaign_messages(NULL)"}[bad_limit]
+def test_a_non_positive_limit_is_rejected_with_a_clear_error(
+    db: psycopg.Connection[Any], bad_limit: str
+) -> None:
+    statement = {
+        "0": "SELECT enqueue_due_campaign_messages(0)",
+        "-5": "SELECT enqueue_due_campaign_messages(-5)",
+        "NULL": "SELECT enqueue_due_campaign_messages(NULL)",
+    }[bad_limit]
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="p_limit must be a positive integer"):
         db.execute(statement)
 
@@ -99,7 +104,9 @@ def test_two_producers_racing_queue_each_row_exactly_once(database_url: str, see
 
     assert sum(counts) == 10_000
     with psycopg.connect(database_url) as conn:
-        ids = [r[0] for r in conn.execute("SELECT message->>'campaign_message_id' FROM pgmq.q_campaign_messages")]
+        ids = [
+            r[0] for r in conn.execute("SELECT message->>'campaign_message_id' FROM pgmq.q_campaign_messages")
+        ]
     assert len(ids) == 10_000
     assert set(ids) == set(map(str, campaign.message_ids))
     assert seed.statuses(campaign.run_id) == {"queued": 10_000}
@@ -118,7 +125,8 @@ def _seed_large(db: psycopg.Connection[Any], seed: Seeder, total: int, due: int)
     db.execute(
         """
         INSERT INTO campaign_messages (run_id, lead_id, status, scheduled_at)
-        SELECT CASE WHEN row_number() OVER () <= %(due)s THEN %(run)s ELSE (%(others)s::uuid[])[1 + (random() * 19)::int] END,
+        SELECT CASE WHEN row_number() OVER () <= %(due)s THEN %(run)s
+                    ELSE (%(others)s::uuid[])[1 + (random() * 19)::int] END,
                id,
                CASE WHEN row_number() OVER () <= %(due)s THEN 'pending' ELSE 'sent' END,
                now() - interval '5 minutes'
@@ -143,7 +151,9 @@ def _selection_statement() -> str:
     assert selection is not None, "the producer's selection CTE moved; update this test"
     body = selection.group(0)[len("WITH picked AS (") : -len("), marked AS")]
     return (
-        body.replace("v_now", "now()").replace("v_cutoff", "(now() - interval '1 hour')").replace("p_limit", "5000")
+        body.replace("v_now", "now()")
+        .replace("v_cutoff", "(now() - interval '1 hour')")
+        .replace("p_limit", "5000")
     )
 
 
@@ -168,7 +178,12 @@ def test_selection_uses_the_partial_index_and_no_seq_scan_on_200k_rows(
 def test_stale_sweep_does_no_work_when_nothing_is_stale(db: psycopg.Connection[Any], seed: Seeder) -> None:
     _seed_large(db, seed, total=50_000, due=0)
     source = next(m.sql for m in sqlfiles.migrations() if m.name == "producer")
-    stale = re.search(r"SELECT m\.id\s+FROM campaign_messages m\s+WHERE m\.status = 'pending'\s+AND m\.scheduled_at < v_cutoff.*?SKIP LOCKED", source, re.DOTALL)
+    stale = re.search(
+        r"SELECT m\.id\s+FROM campaign_messages m\s+WHERE m\.status = 'pending'\s+"
+        r"AND m\.scheduled_at < v_cutoff.*?SKIP LOCKED",
+        source,
+        re.DOTALL,
+    )
     assert stale is not None
     statement = stale.group(0).replace("v_cutoff", "(now() - interval '1 hour')")
 
@@ -201,7 +216,9 @@ def test_finalize_completes_a_run_only_when_every_message_is_terminal(
 def test_finalize_leaves_paused_runs_alone(db: psycopg.Connection[Any], seed: Seeder) -> None:
     campaign = seed.campaign(1, run_status="paused")
     db.execute("UPDATE campaign_messages SET status = 'sent'")
-    assert db.execute("SELECT finalize_campaign_run_if_complete(%s)", (campaign.run_id,)).fetchone() == (False,)
+    assert db.execute("SELECT finalize_campaign_run_if_complete(%s)", (campaign.run_id,)).fetchone() == (
+        False,
+    )
 
 
 def test_updated_at_is_maintained(db: psycopg.Connection[Any], seed: Seeder) -> None:

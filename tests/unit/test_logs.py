@@ -25,6 +25,8 @@ def _restore_logging() -> Iterator[None]:
         ("Authorization: Bearer sk-or-v1-0123456789abcdef0123456789abcdef", "0123456789abcdef0123"),
         ('{"apikey": "wa-super-secret-value-42"}', "super-secret-value"),
         ("api_key=abcd1234efgh5678ijkl", "1234efgh5678"),
+        ('{"access_token": "tok_abcdefgh12345678"}', "abcdefgh12345678"),
+        ("Authorization: Bearer opaque-token-value-123", "token-value-123"),
         ("key in a sentence: sk-or-v1-ffffeeeeddddccccbbbb", "ffffeeeeddddcccc"),
         ("sending to +55 (11) 98765-4321 now", "98765-4321"),
         (f"sending to {PHONE_DIGITS}@s.whatsapp.net", PHONE_DIGITS),
@@ -41,6 +43,7 @@ def test_redact_masks_keys_and_phones(text: str, leaked: str) -> None:
         "message 3f2a9c4e-1b2d-4e5f-8a9b-0c1d2e3f4a5b sent",
         "at 2026-11-25 12:05:11.090 in 1234 ms",
         "msg_id=1234567 attempt 3 of 3",
+        "this model's maximum token limit is 8192 tokens",
     ],
 )
 def test_redact_leaves_ids_dates_and_counts_alone(text: str) -> None:

@@ -11,7 +11,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:
     text = README.read_text(encoding="utf-8")
-    missing = [name for field in Settings.model_fields for name in env_names(field) if f"`{name}`" not in text]
+    names = [name for field in Settings.model_fields for name in env_names(field)]
+    missing = [name for name in names if f"`{name}`" not in text]
     assert missing == []
 
 
