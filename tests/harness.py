@@ -93,7 +93,9 @@ async def running_worker(settings: Settings) -> AsyncIterator[RunningWorker]:
         await db.close()
 
 
-async def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 30, what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], bool], *, timeout_s: float = 30, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:

@@ -107,8 +107,10 @@ async def test_drain_timeout_releases_unfinished_messages_without_burning_attemp
         _, err = process.communicate()
     assert code == 0, err
     assert seed.statuses(campaign.run_id) == {"queued": 3}
-    rows = db.execute("SELECT retry_count, vt <= now() FROM campaign_messages m JOIN pgmq.q_campaign_messages q "
-                      "ON (q.message->>'campaign_message_id')::uuid = m.id").fetchall()
+    rows = db.execute(
+        "SELECT retry_count, vt <= now() FROM campaign_messages m JOIN pgmq.q_campaign_messages q "
+        "ON (q.message->>'campaign_message_id')::uuid = m.id"
+    ).fetchall()
     assert rows == [(0, True)] * 3  # visible again at once, no attempt burnt
 
 

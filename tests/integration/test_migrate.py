@@ -17,7 +17,9 @@ from tests.cli import campaignq_env, run_cli, spawn_cli
 # The team's shared checker when this checkout sits beside ../shared, else the vendored copy.
 _SHARED_CHECK = Path(__file__).resolve().parents[3] / "shared" / "contract" / "check_schema.py"
 CONTRACT_CHECK = (
-    _SHARED_CHECK if _SHARED_CHECK.exists() else Path(__file__).resolve().parents[1] / "contract" / "check_schema.py"
+    _SHARED_CHECK
+    if _SHARED_CHECK.exists()
+    else Path(__file__).resolve().parents[1] / "contract" / "check_schema.py"
 )
 
 
