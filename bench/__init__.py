@@ -14,6 +14,10 @@ from types import ModuleType
 # benchmark's heavy imports never slow another down.
 BENCHMARKS: dict[str, str] = {
     "producer": "bench.producer",
+    "consumer": "bench.consumer",
+    "cost": "bench.cost",
+    "scaling": "bench.scaling",
+    "endtoend": "bench.endtoend",
 }
 
 

@@ -6,21 +6,78 @@ Each outcome is one call to a SQL function from ``db/migrations/0004_consumer_ou
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
+from loguru import logger
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .models import QueueMessage
+from .models import QueueMessage, QueuePayload
 from .sql import query
+
+T = TypeVar("T")
 
 QUEUE = "campaign_messages"
 NOTIFY_CHANNEL = "pgmq.q_campaign_messages.INSERT"
+# How long the pool keeps retrying one lost connection (backoff 1 s, 2 s, 4 s…) before it
+# gives that slot up; a client asking for a connection afterwards starts a new attempt, so a
+# consumer reconnects whatever the length of the outage. (0 would mean "give up at once":
+# after a server restart every client then waited out the full pool timeout.)
+POOL_RECONNECT_TIMEOUT_S = 30.0
+# Errors that say "the database could not run this now" (connection lost, server shutting
+# down or starting, statement timeout, deadlock, pool exhausted), as opposed to a bug.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    OSError,
+)
+PERSIST_FIRST_DELAY_S = 0.2
+PERSIST_MAX_DELAY_S = 2.0
+
+
+async def persist(call: Callable[[], Awaitable[T]], *, what: str, within_s: float) -> T:
+    """Run a state-changing call until it succeeds, retrying transient database errors for
+    up to `within_s` seconds (then the last error is raised).
+
+    For the writes that record what already happened in the world (a part the gateway
+    acknowledged, a generation we paid for, an outcome): losing them to a connection blip or
+    a server restart would make the next holder redo the work, i.e. send a part twice. Every
+    call retried here is safe to run twice: `record_part_sent` is monotonic, every other
+    write is guarded by the (msg_id, read_ct) lease and does nothing once it is spent. The
+    one ambiguity is a commit whose answer was lost: the retry then finds the lease spent
+    and reports it lost, although the first try did the work.
+    """
+    deadline = time.monotonic() + within_s
+    delay_s = PERSIST_FIRST_DELAY_S
+    failures = 0
+    while True:
+        try:
+            result = await call()
+        except TRANSIENT_DB_ERRORS as exc:
+            failures += 1
+            if time.monotonic() + delay_s > deadline:
+                raise
+            if failures == 1:
+                logger.warning(
+                    "database unavailable while recording {} ({}); retrying for up to {:.0f} s",
+                    what,
+                    " ".join(str(exc).split()) or type(exc).__name__,
+                    within_s,
+                )
+            await asyncio.sleep(delay_s)
+            delay_s = min(PERSIST_MAX_DELAY_S, delay_s * 2)
+            continue
+        if failures:
+            logger.info("recorded {} after {} failed tries", what, failures)
+        return result
 
 
 class Database:
@@ -41,7 +98,7 @@ class Database:
             max_size=max_size,
             open=False,
             timeout=timeout_s,
-            reconnect_timeout=0,  # keep trying forever: a restarted server must not kill workers
+            reconnect_timeout=POOL_RECONNECT_TIMEOUT_S,
             kwargs={"autocommit": True, "options": options, "connect_timeout": 10},
             name="campaignq",
         )
@@ -69,7 +126,7 @@ class Database:
 
     async def claim_batch(
         self,
-        leases: Sequence[tuple[QueueMessage, uuid.UUID]],
+        leases: Sequence[tuple[QueueMessage, QueuePayload]],
         *,
         cached_config_ids: Sequence[uuid.UUID],
     ) -> list[dict[str, Any]]:
@@ -77,7 +134,9 @@ class Database:
         params = {
             "msg_ids": [m.msg_id for m, _ in leases],
             "read_cts": [m.read_ct for m, _ in leases],
-            "message_ids": [message_id for _, message_id in leases],
+            "message_ids": [p.campaign_message_id for _, p in leases],
+            "run_ids": [p.run_id for _, p in leases],
+            "lead_ids": [p.lead_id for _, p in leases],
             "cached_config_ids": list(cached_config_ids),
         }
         async with self.pool.connection() as conn:
@@ -215,5 +274,9 @@ class Database:
 async def listen_connection(url: str) -> psycopg.AsyncConnection[Any]:
     """A dedicated connection LISTENing for new-message notifications (the pool's are shared)."""
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
-    await conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(NOTIFY_CHANNEL)))
+    try:
+        await conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(NOTIFY_CHANNEL)))
+    except BaseException:  # failed, or cancelled by a stopping worker: do not leak the socket
+        await conn.close()
+        raise
     return conn

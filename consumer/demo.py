@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -182,7 +182,7 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         f"migrations applied: {', '.join(report.applied) if report.applied else 'none (up to date)'}"
     )
     children: list[Child] = []
-    restore_sigterm = _sigterm_as_interrupt()
+    restore_signals = _signals_as_interrupt()
     try:
         base_url = _start_simulator(options, log_dir, children)
         with connect(database_url) as conn:
@@ -243,20 +243,28 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         return EXIT_INTERRUPTED
     finally:
         _stop_children(children)
-        restore_sigterm()
+        restore_signals()
 
 
-def _sigterm_as_interrupt() -> Any:
-    """SIGTERM (a supervisor, a test harness) takes the same clean path as Ctrl-C.
+def _signals_as_interrupt() -> Callable[[], None]:
+    """SIGINT and SIGTERM both take the clean Ctrl-C path; returns the undo.
 
-    Without this the demo would die at once and leave its consumers running on.
+    SIGTERM (a supervisor, a test harness) would otherwise kill the demo at once and leave
+    its consumers running on; SIGINT is installed explicitly because a process started with
+    SIGINT ignored (a background job of a script) would otherwise never see Ctrl-C while
+    its children, which install their own handlers, stop under it.
     """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+    return restore
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -725,8 +733,8 @@ def _print_database_help(
     else:
         console.print(
             "  The embedded PostgreSQL stopped with the demo; `campaignq stats` starts it again for "
-            f"the command. For psql, run `campaignq demo --keep-server{flags}` (or keep "
-            f"`campaignq stats --watch{flags}` open in another terminal), then:"
+            f"the command. For psql, keep `campaignq stats --watch{flags}` open in another terminal "
+            "(or give the next demo --keep-server) and run:"
         )
         console.print(f"  {psql_line}")
 

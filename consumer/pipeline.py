@@ -20,7 +20,7 @@ from loguru import logger
 from . import policy
 from .ai import AIClient
 from .costs import estimate_cost_usd
-from .db import Database
+from .db import Database, persist
 from .errors import (
     CampaignqError,
     DeferralError,
@@ -40,6 +40,9 @@ from .validation import normalize_phone, validate_generated_text
 from .whatsapp import WhatsAppClient, typing_delay_ms
 
 T = TypeVar("T")
+
+SHUTDOWN_PERSIST_S = 5.0
+"""How long a drain-timeout release keeps retrying its writes through a database outage."""
 
 
 @dataclass
@@ -93,8 +96,12 @@ class MessagePipeline:
         except asyncio.CancelledError:
             # Drain timeout: hand the message back at once, without counting an attempt.
             if isinstance(action, Process):
-                await _shielded(self._record_progress(ctx))
-                await _shielded(self.db.release_now(ctx.msg, ctx.message_id))
+                await _shielded(self._record_progress(ctx, within_s=SHUTDOWN_PERSIST_S))
+                await self._persist(
+                    lambda: self.db.release_now(ctx.msg, ctx.message_id),
+                    "release",
+                    within_s=SHUTDOWN_PERSIST_S,
+                )
                 self._log(ctx, attempt, "released", "shutdown", level="WARNING")
             raise
         self.metrics.outcomes.labels(outcome=outcome, error_class=ctx_error_class(ctx, outcome)).inc()
@@ -111,28 +118,34 @@ class MessagePipeline:
             self._log(ctx, attempt, "lease_lost", "another worker holds this message", level="WARNING")
             return "lease_lost"
         if isinstance(action, DeadLetterNow):
-            await self.db.dead_letter(
-                ctx.msg,
-                message_id if ctx.found else None,
-                reason=action.reason,
-                error_class=action.error_class,
-                error=action.why,
-                stage="triage",
-                burns_attempt=action.burns_attempt,
+            await self._persist(
+                lambda: self.db.dead_letter(
+                    ctx.msg,
+                    message_id if ctx.found and action.fails_row else None,
+                    reason=action.reason,
+                    error_class=action.error_class,
+                    error=action.why,
+                    stage="triage",
+                    burns_attempt=action.burns_attempt,
+                ),
+                "dead letter",
             )
             ctx.last_error_class = action.error_class
             self._log(ctx, attempt, "dead_letter", f"{action.reason}: {action.why}", level="WARNING")
             return "dead_letter"
         message_id = ctx.require_message_id()
         if isinstance(action, ReleaseToPending):
-            await self.db.release_to_pending(ctx.msg, message_id)
+            await self._persist(lambda: self.db.release_to_pending(ctx.msg, message_id), "release to pending")
             self._log(ctx, attempt, "released_to_pending", action.why)
             return "released_to_pending"
         if isinstance(action, Skip):
-            await self.db.skip(ctx.msg, message_id, error_class=action.error_class, error=action.why)
+            await self._persist(
+                lambda: self.db.skip(ctx.msg, message_id, error_class=action.error_class, error=action.why),
+                "skip",
+            )
             self._log(ctx, attempt, "skipped", action.why)
             return "skipped"
-        await self.db.archive_leased(ctx.msg)
+        await self._persist(lambda: self.db.archive_leased(ctx.msg), "archive")
         self._log(ctx, attempt, "archived", f"{action.why}; nothing sent", level="WARNING")
         return "archived"
 
@@ -149,8 +162,9 @@ class MessagePipeline:
             return "lease_lost"
         except Exception as exc:  # every error becomes a policy decision; nothing escapes
             return await _shielded(self._fail(ctx, attempt, exc))
-        done = await _shielded(
-            self.db.complete_sent(ctx.msg, ctx.require_message_id(), send_ms=attempt.send_ms)
+        message_id = ctx.require_message_id()
+        done = await self._persist(
+            lambda: self.db.complete_sent(ctx.msg, message_id, send_ms=attempt.send_ms), "success"
         )
         if not done:
             await _shielded(self._record_progress(ctx))
@@ -160,16 +174,29 @@ class MessagePipeline:
         self._log(ctx, attempt, "sent", f"{len(ctx.parts or [])} part(s)")
         return "sent"
 
-    async def _record_progress(self, ctx: MessageContext) -> None:
+    async def _record_progress(self, ctx: MessageContext, *, within_s: float | None = None) -> None:
         """Persist the parts acknowledged so far (the last one is otherwise only recorded on success)."""
-        if ctx.parts_sent > 0 and ctx.message_id is not None:
-            await self.db.record_part_sent(ctx.message_id, ctx.parts_sent)
+        message_id, parts_sent = ctx.message_id, ctx.parts_sent
+        if parts_sent > 0 and message_id is not None:
+            await self._persist(
+                lambda: self.db.record_part_sent(message_id, parts_sent),
+                "acknowledged parts",
+                within_s=within_s,
+            )
+
+    async def _persist(
+        self, call: Callable[[], Awaitable[T]], what: str, *, within_s: float | None = None
+    ) -> T:
+        """A write that records what already happened: shielded from cancellation, and retried
+        through a database outage for as long as our lease lasts (`db.persist`)."""
+        window_s = self.settings.visibility_timeout_s if within_s is None else within_s
+        return await _shielded(persist(call, what=what, within_s=window_s))
 
     async def _deliver(self, ctx: MessageContext, attempt: Attempt) -> None:
         config = ctx.config
         if config is None:
             raise InvalidConfigError("the run's campaign config or its inbox is missing")
-        message_id = ctx.require_message_id()
+        ctx.require_message_id()
         attempt.stage = "validate_lead"
         number = normalize_phone(ctx.phone)  # before any AI spend: a bad phone fails fast
         attempt.stage = "inbox"
@@ -197,9 +224,10 @@ class MessagePipeline:
             attempt.parts_sent_now += 1
             if index + 1 < len(parts):
                 # The gateway acknowledged this part: record it now (shielded from
-                # cancellation) so no retry sends it again. The last part is recorded by
-                # the success transaction itself, one round trip fewer per message.
-                await _shielded(self.db.record_part_sent(message_id, index + 1))
+                # cancellation, retried through a database outage) so no retry sends it
+                # again. The last part is recorded by the success transaction itself, one
+                # round trip fewer per message.
+                await self._record_progress(ctx)
 
     async def _generate(self, ctx: MessageContext, config: CampaignConfig, attempt: Attempt) -> list[str]:
         if not config.system_prompt.strip():
@@ -263,18 +291,21 @@ class MessagePipeline:
             reported_cost_usd=reported_cost,
             prices=self.settings.model_prices,
         )
-        stored = await _shielded(
-            self.db.store_generation(
+        message_id = ctx.require_message_id()
+        ai_ms, split_ms = attempt.ai_ms, attempt.split_ms
+        stored = await self._persist(
+            lambda: self.db.store_generation(
                 ctx.msg,
-                ctx.require_message_id(),
+                message_id,
                 text=text,
                 parts=parts,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 cost_usd=cost,
-                ai_ms=attempt.ai_ms,
-                split_ms=attempt.split_ms,
-            )
+                ai_ms=ai_ms,
+                split_ms=split_ms,
+            ),
+            "generation",
         )
         if not stored:
             raise LeaseLostError("could not store the generation: the lease is gone")
@@ -304,25 +335,33 @@ class MessagePipeline:
         ctx.last_error_class = error_class
         error_text = _describe(exc)
         if isinstance(decision, policy.DeadLetter):
-            await self.db.dead_letter(
-                ctx.msg,
-                ctx.message_id,
-                reason=decision.reason,
-                error_class=decision.error_class,
-                error=error_text,
-                stage=attempt.stage,
-                burns_attempt=not isinstance(exc, DeferralError),
+            dead = decision
+            await self._persist(
+                lambda: self.db.dead_letter(
+                    ctx.msg,
+                    ctx.message_id,
+                    reason=dead.reason,
+                    error_class=dead.error_class,
+                    error=error_text,
+                    stage=attempt.stage,
+                    burns_attempt=not isinstance(exc, DeferralError),
+                ),
+                "dead letter",
             )
             self._log(ctx, attempt, "dead_letter", f"{decision.reason}: {error_text}", level="WARNING")
             return "dead_letter"
-        await self.db.retry_later(
-            ctx.msg,
-            ctx.message_id,
-            delay_s=decision.delay_s,
-            burns_attempt=decision.burns_attempt,
-            error_class=error_class,
-            error=error_text,
-            stage=attempt.stage,
+        retry = decision
+        await self._persist(
+            lambda: self.db.retry_later(
+                ctx.msg,
+                ctx.message_id,
+                delay_s=retry.delay_s,
+                burns_attempt=retry.burns_attempt,
+                error_class=error_class,
+                error=error_text,
+                stage=attempt.stage,
+            ),
+            "retry",
         )
         outcome = "retry" if decision.burns_attempt else "deferred"
         level = "ERROR" if error_class == policy.ERROR_CLASS_INTERNAL else "INFO"

@@ -47,6 +47,8 @@ class DeadLetterNow:
     error_class: str
     why: str
     burns_attempt: bool = False
+    fails_row: bool = True
+    """False when the row named is not this message's to fail (the payload does not match it)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,10 @@ def triage(ctx: MessageContext, *, max_attempts: int) -> Action:
         )
     if ctx.run_id != ctx.payload.run_id or ctx.lead_id != ctx.payload.lead_id:
         return DeadLetterNow(
-            "invalid_payload", "invalid_payload", "payload run_id/lead_id do not match the campaign message"
+            "invalid_payload",
+            "invalid_payload",
+            "payload run_id/lead_id do not match the campaign message",
+            fails_row=False,
         )
     if ctx.previous_status in TERMINAL_STATUSES:
         return ArchiveOnly(f"row is already {ctx.previous_status}")

@@ -252,6 +252,12 @@ class WhatsAppClient:
         except aiohttp.ClientError as exc:
             raise ProviderUnavailableError(f"WhatsApp gateway unreachable: {type(exc).__name__}") from exc
         if status in (200, 201):
+            data = _json_object(body)
+            if data is not None and data.get("error") and not isinstance(data.get("key"), Mapping):
+                # An explicit error and no message key: the gateway (or a proxy in front of
+                # it) says it did not send. Not an acknowledgement, so the part is retried.
+                reason = self._provider_text(data, body)
+                raise ProviderUnavailableError(f"WhatsApp gateway answered {status} with an error: {reason}")
             return _receipt_from(body)
         raise self._send_error(instance, number, status, content_type, headers, body)
 

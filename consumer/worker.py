@@ -23,7 +23,14 @@ from .ai import AIClient
 from .db import Database, listen_connection
 from .errors import FatalError
 from .metrics import ConsumerMetrics
-from .models import CampaignConfig, InvalidPayloadError, MessageContext, QueueMessage, parse_payload
+from .models import (
+    CampaignConfig,
+    InvalidPayloadError,
+    MessageContext,
+    QueueMessage,
+    QueuePayload,
+    parse_payload,
+)
 from .pipeline import MessagePipeline
 from .settings import Settings
 from .whatsapp import WhatsAppClient
@@ -158,7 +165,7 @@ class Worker:
     async def _start(self, messages: list[QueueMessage]) -> None:
         now = time.perf_counter()
         contexts: list[MessageContext] = []
-        valid: list[tuple[QueueMessage, uuid.UUID]] = []
+        valid: list[tuple[QueueMessage, QueuePayload]] = []
         for msg in messages:
             try:
                 payload = parse_payload(msg.message)
@@ -167,7 +174,7 @@ class Worker:
                 self._leases[msg.msg_id] = Lease(msg, None, now)
                 continue
             contexts.append(MessageContext(msg=msg, payload=payload))
-            valid.append((msg, payload.campaign_message_id))
+            valid.append((msg, payload))
             self._leases[msg.msg_id] = Lease(msg, payload.campaign_message_id, now)
         try:
             rows = await self._claim(valid) if valid else {}
@@ -188,7 +195,7 @@ class Worker:
             lease.task = asyncio.create_task(self._run_one(ctx), name=f"campaignq-msg-{ctx.msg.msg_id}")
         self.metrics.in_flight.set(len(self._leases))
 
-    async def _claim(self, valid: list[tuple[QueueMessage, uuid.UUID]]) -> dict[int, dict[str, Any]]:
+    async def _claim(self, valid: list[tuple[QueueMessage, QueuePayload]]) -> dict[int, dict[str, Any]]:
         now = time.monotonic()
         fresh = [cid for cid, (_, expires) in self._configs.items() if expires > now]
         rows = await self.db.claim_batch(valid, cached_config_ids=fresh)
@@ -290,7 +297,9 @@ class Worker:
                 )
                 continue
             for lease in held:
-                if lease.msg.msg_id not in alive:
+                # A message that finished while the extension was on its way was archived,
+                # not lost: only a lease we still hold and the database no longer knows is.
+                if lease.msg.msg_id not in alive and self._leases.get(lease.msg.msg_id) is lease:
                     self.metrics.leases_lost.inc()
                     logger.bind(msg_id=lease.msg.msg_id).warning(
                         "lease lost while processing; another worker has it"

@@ -9,16 +9,18 @@ SELECT finalize_campaign_run_if_complete(%(run_id)s::uuid);
 
 -- name: grant_worker_role
 -- Least privilege for `campaignq consume`: read context, update its messages and their
--- runs, and drive the two queues. No DDL, no DELETE on business tables.
+-- runs, and drive the two queues. No DDL, no DELETE on business tables, no sequences (PGMQ's
+-- ids are identity columns), and the archive can only be added to. Everything is revoked
+-- first, so re-running gives exactly this set (tests/integration/test_roles.py).
+REVOKE ALL ON ALL TABLES IN SCHEMA public, pgmq FROM campaignq_worker;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public, pgmq FROM campaignq_worker;
 GRANT USAGE ON SCHEMA public, pgmq TO campaignq_worker;
 GRANT SELECT ON leads, inboxes, campaign_configs, campaign_runs TO campaignq_worker;
 GRANT SELECT, UPDATE ON campaign_messages TO campaignq_worker;
 GRANT UPDATE (status, leads_processed, finished_at, updated_at) ON campaign_runs TO campaignq_worker;
-GRANT SELECT ON pgmq.meta TO campaignq_worker;
 GRANT SELECT, UPDATE, DELETE ON pgmq.q_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.a_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.q_campaign_messages_dlq TO campaignq_worker;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgmq TO campaignq_worker;
 
 -- name: read_messages
 SELECT msg_id, read_ct, enqueued_at, vt, message
@@ -32,10 +34,13 @@ SELECT msg_id, read_ct, enqueued_at, vt, message
 -- attempt here, because PGMQ's read_ct also counts deferrals and graceful releases.
 -- The main SELECT sees the rows as they were before this statement (one snapshot), which
 -- is exactly the "previous_status" the worker needs.
+-- Only a row whose run and lead match the payload is claimed: a payload naming someone
+-- else's row is dead-lettered without touching that row.
 WITH batch AS (
-    SELECT b.msg_id, b.read_ct, b.message_id, b.ord
-      FROM unnest(%(msg_ids)s::bigint[], %(read_cts)s::integer[], %(message_ids)s::uuid[])
-           WITH ORDINALITY AS b(msg_id, read_ct, message_id, ord)
+    SELECT b.msg_id, b.read_ct, b.message_id, b.run_id, b.lead_id, b.ord
+      FROM unnest(%(msg_ids)s::bigint[], %(read_cts)s::integer[], %(message_ids)s::uuid[],
+                  %(run_ids)s::uuid[], %(lead_ids)s::uuid[])
+           WITH ORDINALITY AS b(msg_id, read_ct, message_id, run_id, lead_id, ord)
 ), claimed AS (
     UPDATE campaign_messages m
        SET status = CASE WHEN m.parts IS NULL THEN 'generating' ELSE 'sending' END,
@@ -48,6 +53,8 @@ WITH batch AS (
                ELSE m.attempt_history END
       FROM batch b, campaign_runs r
      WHERE m.id = b.message_id
+       AND m.run_id = b.run_id
+       AND m.lead_id = b.lead_id
        AND r.id = m.run_id
        AND r.status = 'running'
        AND m.status IN ('queued', 'generating', 'sending')

@@ -1,0 +1,705 @@
+"""The moving parts of the consumer benchmarks: simulators, consumer processes, seeded runs.
+
+Every benchmark of the consumer runs the real thing — `campaignq simulate` and
+`campaignq consume` as separate processes over loopback HTTP, against a real PostgreSQL —
+because what we claim is about that deployment, not about a function in isolation. This
+module starts and stops them, seeds runs, queues them all at once, waits, and reads the
+numbers back from the rows (the database clock times every outcome, so no process's clock
+or start-up time leaks into a rate).
+
+Throughput is measured from the moment the producer queued a run (``queued_at``) to each
+message's ``finished_at``. "steady" is the rate while every slot is busy (between the c-th
+and the (N-c)-th finish, see `steady_rate`): it excludes the first wave (everything starts
+at once) and the tail (the last wave runs with free slots). Latency per message is the consumer's own
+``campaignq_message_seconds`` histogram (sum / count), scraped from its metrics port:
+everything the message costs in the process, database round trips included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+from psycopg.types.json import Jsonb
+
+from bench import common
+
+AI_KEY = "sk-bench-simulator-key"
+WHATSAPP_KEY = "bench-whatsapp-key"
+LOG_DIR = common.OUT_DIR / "logs"
+READY_TIMEOUT_S = 30.0
+# Benchmark consumers: production defaults except what would measure something else.
+# Typing delays pace bubbles for people, not machines: off on every side of a comparison.
+BASE_CONSUMER_ENV: dict[str, str] = {
+    "CAMPAIGNQ_TYPING_DELAY_CAP_S": "0",
+    "CAMPAIGNQ_AI_REQUESTS_PER_MINUTE": "100000000",  # no limit unless a benchmark sets one
+    "CAMPAIGNQ_DRAIN_TIMEOUT_S": "5",
+    "CAMPAIGNQ_LOG_LEVEL": "INFO",
+}
+
+
+def campaignq(*args: str) -> list[str]:
+    return [sys.executable, "-m", "consumer.cli", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CAMPAIGNQ_") and k not in ("DATABASE_URL", "OPENROUTER_API_KEY")
+    }
+    env.update(extra)
+    return env
+
+
+def _log_path(name: str) -> Path:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    return LOG_DIR / f"{name}.log"
+
+
+# --- the simulator ------------------------------------------------------------------------
+
+
+class SimulatorProcess:
+    """`campaignq simulate` on a free port; latency changes through its control endpoint."""
+
+    def __init__(self, *, ai_latency_s: float, send_latency_s: float, jitter: float = 0.1, name: str = "sim"):
+        self.name = name
+        self.jitter = jitter
+        self.log_path = _log_path(name)
+        self._log = self.log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(
+            campaignq("simulate", "--port", "0", "--seed", "1"),
+            env=clean_env({}),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
+        self.base_url = self._read_base_url()
+        self.configure(ai_latency_s=ai_latency_s, send_latency_s=send_latency_s)
+
+    def _read_base_url(self) -> str:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        buffer = b""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if selector.select(timeout=0.5):
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    match = re.search(rb"CAMPAIGNQ_WHATSAPP_BASE_URL=(\S+)", buffer)
+                    if match:
+                        return match.group(1).decode()
+        self.stop()
+        raise RuntimeError(f"simulator did not start; see {self.log_path}")
+
+    @property
+    def ai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def _request(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        import json
+
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(  # noqa: S310 (loopback http URL we built)
+            f"{self.base_url}{path}",
+            data=data,
+            headers={"Content-Type": "application/json"},
+            method="POST" if data is not None else "GET",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+            return json.loads(response.read())
+
+    def configure(self, *, ai_latency_s: float, send_latency_s: float) -> None:
+        self._request(
+            "/_sim/faults",
+            {
+                "ai_latency_s": ai_latency_s,
+                "ai_latency_jitter_s": ai_latency_s * self.jitter,
+                "send_latency_s": send_latency_s,
+            },
+        )
+
+    def reset(self) -> None:
+        self._request("/_sim/reset", {"keep_faults": True})
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("/_sim/stats")
+        return result
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        stop_processes([self.process])
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+
+# --- consumers --------------------------------------------------------------------------------
+
+
+@dataclass
+class ConsumerProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def metrics(self) -> dict[str, float]:
+        """The process's Prometheus counters, flattened: ``name{labels}`` → value."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    values[key] = float(value)
+        return values
+
+    def mean_message_s(self) -> tuple[float, int]:
+        """(mean seconds per message, messages) from ``campaignq_message_seconds``."""
+        values = self.metrics()
+        total = values.get("campaignq_message_seconds_sum", 0.0)
+        count = values.get("campaignq_message_seconds_count", 0.0)
+        return (total / count if count else 0.0, int(count))
+
+
+def consumer_env(
+    database_url: str, ai_base_url: str, whatsapp_base_url: str, **settings: Any
+) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": database_url,
+        "CAMPAIGNQ_AI_BASE_URL": ai_base_url,
+        "CAMPAIGNQ_WHATSAPP_BASE_URL": whatsapp_base_url,
+        "CAMPAIGNQ_AI_API_KEY": AI_KEY,
+        "CAMPAIGNQ_WHATSAPP_API_KEY": WHATSAPP_KEY,
+        **BASE_CONSUMER_ENV,
+    }
+    env.update({f"CAMPAIGNQ_{key.upper()}": str(value) for key, value in settings.items()})
+    return clean_env(env)
+
+
+def start_consumers(env: Mapping[str, str], count: int, *, label: str) -> list[ConsumerProcess]:
+    """`count` processes of `campaignq consume`, each with a metrics port; returns once all are reading."""
+    consumers: list[ConsumerProcess] = []
+    for index in range(count):
+        port = free_port()
+        name = f"{label}-consumer-{index + 1}"
+        log_path = _log_path(name)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                campaignq("consume", "--metrics-port", str(port)),
+                env={**env, "CAMPAIGNQ_LOG_JSON": "false"},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        consumers.append(ConsumerProcess(name, process, port, log_path))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for consumer in consumers:
+        # The metrics endpoint answers once the pool is open and the worker is being started
+        # (whatever the log level): close enough to "reading" for a run queued afterwards.
+        while not _answers(consumer.metrics_port):
+            if consumer.process.poll() is not None or time.monotonic() > deadline:
+                stop_processes([c.process for c in consumers])
+                raise RuntimeError(f"{consumer.name} did not start; see {consumer.log_path}")
+            time.sleep(0.05)
+    time.sleep(0.2)  # the LISTEN connection: the queueing NOTIFY must find it subscribed
+    return consumers
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[Any]], timeout_s: float = 20.0) -> list[int]:
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    codes = []
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            codes.append(process.wait())
+    return codes
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + sys of one process (children excluded), from /proc through psutil."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def postgres_pids(url: str) -> list[int]:
+    """The postmaster behind `url` and all its processes (backends, checkpointer, WAL writer…).
+
+    Found from our own backend's parent, so other PostgreSQL servers on the machine (other
+    people's tests) are never counted. Empty when the server is not on this machine.
+    """
+    with contextlib.suppress(Exception), common.connect(url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        postmaster = psutil.Process(int(row[0]) if row else 0).parent()
+        if postmaster is not None:
+            return [postmaster.pid, *(child.pid for child in postmaster.children())]
+    return []
+
+
+def postgres_cpu_s(url: str) -> float:
+    """user + sys of the benchmark's PostgreSQL server, all its processes together."""
+    total = 0.0
+    for pid in postgres_pids(url):
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += float(times.user + times.system)
+    return total
+
+
+class RssSampler:
+    """Peak and sampled resident memory of some processes, every `interval_s`, in a thread."""
+
+    def __init__(self, pids: Sequence[int], interval_s: float = 0.25) -> None:
+        self._procs = [psutil.Process(pid) for pid in pids]
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, int]] = []  # (monotonic, total rss bytes)
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for proc in self._procs:
+                with contextlib.suppress(psutil.Error):
+                    total += int(proc.memory_info().rss)
+            self.samples.append((time.monotonic(), total))
+            self.peak = max(self.peak, total)
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class WaitSampler:
+    """What the database's client backends are doing, sampled every `interval_s` in a thread.
+
+    ``pg_stat_activity`` per sample: active backends by wait event ("cpu" when none), so a
+    report can say "on average 2 backends were waiting for a row lock" instead of guessing.
+    """
+
+    def __init__(self, url: str, interval_s: float = 0.1) -> None:
+        self._url = url
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.samples = 0
+        self.active: Counter[str] = Counter()
+        self._thread = threading.Thread(target=self._run, name="wait-sampler", daemon=True)
+
+    def _run(self) -> None:
+        with common.connect(self._url) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu'), "
+                    "       split_part(split_part(query, '(', 1), ' ', 2) "
+                    "  FROM pg_stat_activity "
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "   AND backend_type = 'client backend' AND state = 'active'"
+                ).fetchall()
+                self.samples += 1
+                for wait, statement in rows:
+                    self.active[f"{wait} in {statement or '?'}"] += 1
+                self._stop.wait(self._interval_s)
+
+    def averages(self, top: int = 8) -> list[tuple[str, float]]:
+        return [(key, n / self.samples) for key, n in self.active.most_common(top)] if self.samples else []
+
+    def mean_waiting_on_locks(self) -> float:
+        locks = sum(n for key, n in self.active.items() if key.startswith("Lock:"))
+        return locks / self.samples if self.samples else 0.0
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeededRun:
+    run_ids: list[uuid.UUID]
+    messages: int
+    instance: str
+
+
+def seed_run(url: str, messages: int, *, split: bool = True, runs: int = 1) -> SeededRun:
+    """One workspace / inbox / config and `runs` running runs sharing `messages` leads due now.
+
+    One run is the worst case for the database (every outcome updates the same run row);
+    a real box usually serves several campaigns at once.
+    """
+    workspace_id = uuid.uuid4()
+    instance = f"bench-{workspace_id.hex[:8]}"
+    with common.connect(url) as conn, conn.transaction():
+        inbox = conn.execute(
+            "INSERT INTO inboxes (workspace_id, name, instance) VALUES (%s, 'bench', %s) RETURNING id",
+            (workspace_id, instance),
+        ).fetchone()
+        config = conn.execute(
+            "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
+            "split_messages, max_parts) VALUES (%s, 'bench', 'openai/gpt-4o-mini', "
+            "'You write short, friendly WhatsApp messages.', %s, %s, 3) RETURNING id",
+            (workspace_id, inbox[0] if inbox else None, split),
+        ).fetchone()
+        run_ids = [
+            uuid.UUID(str(row[0]))
+            for row in conn.execute(
+                "INSERT INTO campaign_runs (config_id, status, leads_total, leads_processed, started_at) "
+                "SELECT %s, 'running', %s / %s + CASE WHEN g <= %s %% %s THEN 1 ELSE 0 END, 0, now() "
+                "FROM generate_series(1, %s) g RETURNING id",
+                (config[0] if config else None, messages, runs, messages, runs, runs),
+            ).fetchall()
+        ]
+        conn.execute(
+            "INSERT INTO leads (workspace_id, name, phone, custom_fields) "
+            "SELECT %s, 'Lead ' || g, '+5511' || (900000000 + g), %s FROM generate_series(1, %s) g",
+            (workspace_id, Jsonb({"city": "São Paulo", "plan": "plus"}), messages),
+        )
+        conn.execute(
+            "INSERT INTO campaign_messages (run_id, lead_id, status, scheduled_at) "
+            "SELECT (%s::uuid[])[1 + (row_number() OVER (ORDER BY id) - 1) %% %s], id, 'pending', "
+            "now() - interval '1 minute' FROM leads WHERE workspace_id = %s",
+            (run_ids, runs, workspace_id),
+        )
+    return SeededRun(run_ids, messages, instance)
+
+
+def enqueue_all(url: str) -> int:
+    """Queue every due message at once (the producer with an unlimited batch)."""
+    from consumer.producer import enqueue_due
+
+    with common.connect(url) as conn:
+        total = 0
+        while queued := enqueue_due(conn, 100_000):
+            total += queued
+    return total
+
+
+def enqueue_interleaved(url: str) -> int:
+    """Queue every due message with the runs interleaved (run 1, run 2, …, run 1, …).
+
+    `enqueue_due_campaign_messages` queues run by run (the first running run fills the
+    batch), so several runs queued at once are still processed one after another. To
+    measure a box serving several campaigns at the same moment, this does the producer's
+    work (rows → queued, one PGMQ message each, one NOTIFY) in interleaved order instead.
+    """
+    with common.connect(url) as conn, conn.transaction():
+        row = conn.execute(
+            """WITH marked AS (
+                   UPDATE campaign_messages m SET status = 'queued', queued_at = now()
+                    WHERE m.status = 'pending' AND m.scheduled_at <= now()
+                      AND EXISTS (SELECT 1 FROM campaign_runs r
+                                   WHERE r.id = m.run_id AND r.status = 'running')
+                   RETURNING m.id, m.run_id, m.lead_id
+               ), ordered AS (
+                   SELECT jsonb_build_object('v', 1, 'campaign_message_id', id, 'run_id', run_id,
+                                             'lead_id', lead_id) AS message,
+                          row_number() OVER (PARTITION BY run_id ORDER BY id) AS rn, run_id
+                     FROM marked
+               )
+               SELECT count(*) FROM pgmq.send_batch('campaign_messages',
+                   (SELECT array_agg(message ORDER BY rn, run_id) FROM ordered))"""
+        ).fetchone()
+        conn.execute("SELECT pg_notify('pgmq.q_campaign_messages.INSERT', NULL)")
+    return int(row[0]) if row else 0
+
+
+def wait_terminal(
+    url: str,
+    run_ids: Sequence[uuid.UUID],
+    total: int,
+    *,
+    timeout_s: float,
+    watch: Sequence[ConsumerProcess] = (),
+    on_poll: Any = None,
+) -> int:
+    deadline = time.monotonic() + timeout_s
+    with common.connect(url) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM campaign_messages WHERE run_id = ANY(%s) "
+                "AND status IN ('sent', 'failed', 'skipped')",
+                (list(run_ids),),
+            ).fetchone()
+            done = int(row[0]) if row else 0
+            if on_poll is not None:
+                on_poll(done)
+            if done >= total:
+                return done
+            for consumer in watch:
+                if consumer.process.poll() is not None:
+                    raise RuntimeError(f"{consumer.name} exited early; see {consumer.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out: {done}/{total} messages finished")
+            time.sleep(0.1)
+
+
+@dataclass
+class RunTiming:
+    messages: int
+    sent: int
+    failed: int
+    total_s: float  # queued_at → last finished_at
+    steady_rate: float  # messages/s while all slots are busy (see steady_rate)
+    finish_offsets_s: list[float] = field(default_factory=list)  # each message, from queued_at
+    ai_ms: float = 0.0
+    split_ms: float = 0.0
+    send_ms: float = 0.0
+    parts: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.total_s if self.total_s else 0.0
+
+
+def run_timing(url: str, run_ids: Sequence[uuid.UUID], concurrency: int) -> RunTiming:
+    with common.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT extract(epoch FROM m.finished_at - q.t0)::double precision, m.status
+                 FROM campaign_messages m,
+                      (SELECT min(queued_at) AS t0 FROM campaign_messages WHERE run_id = ANY(%(runs)s)) q
+                WHERE m.run_id = ANY(%(runs)s) AND m.finished_at IS NOT NULL
+                ORDER BY 1""",
+            {"runs": list(run_ids)},
+        ).fetchall()
+        stages = conn.execute(
+            """SELECT avg(ai_ms), avg(split_ms), avg(send_ms), avg(jsonb_array_length(parts))
+                 FROM campaign_messages WHERE run_id = ANY(%s) AND status = 'sent'""",
+            (list(run_ids),),
+        ).fetchone()
+    offsets = [float(r[0]) for r in rows]
+    sent = sum(1 for r in rows if r[1] == "sent")
+    failed = sum(1 for r in rows if r[1] == "failed")
+    return RunTiming(
+        messages=len(offsets),
+        sent=sent,
+        failed=failed,
+        total_s=offsets[-1] if offsets else 0.0,
+        steady_rate=steady_rate(offsets, concurrency),
+        finish_offsets_s=offsets,
+        ai_ms=float(stages[0] or 0) if stages else 0.0,
+        split_ms=float(stages[1] or 0) if stages else 0.0,
+        send_ms=float(stages[2] or 0) if stages else 0.0,
+        parts=float(stages[3] or 0) if stages else 0.0,
+    )
+
+
+def steady_rate(offsets: Sequence[float], concurrency: int) -> float:
+    """Messages/s while every slot is busy: between the c-th and the (N-c)-th finish.
+
+    All messages start together, so finishes come in waves of ``c``; cutting at wave
+    boundaries (rather than at percentiles) keeps the quantisation out of the rate. With
+    fewer than 3 waves there is no steady state to speak of: the whole run is returned.
+    """
+    n = len(offsets)
+    if n < 3 * concurrency or n < 10:
+        return n / offsets[-1] if offsets and offsets[-1] > 0 else 0.0
+    first, last = concurrency - 1, n - concurrency - 1
+    span = offsets[last] - offsets[first]
+    return (last - first) / span if span > 0 else 0.0
+
+
+def window_rate(offsets: Sequence[float], start_s: float, end_s: float) -> float:
+    inside = sum(1 for t in offsets if start_s <= t < end_s)
+    return inside / (end_s - start_s) if end_s > start_s else 0.0
+
+
+@contextlib.contextmanager
+def simulator(*, ai_latency_s: float, send_latency_s: float, name: str = "sim") -> Iterator[SimulatorProcess]:
+    sim = SimulatorProcess(ai_latency_s=ai_latency_s, send_latency_s=send_latency_s, name=name)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@dataclass
+class Measurement:
+    """One consumer configuration processing one seeded run, with everything we read back."""
+
+    label: str
+    processes: int
+    concurrency: int
+    timing: RunTiming
+    mean_latency_s: float
+    consumer_cpu_s: float
+    postgres_cpu_s: float
+    simulator_cpu_s: float
+    peak_rss_mb: float
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def little_bound(self) -> float:
+        """Concurrency ÷ measured latency: the most any process set can do at this latency."""
+        total = self.processes * self.concurrency
+        return total / self.mean_latency_s if self.mean_latency_s else 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "processes": self.processes,
+            "concurrency": self.concurrency,
+            "messages": self.timing.messages,
+            "msg/s (whole run)": self.timing.rate,
+            "msg/s (steady)": self.timing.steady_rate,
+            "latency s": self.mean_latency_s,
+            "Little bound msg/s": self.little_bound,
+            "% of bound": 100 * self.timing.steady_rate / self.little_bound if self.little_bound else None,
+            "CPU ms/msg": 1000 * self.consumer_cpu_s / self.timing.messages if self.timing.messages else None,
+            "peak RSS MB": self.peak_rss_mb,
+        }
+
+
+def measure(
+    url: str,
+    sims: Sequence[SimulatorProcess],
+    *,
+    label: str,
+    messages: int,
+    processes: int = 1,
+    concurrency: int = 64,
+    split: bool = True,
+    settings: Mapping[str, Any] | None = None,
+    timeout_s: float = 900.0,
+    during: Any = None,
+    seeded: SeededRun | None = None,
+) -> Measurement:
+    """Seed a run, start the consumers (idle, connected), queue the run, wait until done.
+
+    ``sims[0]`` serves the AI, ``sims[-1]`` the WhatsApp gateway (one simulator or two).
+    CPU is counted from just before queueing to the last outcome, for the consumers, the
+    simulators and PostgreSQL separately.
+    """
+    if seeded is None:
+        seeded = seed_run(url, messages, split=split)
+    for sim in sims:
+        sim.reset()
+    env = consumer_env(
+        url,
+        sims[0].ai_base_url,
+        sims[-1].base_url,
+        concurrency=concurrency,
+        batch_size=min(100, concurrency),
+        db_pool_max_size=max(8, min(32, concurrency // 16)),
+        **(settings or {}),
+    )
+    consumers = start_consumers(env, processes, label=label.replace(" ", "_").replace("/", "-"))
+    try:
+        with RssSampler([c.pid for c in consumers]) as rss:
+            cpu0 = sum(cpu_seconds(c.pid) for c in consumers)
+            sim0 = sum(s.cpu_s() for s in sims)
+            pg0 = postgres_cpu_s(url)
+            started = time.monotonic()
+            enqueue_all(url)
+            if during is not None:
+                during(consumers)
+            progress: list[tuple[float, int]] = []
+            wait_terminal(
+                url,
+                seeded.run_ids,
+                messages,
+                timeout_s=timeout_s,
+                watch=consumers,
+                on_poll=lambda done: progress.append((time.monotonic(), done)),
+            )
+            wall_s = time.monotonic() - started
+            cpu1 = sum(cpu_seconds(c.pid) for c in consumers)
+            sim1 = sum(s.cpu_s() for s in sims)
+            pg1 = postgres_cpu_s(url)
+        latencies = [c.mean_message_s() for c in consumers]
+    finally:
+        stop_processes([c.process for c in consumers])
+    counted = sum(n for _, n in latencies)
+    mean_latency = sum(m * n for m, n in latencies) / counted if counted else 0.0
+    return Measurement(
+        label=label,
+        processes=processes,
+        concurrency=concurrency,
+        timing=run_timing(url, seeded.run_ids, processes * concurrency),
+        mean_latency_s=mean_latency,
+        consumer_cpu_s=cpu1 - cpu0,
+        postgres_cpu_s=pg1 - pg0,
+        simulator_cpu_s=sim1 - sim0,
+        peak_rss_mb=rss.peak / 2**20,
+        wall_s=wall_s,
+        extra={
+            "rss_samples": [(t - started, b) for t, b in rss.samples],
+            "progress": [(t - started, done) for t, done in progress],
+            "duplicates": sum(s.stats()["send"]["duplicates"] for s in sims),
+        },
+    )
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def env_floats(name: str, default: Sequence[float]) -> list[float]:
+    value = os.environ.get(name)
+    return [float(v) for v in value.split(",")] if value else list(default)
+
+
+def env_ints(name: str, default: Sequence[int]) -> list[int]:
+    value = os.environ.get(name)
+    return [int(v) for v in value.split(",")] if value else list(default)

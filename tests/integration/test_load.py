@@ -1,0 +1,154 @@
+"""Load: one `campaignq consume` at concurrency 256 through 20,000 messages, 1 s of AI latency each.
+
+A measurement, not a benchmark: the numbers are printed (and shown in the terminal summary)
+and only generous sanity bounds are asserted, so a slow CI machine cannot fail it:
+
+* throughput stays flat: the last 5,000 messages go at least half as fast as the first
+  5,000 (a leak, a growing scan or a clogged pool would show as a slowdown);
+* memory stays flat: the consumer's RSS grows by less than 50 MB between the first 5,000
+  and the end;
+* the queue tables stay small: every message read is an UPDATE and every ack a DELETE +
+  INSERT, so the hot table must be vacuumed back down (aggressive autovacuum, migration
+  0001) and the archive, which grows by one row per message, is cut back by
+  `campaignq prune --older-than` (its retention).
+
+Marked `load` (run alone with ``-m load``) and `chaos`, so the quick local loop
+``-m "not chaos"`` and the second CI pass against PostgreSQL 15 skip it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+
+from tests.chaos.tools import SimulatorProcess, spawn_logged
+from tests.cli import run_cli
+from tests.harness import AI_KEY, WHATSAPP_KEY
+
+pytestmark = [pytest.mark.load, pytest.mark.chaos, pytest.mark.timeout(600)]
+
+MESSAGES = 20_000
+WINDOW = 5_000
+CONCURRENCY = 256
+FIGURES: dict[str, Any] = {}
+
+
+def _seed(db: psycopg.Connection[Any]) -> None:
+    """20,000 leads and due messages in one run, queued in one producer call."""
+    db.execute(
+        """
+        WITH inbox AS (
+            INSERT INTO inboxes (workspace_id, name, instance)
+            VALUES ('00000000-0000-0000-0000-00000000000a', 'load', 'load-inbox') RETURNING id, workspace_id
+        ), config AS (
+            INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id)
+            SELECT workspace_id, 'load', 'openai/gpt-4o-mini', 'Write a short friendly message.', id
+              FROM inbox
+            RETURNING id, workspace_id
+        ), run AS (
+            INSERT INTO campaign_runs (config_id, status, leads_total)
+            SELECT id, 'running', %(n)s FROM config RETURNING id
+        ), leads AS (
+            INSERT INTO leads (workspace_id, name, phone)
+            SELECT config.workspace_id, 'Lead ' || i, '+5511' || (900000000 + i)::text
+              FROM config, generate_series(1, %(n)s) AS i
+            RETURNING id
+        )
+        INSERT INTO campaign_messages (run_id, lead_id, scheduled_at)
+        SELECT run.id, leads.id, now() - interval '1 minute' FROM run, leads
+        """,
+        {"n": MESSAGES},
+    )
+    row = db.execute("SELECT enqueue_due_campaign_messages(%s)", (MESSAGES,)).fetchone()
+    assert row == (MESSAGES,)
+
+
+def _sent(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT count(*) FROM campaign_messages WHERE status = 'sent'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _size_kb(db: psycopg.Connection[Any], table: str) -> int:
+    row = db.execute("SELECT pg_total_relation_size(%s::regclass) / 1024", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_one_consumer_at_concurrency_256_stays_flat_over_20000_messages(
+    db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    _seed(db)
+    with SimulatorProcess(log_dir=tmp_path, seed=1, extra_args=["--ai-latency", "1s"]) as sim:
+        env = {
+            "DATABASE_URL": database_url,
+            "CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url,
+            "CAMPAIGNQ_WHATSAPP_BASE_URL": sim.whatsapp_base_url,
+            "CAMPAIGNQ_AI_API_KEY": AI_KEY,
+            "CAMPAIGNQ_WHATSAPP_API_KEY": WHATSAPP_KEY,
+            "CAMPAIGNQ_CONCURRENCY": str(CONCURRENCY),
+            "CAMPAIGNQ_BATCH_SIZE": "100",
+            "CAMPAIGNQ_AI_REQUESTS_PER_MINUTE": "600000",
+            "CAMPAIGNQ_DB_POOL_MAX_SIZE": "16",
+            "CAMPAIGNQ_LOG_LEVEL": "WARNING",
+        }
+        consumer = spawn_logged("consumer", ["consume"], env=env, log_dir=tmp_path)
+        try:
+            process = psutil.Process(consumer.pid)
+            started = time.monotonic()
+            rss_mb: dict[str, float] = {}
+            peak_mb = 0.0
+            while (sent := _sent(db)) < MESSAGES:
+                assert consumer.alive(), consumer.log()[-3000:]
+                assert time.monotonic() - started < 480, f"only {sent} sent after 8 minutes"
+                current_mb = process.memory_info().rss / 2**20
+                peak_mb = max(peak_mb, current_mb)
+                if sent >= WINDOW and "after_first_window" not in rss_mb:
+                    rss_mb["after_first_window"] = current_mb
+                time.sleep(0.5)
+            rss_mb["end"] = process.memory_info().rss / 2**20
+            elapsed_s = time.monotonic() - started
+            assert consumer.stop() == 0, consumer.log()[-3000:]
+        finally:
+            consumer.kill()
+        sim_stats = sim.stats()
+
+    stamps = [
+        r[0].timestamp()
+        for r in db.execute("SELECT sent_at FROM campaign_messages WHERE status = 'sent' ORDER BY sent_at")
+    ]
+    first_rate = WINDOW / (stamps[WINDOW - 1] - stamps[0])
+    last_rate = WINDOW / (stamps[-1] - stamps[-WINDOW])
+    growth_mb = rss_mb["end"] - rss_mb["after_first_window"]
+    queue_kb = _size_kb(db, "pgmq.q_campaign_messages")
+    archive_kb = _size_kb(db, "pgmq.a_campaign_messages")
+    prune = run_cli("prune", "--older-than", "0s", database_url=database_url)
+    assert prune.returncode == 0, prune.stderr
+    db.execute("VACUUM pgmq.a_campaign_messages")
+    archived_after = db.execute("SELECT count(*) FROM pgmq.a_campaign_messages").fetchone()
+
+    FIGURES.update(
+        {
+            "messages": MESSAGES,
+            "concurrency": CONCURRENCY,
+            "elapsed_s": round(elapsed_s, 1),
+            "first_5k_msg_per_s": round(first_rate, 1),
+            "last_5k_msg_per_s": round(last_rate, 1),
+            "rss_mb_after_5k": round(rss_mb["after_first_window"], 1),
+            "rss_mb_end": round(rss_mb["end"], 1),
+            "rss_mb_peak": round(peak_mb, 1),
+            "queue_table_kb": queue_kb,
+            "archive_kb_before_prune": archive_kb,
+            "archive_kb_after_prune": _size_kb(db, "pgmq.a_campaign_messages"),
+            "duplicates": sim_stats["send"]["duplicates"],
+        }
+    )
+    print(f"load figures: {FIGURES}", flush=True)
+    assert sim_stats["send"]["accepted"] == MESSAGES and sim_stats["send"]["duplicates"] == 0
+    assert last_rate >= 0.5 * first_rate, FIGURES
+    assert growth_mb < 50, FIGURES
+    assert archived_after == (0,)
+    assert queue_kb < 20 * 1024, FIGURES  # an empty hot table after 20,000 messages went through
