@@ -73,6 +73,7 @@ def sizes(quick: bool) -> Sizes:
 
 
 def run(quick: bool) -> dict[str, Any]:
+    load = fleet.other_load()
     s = sizes(quick)
     comparisons: list[dict[str, Any]] = []
     with fleet.simulator(ai_latency_s=s.latencies[0], send_latency_s=SEND_LATENCY_S) as sim:
@@ -110,7 +111,9 @@ def run(quick: bool) -> dict[str, Any]:
                 url, [sim], label="rss", messages=s.rss_messages, concurrency=s.rss_concurrency
             )
     memory = _memory(rss_run, s)
-    return _report(s, comparisons, memory)
+    result = _report(s, comparisons, memory)
+    result["params"]["load_at_start"] = load
+    return result
 
 
 def _compare(latency: float, ours: fleet.Measurement, theirs: sequential.SequentialResult) -> dict[str, Any]:
@@ -253,9 +256,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
             left.annotate(
                 f"{c['ratio']:.0f}x",
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                textcoords="offset points",
+                xytext=(0, 8),
                 ha="center",
                 va="bottom",
                 fontsize=9,
+                fontweight="bold",
             )
     bounds = [c["little_bound"] for c in comparisons]
     left.scatter(

@@ -93,6 +93,7 @@ def _row(label: str, m: fleet.Measurement) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
+    load = fleet.other_load()
     messages = fleet.env_int("BENCH_COST_MESSAGES", 1_000 if quick else 6_000)
     ceiling_messages = fleet.env_int("BENCH_CEILING_MESSAGES", 10_000 if quick else 50_000)
     profile_s = float(fleet.env_int("BENCH_PROFILE_S", 2 if quick else 10))
@@ -140,7 +141,9 @@ def run(quick: bool) -> dict[str, Any]:
             f"  database ceiling: bare PGMQ read(100) → archive(ids[]) of {ceiling_messages:,} …", flush=True
         )
         db = ceiling(url, ceiling_messages)
-    return _report(measurements, db, profiled, messages)
+    result = _report(measurements, db, profiled, messages)
+    result["params"]["load_at_start"] = load
+    return result
 
 
 def _report(
@@ -197,7 +200,11 @@ def _report(
     ]
     return {
         "title": "Cost per message: consumer CPU with zero-latency providers, next to the database ceiling",
-        "params": {"messages": messages, "concurrency": CONCURRENCY, "ceiling_messages": db["messages"]},
+        "params": {
+            "messages": messages,
+            "concurrency": CONCURRENCY,
+            "ceiling_messages": db["messages"],
+        },
         "table": table,
         "more_tables": more,
         "measurements": {label: {**m.row(), **_row(label, m)} for label, m in measurements.items()},

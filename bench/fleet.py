@@ -295,6 +295,12 @@ def postgres_cpu_s(url: str) -> float:
     return total
 
 
+def box_busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent not idle (all processes, all cores), from /proc/stat."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 class RssSampler:
     """Peak and sampled resident memory of some processes, every `interval_s`, in a thread."""
 
@@ -341,7 +347,11 @@ class WaitSampler:
         self._thread = threading.Thread(target=self._run, name="wait-sampler", daemon=True)
 
     def _run(self) -> None:
-        with common.connect(self._url) as conn:
+        try:
+            conn = common.connect(self._url)
+        except Exception:  # no free connection slot: report no samples rather than die loudly
+            return
+        with conn:
             while not self._stop.is_set():
                 rows = conn.execute(
                     "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu'), "
@@ -640,7 +650,7 @@ def measure(
         sims[-1].base_url,
         concurrency=concurrency,
         batch_size=min(100, concurrency),
-        db_pool_max_size=max(8, min(32, concurrency // 16)),
+        db_pool_max_size=pool_size(processes, concurrency),
         **(settings or {}),
     )
     consumers = start_consumers(env, processes, label=label.replace(" ", "_").replace("/", "-"))
@@ -688,6 +698,18 @@ def measure(
             "duplicates": sum(s.stats()["send"]["duplicates"] for s in sims),
         },
     )
+
+
+def other_load() -> dict[str, float]:
+    """The box's load average when a benchmark starts: other work on the 2 cores moves our numbers."""
+    one, five, fifteen = os.getloadavg()
+    return {"load_1m": round(one, 2), "load_5m": round(five, 2), "load_15m": round(fifteen, 2)}
+
+
+def pool_size(processes: int, concurrency: int) -> int:
+    """Connections per consumer: enough for its concurrency, all together under the server's
+    100 connections (embedded default) with room for listeners and the benchmark itself."""
+    return max(4, min(concurrency // 16, 16, 80 // processes))
 
 
 def env_int(name: str, default: int) -> int:

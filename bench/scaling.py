@@ -35,6 +35,7 @@ AI_REQUESTS_PER_MESSAGE = 2  # split on: generate + split
 
 
 def run(quick: bool) -> dict[str, Any]:
+    load = fleet.other_load()
     latency = 0.2 if quick else 2.0
     concurrencies = fleet.env_ints("BENCH_SCALING_CONCURRENCY", [1, 8, 64] if quick else [1, 8, 32, 128, 256])
     process_counts = fleet.env_ints("BENCH_SCALING_PROCESSES", [1, 2] if quick else [1, 2, 3, 4])
@@ -71,6 +72,7 @@ def run(quick: bool) -> dict[str, Any]:
         for p in points
     ]
     return {
+        "load_at_start": load,
         "title": f"Scaling at AI latency {latency:g} s: concurrency and processes vs Little's law "
         "and the rate limit",
         "params": {
