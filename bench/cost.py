@@ -94,14 +94,14 @@ def _row(label: str, m: fleet.Measurement) -> dict[str, Any]:
 
 def run(quick: bool) -> dict[str, Any]:
     load = fleet.other_load()
-    messages = fleet.env_int("BENCH_COST_MESSAGES", 1_000 if quick else 6_000)
-    ceiling_messages = fleet.env_int("BENCH_CEILING_MESSAGES", 10_000 if quick else 50_000)
+    messages = fleet.env_int("BENCH_COST_MESSAGES", 600 if quick else 6_000)
+    ceiling_messages = fleet.env_int("BENCH_CEILING_MESSAGES", 5_000 if quick else 50_000)
     profile_s = float(fleet.env_int("BENCH_PROFILE_S", 2 if quick else 10))
     measurements: dict[str, fleet.Measurement] = {}
     profiled: profile.Profile | None = None
     with fleet.simulator(ai_latency_s=0.0, send_latency_s=0.0) as sim, common.fresh_database("cost") as url:
         # Warm-up: the first run pays for imports, JIT-less caches and the pool's connections.
-        fleet.measure(url, [sim], label="warmup", messages=200, concurrency=CONCURRENCY)
+        fleet.measure(url, [sim], label="warmup", messages=100 if quick else 200, concurrency=CONCURRENCY)
         variants: list[tuple[str, bool, dict[str, Any]]] = [("split off", False, {}), ("split on", True, {})]
         if not quick:  # what the per-message INFO line costs
             variants.append(("split on, WARNING logs", True, {"log_level": "WARNING"}))

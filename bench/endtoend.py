@@ -47,8 +47,8 @@ def _configs(quick: bool) -> list[tuple[int, int, int]]:
 def run(quick: bool) -> dict[str, Any]:
     load = fleet.other_load()
     latency = 0.2 if quick else 2.0
-    warmup_s = float(fleet.env_int("BENCH_E2E_WARMUP_S", 3 if quick else 20))
-    window_s = float(fleet.env_int("BENCH_E2E_WINDOW_S", 5 if quick else 40))
+    warmup_s = float(fleet.env_int("BENCH_E2E_WARMUP_S", 2 if quick else 20))
+    window_s = float(fleet.env_int("BENCH_E2E_WINDOW_S", 4 if quick else 40))
     points: list[dict[str, Any]] = []
     with (
         fleet.simulator(ai_latency_s=latency, send_latency_s=SEND_LATENCY_S, name="sim-ai") as ai_sim,

@@ -92,18 +92,25 @@ def test_compose_command_help_runs(service: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def docker_compose_available() -> bool:
+def compose_command() -> list[str] | None:
+    """`docker compose` (the plugin) when present, else the standalone `docker-compose`."""
     docker = shutil.which("docker")
-    if docker is None:
-        return False
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
-    return probe.returncode == 0
+    if docker is not None:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    return [standalone] if standalone else None
 
 
-@pytest.mark.skipif(not docker_compose_available(), reason="no docker client with the compose plugin")
+@pytest.mark.skipif(
+    compose_command() is None, reason="neither `docker compose` nor `docker-compose` installed"
+)
 def test_docker_compose_config_validates() -> None:
+    command = compose_command()
+    assert command is not None
     result = subprocess.run(
-        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
+        [*command, "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
         cwd=ROOT,
         capture_output=True,
         text=True,

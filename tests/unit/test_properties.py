@@ -66,7 +66,7 @@ payload_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(raw=json_values | payload_like)
 def test_any_queue_payload_parses_or_is_rejected_as_invalid(raw: Any) -> None:
     try:
@@ -113,7 +113,7 @@ def contexts(draw: st.DrawFn) -> MessageContext:
     )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(ctx=contexts(), max_attempts=st.integers(1, 5))
 def test_triage_never_processes_what_it_must_not(ctx: MessageContext, max_attempts: int) -> None:
     action = triage(ctx, max_attempts=max_attempts)
@@ -137,7 +137,7 @@ def test_triage_never_processes_what_it_must_not(ctx: MessageContext, max_attemp
         assert ctx.payload is not None and ctx.found
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     content=st.none()
     | st.text(max_size=200)
@@ -165,7 +165,7 @@ header_values = (
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     headers=st.dictionaries(
         st.sampled_from(["retry-after", "Retry-After", "retry-after-ms", "x"]), header_values
@@ -188,7 +188,7 @@ FAILURES = [
 ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     failures=st.lists(
         st.tuples(st.sampled_from(FAILURES), st.none() | st.floats(0, 500)), min_size=1, max_size=60
@@ -238,7 +238,7 @@ def test_a_message_walked_through_any_failures_ends_with_monotonic_attempts_and_
     # the failures ran out first: the next attempt may still succeed, nothing is stuck
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(before=st.text(max_size=50), after=st.text(max_size=50))
 def test_a_registered_secret_never_survives_redaction(before: str, after: str) -> None:
     secret = "sk-or-v1-5f0c2a9e1d7b4c3a"  # noqa: S105 (a made-up key to hunt for)
@@ -246,7 +246,7 @@ def test_a_registered_secret_never_survives_redaction(before: str, after: str) -
     assert secret not in redact(before + secret + after)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(raw=st.text(alphabet="+0123456789 -().", min_size=1, max_size=25))
 def test_a_normalised_phone_is_a_fixed_point(raw: str) -> None:
     try:
@@ -256,7 +256,7 @@ def test_a_normalised_phone_is_a_fixed_point(raw: str) -> None:
     assert normalize_phone(digits) == digits == "".join(ch for ch in raw if ch.isdigit())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(text=st.text(max_size=500), wpm=st.floats(1, 2000), cap_s=st.floats(0, 10))
 def test_the_typing_delay_is_bounded_by_its_cap(text: str, wpm: float, cap_s: float) -> None:
     delay_ms = typing_delay_ms(text, words_per_minute=wpm, cap_s=cap_s)
