@@ -4,9 +4,6 @@
 -- name: enqueue_due
 SELECT enqueue_due_campaign_messages(%(limit)s::integer);
 
--- name: finalize_run
-SELECT finalize_campaign_run_if_complete(%(run_id)s::uuid);
-
 -- name: grant_worker_role
 -- Least privilege for `campaignq consume`: read context, update its messages and their
 -- runs, and drive the two queues. No DDL, no DELETE on business tables, no sequences (PGMQ's
