@@ -70,9 +70,15 @@ class RunningWorker:
 
 
 @asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[RunningWorker]:
+async def running_worker(
+    settings: Settings, *, expect_exit_code: int | None = None
+) -> AsyncIterator[RunningWorker]:
     assert settings.database_url
-    db = await Database.open(settings.database_url, max_size=settings.db_pool_max_size)
+    db = await Database.open(
+        settings.database_url,
+        max_size=settings.db_pool_max_size,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
     try:
         async with aiohttp.ClientSession() as session:
             worker = Worker(
@@ -88,7 +94,9 @@ async def running_worker(settings: Settings) -> AsyncIterator[RunningWorker]:
             finally:
                 if not running.task.done():
                     worker.stop()
-                await asyncio.wait_for(running.task, timeout=60)
+                exit_code = await asyncio.wait_for(running.task, timeout=60)
+            if expect_exit_code is not None:
+                assert exit_code == expect_exit_code
     finally:
         await db.close()
 

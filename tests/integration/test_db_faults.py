@@ -10,22 +10,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
-import aiohttp
 import psycopg
 import pytest
 
-from consumer.ai import AIClient
-from consumer.db import Database
 from consumer.settings import Settings
 from consumer.simulator import Faults, Simulator
-from consumer.whatsapp import WhatsAppClient
-from consumer.worker import Worker
 from tests.chaos.tools import can_restart_server, restart_server, spawn_logged
 from tests.factories import Seeder
-from tests.harness import RunningWorker, consumer_settings, subprocess_env, wait_until
+from tests.harness import RunningWorker, consumer_settings, running_worker, subprocess_env, wait_until
 from tests.integration.test_consumer import message_row, produce, terminal
 
 
@@ -35,32 +30,9 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[RunningWorker]:
-    """Like `tests.harness.running_worker`, with the statement timeout of `settings`."""
-    assert settings.database_url
-    db = await Database.open(
-        settings.database_url,
-        max_size=settings.db_pool_max_size,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            worker = Worker(
-                settings=settings,
-                db=db,
-                ai=AIClient.from_settings(settings, session),
-                whatsapp=WhatsAppClient.from_settings(settings, session),
-                database_url=settings.database_url,
-            )
-            handle = RunningWorker(worker, db, asyncio.create_task(worker.run()))
-            try:
-                yield handle
-            finally:
-                worker.stop()
-                assert await asyncio.wait_for(handle.task, timeout=60) == 0
-    finally:
-        await db.close()
+def running(settings: Settings) -> AbstractAsyncContextManager[RunningWorker]:
+    """A worker whose clean stop must exit 0: faults here must never end the process."""
+    return running_worker(settings, expect_exit_code=0)
 
 
 @contextmanager
