@@ -39,6 +39,7 @@ import psutil  # type: ignore[import-untyped]
 from psycopg.types.json import Jsonb
 
 from bench import common
+from consumer.demo import child_env
 
 AI_KEY = "sk-bench-simulator-key"
 WHATSAPP_KEY = "bench-whatsapp-key"
@@ -64,16 +65,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("CAMPAIGNQ_") and k not in ("DATABASE_URL", "OPENROUTER_API_KEY")
-    }
-    env.update(extra)
-    return env
-
-
 def _log_path(name: str) -> Path:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     return LOG_DIR / f"{name}.log"
@@ -92,7 +83,7 @@ class SimulatorProcess:
         self._log = self.log_path.open("w", encoding="utf-8")
         self.process = subprocess.Popen(
             campaignq("simulate", "--port", "0", "--seed", "1"),
-            env=clean_env({}),
+            env=child_env({}),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -209,7 +200,7 @@ def consumer_env(
         **BASE_CONSUMER_ENV,
     }
     env.update({f"CAMPAIGNQ_{key.upper()}": str(value) for key, value in settings.items()})
-    return clean_env(env)
+    return child_env(env)
 
 
 def start_consumers(env: Mapping[str, str], count: int, *, label: str) -> list[ConsumerProcess]:

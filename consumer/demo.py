@@ -275,7 +275,7 @@ def _campaignq(*args: str) -> list[str]:
     return [sys.executable, "-m", "consumer.cli", *args]
 
 
-def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The user's environment minus anything that configures campaignq or holds a real key."""
     env = {
         key: value
@@ -287,7 +287,7 @@ def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def _consumer_env(database_url: str, base_url: str) -> dict[str, str]:
-    return _child_env(
+    return child_env(
         {
             "DATABASE_URL": database_url,
             "CAMPAIGNQ_AI_BASE_URL": f"{base_url}/v1",
@@ -341,7 +341,7 @@ def _start_simulator(options: DemoOptions, log_dir: Path, children: list[Child])
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen(  # noqa: S603 (our own CLI, arguments we built)
             _campaignq(*args),
-            env=_child_env({}),
+            env=child_env({}),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Mapping
 
+from consumer.demo import child_env
+
 
 def campaignq_env(database_url: str | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNQ_") and k != "DATABASE_URL"}
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    env.update(extra)
-    return env
+    """A clean environment for a `campaignq` subprocess, plus the test's own settings."""
+    return child_env({"DATABASE_URL": database_url, **extra} if database_url else extra)
 
 
 def run_cli(
