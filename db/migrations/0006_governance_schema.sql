@@ -1,0 +1,49 @@
+-- 0006_governance_schema: the contract's governance columns and tables (DESIGN.md,
+-- "Governance", added 2026-11-29), in one place so that fair share, the shared AI budget,
+-- sender safety and the console all build on the same names. Behaviour lives in later
+-- migrations; this file only adds storage. Every new column is NULL-able or defaulted, so
+-- rows stay insertable with only the contract's older columns.
+
+-- The LLM provider's request budget shared by every consumer process on every host
+-- (row 'ai'). No row: each process keeps only its own CAMPAIGNQ_AI_REQUESTS_PER_MINUTE.
+CREATE TABLE rate_limits (
+    name                 text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_.-]{0,62}$'),
+    requests_per_minute  integer NOT NULL CHECK (requests_per_minute > 0),
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE TRIGGER rate_limits_touch BEFORE UPDATE ON rate_limits
+    FOR EACH ROW EXECUTE FUNCTION campaignq_touch_updated_at();
+
+-- Fair share: a workspace without a row weighs 1; its running runs share its part.
+CREATE TABLE workspace_weights (
+    workspace_id  uuid PRIMARY KEY,
+    weight        integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TRIGGER workspace_weights_touch BEFORE UPDATE ON workspace_weights
+    FOR EACH ROW EXECUTE FUNCTION campaignq_touch_updated_at();
+
+-- Sender safety. Pace across every process and host (NULL = unpaced); an optional daily cap;
+-- an inbox paused by an operator or automatically (ban/logout signals) says why.
+ALTER TABLE inboxes
+    ADD COLUMN max_sends_per_minute integer CHECK (max_sends_per_minute > 0),
+    ADD COLUMN daily_send_cap       integer CHECK (daily_send_cap > 0),
+    ADD COLUMN paused_at            timestamptz,
+    ADD COLUMN pause_reason         text;
+
+-- Send windows in the lead's local time (may wrap midnight; both NULL = any time) and the
+-- campaign's default zone for leads whose own zone is unknown.
+ALTER TABLE campaign_configs
+    ADD COLUMN send_window_start time,
+    ADD COLUMN send_window_end   time,
+    ADD COLUMN timezone          text,
+    ADD CONSTRAINT campaign_configs_send_window_pair
+        CHECK ((send_window_start IS NULL) = (send_window_end IS NULL));
+
+ALTER TABLE leads
+    ADD COLUMN timezone      text,
+    ADD COLUMN opted_out_at  timestamptz;
+
+-- Why a run stopped when the system (not an operator) paused it, e.g. 'budget_exhausted'.
+ALTER TABLE campaign_runs
+    ADD COLUMN pause_reason text;
