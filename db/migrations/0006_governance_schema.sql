@@ -47,3 +47,33 @@ ALTER TABLE leads
 -- Why a run stopped when the system (not an operator) paused it, e.g. 'budget_exhausted'.
 ALTER TABLE campaign_runs
     ADD COLUMN pause_reason text;
+
+-- The opt-out ingestion path (a STOP-like reply, the gateway's webhook, an operator): every
+-- lead of the inbox's workspace with this phone number (compared on digits only) is opted
+-- out at once; the consumer skips their messages before any AI call. Returns how many leads
+-- changed (0 when already opted out or unknown). Later migrations may extend its effects,
+-- never its signature.
+CREATE OR REPLACE FUNCTION campaignq_record_opt_out(
+    p_instance text,
+    p_phone    text,
+    p_reason   text DEFAULT 'reply')
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_digits text := regexp_replace(coalesce(p_phone, ''), '\D', '', 'g');
+    v_count  integer;
+BEGIN
+    IF v_digits = '' THEN
+        RAISE EXCEPTION 'campaignq_record_opt_out: phone % has no digits', p_phone
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE leads AS l
+       SET opted_out_at = now()
+     WHERE l.opted_out_at IS NULL
+       AND regexp_replace(coalesce(l.phone, ''), '\D', '', 'g') = v_digits
+       AND l.workspace_id IN (SELECT i.workspace_id FROM inboxes AS i WHERE i.instance = p_instance);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RAISE LOG 'campaignq opt-out: instance=% reason=% leads=%', p_instance, p_reason, v_count;
+    RETURN v_count;
+END;
+$$;
