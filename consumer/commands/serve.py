@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..console.server import serve
+from ..console.server import check_bind, serve
 from ._common import database_url, settings_from
 
 HELP = "operator console: live pages and an API for queues, runs, dead letters, budgets and inboxes"
@@ -17,4 +17,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args, host="console_host", port="console_port")
-    return serve(settings, database_url(settings, keep_running=True))
+    config = check_bind(settings)  # refuse a bad bind before starting an embedded database
+    return serve(settings, database_url(settings, keep_running=True), config)

@@ -28,17 +28,21 @@ def console_config(settings: Settings) -> ConsoleConfig:
     )
 
 
-def serve(settings: Settings, database_url: str) -> int:
+def check_bind(settings: Settings) -> ConsoleConfig:
+    """The console's config, or a ConfigurationError before anything starts (database included)."""
     config = console_config(settings)
     register_secret(config.tokens.admin)
     register_secret(config.tokens.read)
-    host, port = settings.console_host, settings.console_port
-    if not may_bind(host, config.tokens):
+    if not may_bind(settings.console_host, config.tokens):
         raise ConfigurationError(
-            f"refusing to serve the console on {host}: without CAMPAIGNQ_CONSOLE_TOKEN or "
-            "CAMPAIGNQ_CONSOLE_READ_TOKEN it binds loopback only (127.0.0.1)"
+            f"refusing to serve the console on {settings.console_host}: without CAMPAIGNQ_CONSOLE_TOKEN "
+            "or CAMPAIGNQ_CONSOLE_READ_TOKEN it binds loopback only (127.0.0.1)"
         )
-    asyncio.run(_serve(settings, database_url, config, host, port))
+    return config
+
+
+def serve(settings: Settings, database_url: str, config: ConsoleConfig) -> int:
+    asyncio.run(_serve(settings, database_url, config, settings.console_host, settings.console_port))
     return 0
 
 
