@@ -78,26 +78,34 @@ def seed_campaign(seed: Seeder, n: int, **kwargs: Any) -> Campaign:
 @contextmanager
 def console_process(database_url: str, **env: str) -> Iterator[str]:
     """`campaignq serve --port 0` as a real process; yields its base URL (no trailing slash)."""
-    full_env = campaignq_env(
-        database_url,
-        CAMPAIGNQ_CONSOLE_TOKEN=ADMIN_TOKEN,
-        CAMPAIGNQ_CONSOLE_READ_TOKEN=READ_TOKEN,
-        CAMPAIGNQ_WHATSAPP_API_KEY=WEBHOOK_KEY,
-        CAMPAIGNQ_CONSOLE_SAMPLE_INTERVAL_S="0.5",
+    full_env = {
+        "CAMPAIGNQ_CONSOLE_TOKEN": ADMIN_TOKEN,
+        "CAMPAIGNQ_CONSOLE_READ_TOKEN": READ_TOKEN,
+        "CAMPAIGNQ_WHATSAPP_API_KEY": WEBHOOK_KEY,
+        "CAMPAIGNQ_CONSOLE_SAMPLE_INTERVAL_S": "0.5",
         **env,
-    )
+    }
+    with cli_process(
+        ["serve", "--port", "0"], database_url, full_env, r"campaignq console: (http://\S+?)/?$"
+    ) as url:
+        yield url
+
+
+@contextmanager
+def cli_process(args: list[str], database_url: str, env: dict[str, str], ready: str) -> Iterator[str]:
+    """A `campaignq` subprocess; yields the first group of the first output line matching `ready`."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", "serve", "--port", "0"],
-        env=full_env,
+        [sys.executable, "-m", "consumer.cli", *args],
+        env=campaignq_env(database_url, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    drain = threading.Thread(target=_drain, args=(process,), daemon=True)
     try:
-        url = _wait_for_url(process)
-        # keep reading its output, or a chatty server fills the pipe and blocks
-        threading.Thread(target=_drain, args=(process,), daemon=True).start()
-        yield url
+        found = _wait_for(process, ready)
+        drain.start()  # keep reading its output, or a chatty process fills the pipe and blocks
+        yield found
     finally:
         process.terminate()
         try:
@@ -105,6 +113,10 @@ def console_process(database_url: str, **env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if drain.is_alive():
+            drain.join(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _drain(process: subprocess.Popen[str]) -> None:
@@ -113,7 +125,7 @@ def _drain(process: subprocess.Popen[str]) -> None:
         pass
 
 
-def _wait_for_url(process: subprocess.Popen[str]) -> str:
+def _wait_for(process: subprocess.Popen[str], ready: str) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + 60
     seen: list[str] = []
@@ -124,7 +136,7 @@ def _wait_for_url(process: subprocess.Popen[str]) -> str:
                 break
             continue
         seen.append(line)
-        match = re.search(r"campaignq console: (http://\S+?)/?$", line.strip())
+        match = re.search(ready, line.strip())
         if match:
-            return match.group(1)
-    raise AssertionError("console did not start:\n" + "".join(seen))
+            return match.group(1) if match.groups() else line
+    raise AssertionError(f"no line matching {ready!r}:\n" + "".join(seen))

@@ -28,7 +28,7 @@ function h(tag, props, ...children) {
 
 function fill(id, ...nodes) {
   const target = document.getElementById(id);
-  if (target) target.replaceChildren(...nodes.flat());
+  if (target) target.replaceChildren(...nodes.flat().filter((node) => node !== null && node !== undefined));
 }
 
 function table(columns, rows, emptyText) {
@@ -187,7 +187,6 @@ function chart(series) {
   const max = Math.max(1, ...series.map((m) => m.sent + m.failed));
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", "messages finished per minute over the last hour");
   const plotH = height - bottom - top;
