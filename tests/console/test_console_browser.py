@@ -83,7 +83,12 @@ def metric(page: Page, key: str) -> int:
 
 
 def test_overview_numbers_change_while_a_consumer_works(
-    page: Page, errors: list[str], console_url: str, module_db_url: str, db: psycopg.Connection[Any], seed: Seeder
+    page: Page,
+    errors: list[str],
+    console_url: str,
+    module_db_url: str,
+    db: psycopg.Connection[Any],
+    seed: Seeder,
 ) -> None:
     campaign = seed.campaign(60)
     login(page, console_url)
@@ -196,7 +201,9 @@ def test_markup_in_a_lead_name_or_an_error_is_inert(
     campaign = seed.campaign(1, instance="inst-xss")
     db.execute("UPDATE leads SET name = %s WHERE id = %s", (XSS, campaign.lead_ids[0]))
     db.execute("UPDATE campaign_configs SET name = %s WHERE id = %s", (XSS, campaign.config_id))
-    dead_letter_bulk(db, campaign, reason="permanent", error_class="bad_request", error=f"provider said {XSS}")
+    dead_letter_bulk(
+        db, campaign, reason="permanent", error_class="bad_request", error=f"provider said {XSS}"
+    )
     login(page, console_url)
     page.goto(f"{console_url}/dead-letters?run={campaign.run_id}")
     expect(page.locator("#letters tbody tr")).to_have_count(1)
