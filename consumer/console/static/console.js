@@ -28,7 +28,11 @@ function h(tag, props, ...children) {
 
 function fill(id, ...nodes) {
   const target = document.getElementById(id);
-  if (target) target.replaceChildren(...nodes.flat().filter((node) => node !== null && node !== undefined));
+  if (!target) return;
+  // never replace an input the operator is typing in; the next snapshot catches up
+  const active = document.activeElement;
+  if (active && active.tagName === "INPUT" && target.contains(active)) return;
+  target.replaceChildren(...nodes.flat().filter((node) => node !== null && node !== undefined));
 }
 
 function table(columns, rows, emptyText) {
@@ -183,7 +187,7 @@ function renderOverview(s) {
 }
 
 function chart(series) {
-  const width = 720, height = 180, left = 36, bottom = 18, top = 8;
+  const width = 1200, height = 200, left = 36, bottom = 18, top = 8;
   const max = Math.max(1, ...series.map((m) => m.sent + m.failed));
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -212,7 +216,7 @@ function chart(series) {
   });
   if (series.length) {
     add("text", { x: left, y: height - 4 }, when(series[0].minute).slice(11, 16));
-    add("text", { x: width - 30, y: height - 4 }, when(series[series.length - 1].minute).slice(11, 16));
+    add("text", { x: width - 32, y: height - 4 }, when(series[series.length - 1].minute).slice(11, 16));
   }
   return svg;
 }
