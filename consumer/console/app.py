@@ -368,7 +368,7 @@ async def _api_run_action(request: web.Request) -> web.StreamResponse:
     run_id = _path_uuid(request, "run_id", "run id")
     store = request.app[STORE_KEY]
     try:
-        result = await asyncio.to_thread(store.set_run_status, run_id, action, actor=actor)  # type: ignore[arg-type]
+        result = await asyncio.to_thread(store.set_run_status, run_id, action, actor=actor)
     except NotFoundError as exc:
         raise _error(404, str(exc)) from None
     except ConflictError as exc:

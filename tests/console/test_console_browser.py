@@ -234,6 +234,7 @@ def test_every_page_renders_without_errors(
     weight.fill("7")
     page.click(f"#save-weight-{campaign.workspace_id}")
     expect(page.locator("#audit")).to_contain_text("workspace_weight")
+    expect(page.locator(f'tr[data-id="{campaign.workspace_id}"]')).not_to_contain_text("(default)")
     assert db.execute(
         "SELECT weight FROM workspace_weights WHERE workspace_id = %s", (campaign.workspace_id,)
     ).fetchone() == (7,)

@@ -431,13 +431,9 @@ function inboxActions(i) {
 }
 
 // --- workspaces -------------------------------------------------------------------------------------
-let editing = false;
-
 function renderWorkspaces(s) {
-  if (editing) return; // do not replace an input the operator is typing in
   const ai = s.rate_limits.find((r) => r.name === "ai");
   const rpm = h("input", { id: "ai-rpm", type: "number", min: 1, value: ai ? ai.requests_per_minute : "", placeholder: "per process", disabled: !CAN_ACT });
-  trackEditing(rpm);
   fill("budget", h("p", {},
     "AI requests per minute: ", rpm, " ",
     actionButton("Save", "ai-save", () => api("POST", "/api/rate-limits/ai", { requests_per_minute: Number(rpm.value) })),
@@ -459,15 +455,9 @@ function renderWorkspaces(s) {
 
 function weightEditor(w) {
   const input = h("input", { id: `weight-${w.workspace_id}`, type: "number", min: 1, max: 1000, value: w.weight, size: 5, disabled: !CAN_ACT });
-  trackEditing(input);
   return h("span", {}, input, " ", actionButton("Save", `save-weight-${w.workspace_id}`,
     () => api("POST", `/api/workspaces/${w.workspace_id}/weight`, { weight: Number(input.value) })),
   w.weight_set ? "" : h("span", { class: "hint" }, " (default)"));
-}
-
-function trackEditing(input) {
-  input.addEventListener("focus", () => { editing = true; });
-  input.addEventListener("blur", () => { setTimeout(() => { editing = false; }, 300); });
 }
 
 // --- audit ---------------------------------------------------------------------------------------------
