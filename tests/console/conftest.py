@@ -16,3 +16,16 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CAMPAIGNQ_TEST_CHROMIUM)")
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last in the session.
+
+    Playwright's sync API (pytest-playwright's `page`) starts its session-scoped driver on an
+    event loop that stays current in the main thread until the session ends; every asyncio
+    test collected after it would fail with "cannot be called from a running event loop".
+    """
+    browser = [item for item in items if "page" in getattr(item, "fixturenames", ())]
+    if browser:
+        chosen = {id(item) for item in browser}
+        items[:] = [item for item in items if id(item) not in chosen] + browser
