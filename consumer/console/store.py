@@ -61,6 +61,7 @@ class Store:
             max_size=max_size,
             kwargs={"autocommit": True, "connect_timeout": 10},
             open=False,
+            timeout=10,  # a page waits this long for a connection, then shows the outage (503)
             name="campaignq-console",
         )
 

@@ -198,7 +198,7 @@ def test_an_action_without_the_admin_token_is_refused(
 def test_markup_in_a_lead_name_or_an_error_is_inert(
     page: Page, errors: list[str], console_url: str, db: psycopg.Connection[Any], seed: Seeder
 ) -> None:
-    campaign = seed.campaign(1, instance="inst-xss")
+    campaign = seed.campaign(1, instance="inst-markup")
     db.execute("UPDATE leads SET name = %s WHERE id = %s", (XSS, campaign.lead_ids[0]))
     db.execute("UPDATE campaign_configs SET name = %s WHERE id = %s", (XSS, campaign.config_id))
     dead_letter_bulk(
