@@ -194,7 +194,7 @@ def _cgroup_cpu_limit() -> float | None:
 
 def machine_info() -> dict[str, Any]:
     """Hardware and server a result was measured on; recorded in every result file."""
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     with connect(admin_url()) as conn:
         settings = {

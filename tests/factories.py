@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -60,7 +61,7 @@ class Seeder:
         workspace_id: uuid.UUID,
         n: int,
         *,
-        phones: list[str | None] | None = None,
+        phones: Sequence[str | None] | None = None,
         custom_fields: dict[str, Any] | None = None,
     ) -> list[uuid.UUID]:
         phones = phones if phones is not None else [f"+5511{9000_0000 + i:08d}" for i in range(n)]
@@ -98,7 +99,7 @@ class Seeder:
         instance: str = "inst-1",
         model: str = "test/model",
         prompt: str = "You write short friendly WhatsApp messages.",
-        phones: list[str | None] | None = None,
+        phones: Sequence[str | None] | None = None,
         scheduled_offset: timedelta = timedelta(minutes=-1),
         workspace_id: uuid.UUID | None = None,
     ) -> Campaign:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.cli import campaignq_env
 
@@ -38,7 +39,6 @@ def procfile() -> dict[str, str]:
 
 
 def compose() -> dict[str, Any]:
-    yaml = pytest.importorskip("yaml")
     document: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
     return document
 

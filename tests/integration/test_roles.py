@@ -117,7 +117,7 @@ def test_the_worker_role_cannot_touch_what_it_does_not_need(
     with psycopg.connect(worker_url, autocommit=True) as conn:
         for statement in FORBIDDEN:
             try:
-                conn.execute(sql.SQL(statement))  # type: ignore[arg-type]
+                conn.execute(sql.SQL(statement))
             except psycopg.errors.InsufficientPrivilege:
                 continue
             allowed.append(statement)
