@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "simulate": "simulate",
     "bench": "bench",
+    "serve": "serve",
 }
 
 

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import selectors
 import shlex
 import shutil
@@ -50,7 +51,7 @@ from rich.table import Table
 
 from .errors import CampaignqError
 from .migrate import connect, migrate
-from .settings import Settings
+from .settings import Settings, secret_value
 from .stats import collect_stats, render_stats
 
 DEMO_CAMPAIGN = "campaignq demo"
@@ -117,6 +118,8 @@ class DemoOptions:
     faults: str = "none"
     keep_server: bool = False
     seed: int | None = None
+    serve: bool = False  # keep the console open after the report, until Ctrl-C
+    console_port: int = 0  # 0: any free port (the URL is printed)
 
 
 @dataclass
@@ -182,8 +185,10 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         f"migrations applied: {', '.join(report.applied) if report.applied else 'none (up to date)'}"
     )
     children: list[Child] = []
+    consoles: list[Child] = []  # outlives the other children with --serve
     restore_signals = _signals_as_interrupt()
     try:
+        console_url = _start_console(settings, database_url, options, log_dir, consoles, console)
         base_url = _start_simulator(options, log_dir, children)
         with connect(database_url) as conn:
             seeded = _seed(conn, options, rng)
@@ -231,6 +236,8 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
             log_dir=log_dir,
         )
         _print_database_help(console, database_url, settings, embedded, seeded.run_id, options.keep_server)
+        if options.serve:
+            return _keep_console_open(consoles, console_url, console)
         return 0
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted[/]: stopping the demo's processes…")
@@ -243,7 +250,67 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         return EXIT_INTERRUPTED
     finally:
         _stop_children(children)
+        _stop_children(consoles)
         restore_signals()
+
+
+def _start_console(
+    settings: Settings,
+    database_url: str,
+    options: DemoOptions,
+    log_dir: Path,
+    consoles: list[Child],
+    console: Console,
+) -> str:
+    """`campaignq serve` on the demo's database, loopback only; prints and returns its URL.
+
+    Without a CAMPAIGNQ_CONSOLE_TOKEN of the user's, the demo makes a one-off admin token and
+    prints it: the only way into a console whose actions need one.
+    """
+    token = secret_value(settings.console_token)
+    shown = "your CAMPAIGNQ_CONSOLE_TOKEN"
+    if token is None:
+        token = secrets.token_urlsafe(12)
+        shown = token
+    env = child_env(
+        {
+            "DATABASE_URL": database_url,
+            "CAMPAIGNQ_CONSOLE_TOKEN": token,
+            "CAMPAIGNQ_WHATSAPP_API_KEY": DEMO_WHATSAPP_KEY,
+        }
+    )
+    log_path = log_dir / "console.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(  # noqa: S603 (our own CLI, arguments we built)
+            _campaignq("serve", "--host", "127.0.0.1", "--port", str(options.console_port)),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    child = Child("console", process, log_path)
+    consoles.append(child)
+    if process.stdout is None:  # pragma: no cover - Popen(stdout=PIPE) always sets it
+        raise DemoError("no pipe to the console")
+    for line in _lines_until(process.stdout, deadline=time.monotonic() + STARTUP_TIMEOUT_S):
+        if line.startswith("campaignq console: "):
+            url = line.split(": ", 1)[1].strip()
+            console.print(f"[bold]console[/] {url} (log in with admin token {shown})", soft_wrap=True)
+            return url
+    raise DemoError(f"the console did not start; see {log_path}:\n{child.log_tail()}")
+
+
+def _keep_console_open(consoles: list[Child], url: str, console: Console) -> int:
+    """`demo --serve`: the console stays up on the finished demo's data until Ctrl-C."""
+    console.print(f"[bold]console stays open[/] at {url}; Ctrl-C to stop", soft_wrap=True)
+    try:
+        while all(child.process.poll() is None for child in consoles):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    _check_children(consoles)
+    return 0
 
 
 def _signals_as_interrupt() -> Callable[[], None]:

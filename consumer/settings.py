@@ -137,6 +137,21 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="Serve Prometheus metrics here (consume)."
     )
 
+    # --- console (`campaignq serve`) ----------------------------------------------------
+    console_token: SecretStr | None = Field(
+        default=None, description="Admin token of the console: every action (POST) needs it."
+    )
+    console_read_token: SecretStr | None = Field(
+        default=None, description="View-only token of the console (pages and GET API)."
+    )
+    console_host: str = Field(
+        default="127.0.0.1", description="Console bind address; non-loopback needs a token."
+    )
+    console_port: int = Field(default=8900, ge=0, le=65535, description="Console port (`serve --port`).")
+    console_sample_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the console's one shared reader refreshes open pages."
+    )
+
     @field_validator("ai_base_url", "whatsapp_base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -158,3 +173,8 @@ def env_names(field_name: str) -> list[str]:
     if isinstance(alias, AliasChoices):
         return [str(choice) for choice in alias.choices if isinstance(choice, str) and choice.isupper()]
     return [f"CAMPAIGNQ_{field_name.upper()}"]
+
+
+def secret_value(secret: SecretStr | None) -> str | None:
+    """The text of an optional secret; an empty one counts as unset."""
+    return secret.get_secret_value() or None if secret else None

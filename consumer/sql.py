@@ -50,18 +50,27 @@ def migrations() -> list[Migration]:
     return found
 
 
+# Named-query files, read in this order; a name may be defined only once across all of them.
+# The console's queries live in their own file so the worker's stay easy to read.
+QUERY_FILES = ("queries.sql", "console_queries.sql")
+
+
 @functools.cache
 def queries() -> dict[str, LiteralString]:
-    """Named queries from ``db/queries.sql``: each starts with a ``-- name: x`` line."""
-    text = (db_dir() / "queries.sql").read_text(encoding="utf-8")
-    headers = list(_QUERY_HEADER.finditer(text))
+    """Named queries from ``db/*queries.sql``: each starts with a ``-- name: x`` line."""
     named: dict[str, LiteralString] = {}
-    for index, header in enumerate(headers):
-        end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
-        body = text[header.end() : end].strip()
-        if header["name"] in named:
-            raise ValueError(f"query {header['name']} is defined twice in queries.sql")
-        named[header["name"]] = cast_literal(body)
+    for file_name in QUERY_FILES:
+        path = db_dir() / file_name
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        headers = list(_QUERY_HEADER.finditer(text))
+        for index, header in enumerate(headers):
+            end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
+            body = text[header.end() : end].strip()
+            if header["name"] in named:
+                raise ValueError(f"query {header['name']} is defined twice ({file_name})")
+            named[header["name"]] = cast_literal(body)
     return named
 
 

@@ -65,6 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave the embedded PostgreSQL running afterwards, for psql",
     )
     parser.add_argument("--seed", type=int, help="seed the demo data and the simulator's fault dice")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the operator console (whose URL the demo prints) open after the report, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        default=defaults.console_port,
+        metavar="PORT",
+        help="the console's port (default: any free one)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         faults=args.faults,
         keep_server=args.keep_server,
         seed=args.seed,
+        serve=args.serve,
+        console_port=args.console_port,
     )
     console = Console() if sys.stdout.isatty() else Console(width=160)
     url = database_url(settings, keep_running=options.keep_server)
