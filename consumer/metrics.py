@@ -93,4 +93,22 @@ class ConsumerMetrics:
             "Messages whose visibility timeout ran out while held",
             registry=r,
         )
+        self.uncertain_sends = Counter(
+            "campaignq_uncertain_sends",
+            "Sends whose outcome was unknown (timeout or reset after the request was written)",
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            "campaignq_reconciliations",
+            "Uncertain parts checked against the gateway's message list, by what it said "
+            "(found, absent, unavailable)",
+            ["result"],
+            registry=r,
+        )
+        self.uncertain_decisions = Counter(
+            "campaignq_uncertain_decisions",
+            "What was done with an uncertain part, by policy (verify/resend/hold) and decision",
+            ["policy", "decision"],
+            registry=r,
+        )
         self.tokens = Counter("campaignq_ai_tokens", "AI tokens used", ["kind"], registry=r)

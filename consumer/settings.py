@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ``: every component receives a `Se
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,19 @@ class Settings(BaseSettings):
     )
     typing_delay_cap_s: float = Field(
         default=3.0, ge=0, description="Longest typing delay (0 disables typing)."
+    )
+    uncertain_send_policy: Literal["verify", "resend", "hold"] = Field(
+        default="verify",
+        description="Uncertain part the gateway cannot confirm: verify later, resend, or hold (DLQ); "
+        "inboxes.uncertain_send_policy overrides.",
+    )
+    reconcile_timeout_s: float = Field(
+        default=5.0, gt=0, description="Timeout of one findMessages call reconciling an uncertain part."
+    )
+    lease_margin_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Lease time kept beyond a send's timeout + typing delay, to record its ack.",
     )
     inbox_state_ttl_s: float = Field(
         default=10.0, ge=0, description="How long an inbox connection state is cached."
