@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -43,6 +43,9 @@ class Lease:
     lost: str | None = None
     """Why this lease was revoked; None while held."""
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    renew: Callable[[Lease], Awaitable[bool]] | None = field(default=None, repr=False)
+    """Extend this lease now (one guarded statement); False when the database says it is gone.
+    Set by the worker; raises what the database raised when it cannot be reached."""
     _sending: bool = False
 
     @classmethod
@@ -54,8 +57,11 @@ class Lease:
         asked_at: float,
         vt_s: float,
         clock: Callable[[], float] = time.monotonic,
+        renew: Callable[[Lease], Awaitable[bool]] | None = None,
     ) -> Lease:
-        return cls(msg, message_id, started=asked_at, deadline=asked_at + vt_s, vt_s=vt_s, clock=clock)
+        return cls(
+            msg, message_id, started=asked_at, deadline=asked_at + vt_s, vt_s=vt_s, clock=clock, renew=renew
+        )
 
     @property
     def key(self) -> tuple[int, int]:
@@ -74,7 +80,30 @@ class Lease:
     def room_s(self) -> float:
         return self.deadline - self.clock()
 
-    def ensure_room(self, needed_s: float) -> None:
+    async def ensure_room(self, needed_s: float) -> None:
+        """Return when the lease is held with `needed_s` seconds to spare, extending it first
+        when it is short (a long generation ate it); raise `LeaseLostError` when it is lost,
+        or cannot be confirmed (the database does not answer) and is too short."""
+        if self.lost is not None:
+            raise LeaseLostError(self.lost)
+        if not self.fits(needed_s) and self.renew is not None:
+            asked_at = self.clock()
+            try:
+                held = await self.renew(self)
+            except Exception as exc:  # the database is unreachable: the lease stays unconfirmed
+                raise LeaseLostError(
+                    f"could not extend a short lease before a send ({type(exc).__name__})"
+                ) from exc
+            if held:
+                self.confirm(asked_at=asked_at, vt_s=self.vt_s)
+            else:
+                self.revoke("lease lost: another worker has it")
+        self.require_room(needed_s)
+
+    def fits(self, needed_s: float) -> bool:
+        return has_room(deadline=self.deadline, now=self.clock(), needed_s=needed_s)
+
+    def require_room(self, needed_s: float) -> None:
         """Raise `LeaseLostError` unless the lease is held with `needed_s` seconds to spare."""
         if self.lost is not None:
             raise LeaseLostError(self.lost)

@@ -264,7 +264,8 @@ class MessagePipeline:
             # The whole send must fit in the lease: its timeout (which includes the typing
             # delay) plus a margin to record the answer. Otherwise stop here; the next holder
             # carries on from `parts_sent` once the lease has really ended.
-            lease.ensure_room(self.settings.send_timeout_s + delay_ms / 1000 + self.settings.lease_margin_s)
+            needed_s = self.settings.send_timeout_s + delay_ms / 1000 + self.settings.lease_margin_s
+            await lease.ensure_room(needed_s)
             started = time.perf_counter()
             began_at = datetime.now(UTC)
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -157,6 +157,18 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_fits_a_send(self) -> Settings:
+        """A worker sends a part only while its lease leaves room for the whole send; a lease
+        shorter than one send could never send anything."""
+        one_send_s = self.send_timeout_s + self.typing_delay_cap_s + self.lease_margin_s
+        if self.visibility_timeout_s <= one_send_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed send_timeout_s + "
+                f"typing_delay_cap_s + lease_margin_s ({one_send_s:g}): a lease must fit a whole send"
+            )
+        return self
 
     def ai_key(self) -> str:
         return self.ai_api_key.get_secret_value() if self.ai_api_key else ""

@@ -172,7 +172,7 @@ class Worker:
             contexts.append(MessageContext(msg=msg, payload=payload))
             valid.append((msg, payload))
             self._leases[(msg.msg_id, msg.read_ct)] = Lease.taken(
-                msg, payload.campaign_message_id, asked_at=asked_at, vt_s=vt_s
+                msg, payload.campaign_message_id, asked_at=asked_at, vt_s=vt_s, renew=self._renew
             )
         try:
             rows = await self._claim(valid) if valid else {}
@@ -194,6 +194,11 @@ class Worker:
                 self._run_one(ctx, lease), name=f"campaignq-msg-{ctx.msg.msg_id}"
             )
         self.metrics.in_flight.set(len(self._leases))
+
+    async def _renew(self, lease: Lease) -> bool:
+        """Extend one lease now (a send needs more room than is left): True when still held."""
+        alive = await self.db.extend_leases([lease.key], vt_s=self.settings.visibility_timeout_s)
+        return lease.msg.msg_id in alive
 
     def _revoke_superseded(self, msg_ids: set[int]) -> None:
         """This process read these messages again: any lease it still holds on them expired

@@ -106,6 +106,7 @@ async def test_claim_killed_mid_transaction_the_message_reappears(
         database_url,
         sim,
         visibility_timeout_s=5,
+        send_timeout_s=2.0,
         db_statement_timeout_ms=500 if fault != "terminate" else 15_000,
     )
     async with running(settings) as handle:

@@ -113,26 +113,50 @@ def test_has_room_is_inclusive() -> None:
     assert not has_room(deadline=10.0, now=5.0, needed_s=5.01)
 
 
-def test_a_send_needs_room_for_its_whole_duration() -> None:
+async def test_a_send_needs_room_for_its_whole_duration() -> None:
     clock = FakeClock()
     lease = _lease(clock, vt_s=30.0)
-    lease.ensure_room(12.0)
+    await lease.ensure_room(12.0)
     clock.now += 18.5  # 11.5 s left
     with pytest.raises(LeaseLostError, match=r"11\.5 s left"):
-        lease.ensure_room(12.0)
+        await lease.ensure_room(12.0)
     lease.confirm(asked_at=clock.now - 1.0, vt_s=30.0)  # heartbeat issued a second ago
-    lease.ensure_room(12.0)
+    await lease.ensure_room(12.0)
     assert lease.room_s() == pytest.approx(29.0)
 
 
-def test_a_revoked_lease_refuses_every_send_and_ignores_confirmations() -> None:
+async def test_a_short_lease_is_extended_before_a_send_or_refused_when_it_cannot_be() -> None:
+    clock = FakeClock()
+    answers: list[bool | Exception] = [True, ConnectionError("down"), False]
+
+    async def renew(_: Lease) -> bool:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    lease = _lease(clock, vt_s=30.0)
+    lease.renew = renew
+    clock.now += 25.0
+    await lease.ensure_room(12.0)  # renewed: 30 s from now
+    assert lease.room_s() == pytest.approx(30.0)
+    clock.now += 25.0
+    with pytest.raises(LeaseLostError, match="could not extend"):
+        await lease.ensure_room(12.0)
+    assert lease.lost is None  # unconfirmed, not known lost: the heartbeat decides at the deadline
+    with pytest.raises(LeaseLostError, match="another worker"):
+        await lease.ensure_room(12.0)
+    assert lease.lost is not None
+
+
+async def test_a_revoked_lease_refuses_every_send_and_ignores_confirmations() -> None:
     clock = FakeClock()
     lease = _lease(clock)
     assert lease.revoke("lost") is True
     assert lease.revoke("again") is False
     lease.confirm(asked_at=clock.now, vt_s=300.0)
     with pytest.raises(LeaseLostError, match="lost"):
-        lease.ensure_room(0.0)
+        await lease.ensure_room(0.0)
 
 
 async def test_revoke_cancels_the_task_unless_a_send_is_in_flight() -> None:
