@@ -146,11 +146,11 @@ async def test_a_send_that_hangs_after_the_gateway_accepted_it_is_not_sent_again
         await wait_until(lambda: terminal(seed, campaign), what="message sent")
         metrics = running.worker.metrics
 
+    assert [s.text for s in sim.sends] == THREE_PARTS
+    assert sim.duplicate_sends() == []
     row = message_row(db, campaign.message_ids[0])
     assert (row["status"], row["parts_sent"], row["uncertain_part"]) == ("sent", 3, None)
     assert row["retry_count"] == 0
-    assert [s.text for s in sim.sends] == THREE_PARTS
-    assert sim.duplicate_sends() == []
     assert metrics.uncertain_sends._value.get() == 1
     assert metrics.reconciliations.labels(result="found")._value.get() == 1
 
