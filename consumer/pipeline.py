@@ -75,6 +75,8 @@ class Attempt:
     split_ms: int | None = None
     send_ms: int = 0
     parts_sent_now: int = 0
+    answered_at: float | None = None
+    """perf_counter() when the gateway last acknowledged a part not yet recorded."""
 
     def timings(self) -> dict[str, int | None]:
         return {"ai_ms": self.ai_ms, "split_ms": self.split_ms, "send_ms": self.send_ms}
@@ -202,6 +204,7 @@ class MessagePipeline:
         done = await self._persist(
             lambda: self.db.complete_sent(ctx.msg, message_id, send_ms=attempt.send_ms), "success"
         )
+        self._recorded(attempt)
         if not done:
             await _shielded(self._record_progress(ctx))
             self.metrics.leases_lost.inc()
@@ -299,11 +302,18 @@ class MessagePipeline:
     async def _acknowledged(self, ctx: MessageContext, attempt: Attempt, index: int, total: int) -> None:
         ctx.parts_sent = index + 1
         attempt.parts_sent_now += 1
+        attempt.answered_at = time.perf_counter()
         if index + 1 < total:
             # The gateway has this part: record it now (shielded from cancellation, retried
             # through a database outage) so no retry sends it again. The last part is
             # recorded by the success transaction itself, one round trip fewer per message.
             await self._record_progress(ctx)
+            self._recorded(attempt)
+
+    def _recorded(self, attempt: Attempt) -> None:
+        if attempt.answered_at is not None:
+            self.metrics.ack_record_seconds.observe(time.perf_counter() - attempt.answered_at)
+            attempt.answered_at = None
 
     async def _reconcile(
         self,
