@@ -184,9 +184,14 @@ async def test_a_send_returns_the_gateway_receipt_and_is_recorded(
 
 
 async def test_the_send_timeout_covers_the_typing_delay(make_client: MakeClient, sim: Simulator) -> None:
-    client = make_client(send_timeout_s=0.2)
-    await send(client, delay_ms=400)  # the gateway holds the call 0.4 s: over 0.2 s alone
-    assert sim.sends[0].delay_ms == 400
+    # The gateway holds the call for the typing delay, 2.5 times the send timeout: it only
+    # succeeds because the client's timeout is the send timeout *plus* the delay, which
+    # leaves the send timeout itself (1 s) as slack for a loaded machine.
+    timeout_s, delay_ms = 1.0, 2500
+    client = make_client(send_timeout_s=timeout_s)
+    await send(client, delay_ms=delay_ms)
+    assert delay_ms / 1000 > timeout_s
+    assert sim.sends[0].delay_ms == delay_ms
 
 
 async def test_from_settings_uses_the_configured_url_and_key(
