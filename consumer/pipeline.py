@@ -77,6 +77,8 @@ class Attempt:
     parts_sent_now: int = 0
     answered_at: float | None = None
     """perf_counter() when the gateway last acknowledged a part not yet recorded."""
+    uncertain_unrecorded: bool = False
+    """An uncertain part (`ctx.uncertain_part`) not yet recorded in the row."""
 
     def timings(self) -> dict[str, int | None]:
         return {"ai_ms": self.ai_ms, "split_ms": self.split_ms, "send_ms": self.send_ms}
@@ -125,7 +127,7 @@ class MessagePipeline:
             task = asyncio.current_task()
             if lease.lost is not None and task is not None and task.cancelling() <= 1:
                 task.uncancel()  # our own revocation, not a shutdown: this task ends normally
-                await _shielded(self._record_progress(ctx))
+                await _shielded(self._record_facts(ctx, attempt, within_s=self.settings.visibility_timeout_s))
                 ctx.last_error_class = "lease_lost"
                 self.metrics.leases_lost.inc()
                 self._log(ctx, attempt, "lease_lost", lease.lost, level="WARNING")
@@ -133,7 +135,7 @@ class MessagePipeline:
             else:
                 # Drain timeout: hand the message back at once, without counting an attempt.
                 if isinstance(action, Process):
-                    await _shielded(self._record_progress(ctx, within_s=SHUTDOWN_PERSIST_S))
+                    await _shielded(self._record_facts(ctx, attempt, within_s=SHUTDOWN_PERSIST_S))
                     if lease.lost is None:
                         await self._persist(
                             lambda: self.db.release_now(ctx.msg, ctx.message_id),
@@ -213,6 +215,20 @@ class MessagePipeline:
         self._log(ctx, attempt, "sent", f"{len(ctx.parts or [])} part(s)")
         return "sent"
 
+    async def _record_facts(
+        self, ctx: MessageContext, attempt: Attempt, *, within_s: float | None = None
+    ) -> None:
+        """Record what the gateway has or may have that the row does not say yet: acknowledged
+        parts (monotonic) and an uncertain part. Both are unguarded facts."""
+        message_id, part, since = ctx.message_id, ctx.uncertain_part, ctx.uncertain_since
+        if attempt.answered_at is not None or within_s is not None:
+            await self._record_progress(ctx, within_s=within_s)
+            self._recorded(attempt)
+        if attempt.uncertain_unrecorded and message_id is not None and part is not None and since is not None:
+            record = functools.partial(self.db.record_part_uncertain, message_id, part, since=since)
+            await self._persist(record, "uncertain part", within_s=within_s)
+            attempt.uncertain_unrecorded = False
+
     async def _record_progress(self, ctx: MessageContext, *, within_s: float | None = None) -> None:
         """Persist the parts acknowledged so far (the last one is otherwise only recorded on success)."""
         message_id, parts_sent = ctx.message_id, ctx.parts_sent
@@ -283,11 +299,13 @@ class MessagePipeline:
                 if ctx.uncertain_part == index and ctx.uncertain_since is not None:
                     began_at = min(began_at, ctx.uncertain_since)
                 since = began_at
+                ctx.uncertain_part, ctx.uncertain_since = index, since
+                attempt.uncertain_unrecorded = True
                 await self._persist(
                     functools.partial(self.db.record_part_uncertain, message_id, index, since=since),
                     "uncertain part",
                 )
-                ctx.uncertain_part, ctx.uncertain_since = index, since
+                attempt.uncertain_unrecorded = False
                 attempt.stage = "reconcile"
                 if not await self._reconcile(
                     ctx, config, number, parts[index], index, since=since, just_sent=exc
@@ -454,6 +472,12 @@ class MessagePipeline:
     async def _fail(self, ctx: MessageContext, attempt: Attempt, exc: Exception) -> str:
         if isinstance(exc, FatalError):
             self.on_fatal(exc)
+        # What the gateway may already have (an acknowledged or uncertain part the failed
+        # write did not record) goes into the row before the message is handed back as
+        # `queued`: otherwise the next holder, seeing a clean row, would send it again. If
+        # the database still refuses, this raises and the row stays `sending`, which makes
+        # the next holder reconcile that part with the gateway first.
+        await self._record_facts(ctx, attempt)
         deferred_for_s = 0.0
         if ctx.first_deferred_at is not None:
             deferred_for_s = max(0.0, (datetime.now(UTC) - ctx.first_deferred_at).total_seconds())

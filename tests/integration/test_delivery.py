@@ -256,6 +256,44 @@ async def test_a_holder_that_died_after_the_gateway_answered_is_reconciled_not_r
     assert sim.duplicate_sends() == []
 
 
+class UncertainWriteDownDatabase(Database):
+    """The real database, except that recording an uncertain part fails (as if the server
+    were unreachable) for `down_s` seconds from the first try."""
+
+    down_s = 0.0
+    down_until: float | None = None
+
+    async def record_part_uncertain(self, message_id: uuid.UUID, part: int, *, since: Any) -> None:
+        now = time.monotonic()
+        if self.down_until is None:
+            type(self).down_until = now + self.down_s
+        if now < (self.down_until or 0.0):
+            raise psycopg.OperationalError("server closed the connection unexpectedly (injected)")
+        await super().record_part_uncertain(message_id, part, since=since)
+
+
+async def test_an_uncertain_part_the_database_could_not_record_is_still_never_resent(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    """Part 2 is accepted and its answer lost; recording it as uncertain fails for longer than
+    the write's retry window. The message must not go back as a clean `queued` row (the next
+    holder would send part 2 again): the chaos run found exactly this duplicate."""
+    campaign = generated(db, seed, THREE_PARTS)
+    produce(db)
+    sim.set_faults(hang_s=3.0)
+    sim.fail_next_send("hang_after_accept", text_contains="Part two")
+    settings = consumer_settings(
+        database_url, sim, visibility_timeout_s=6, send_timeout_s=0.5, lease_margin_s=0.5
+    )
+    UncertainWriteDownDatabase.down_s = settings.visibility_timeout_s + 2.0  # outlasts one window
+    UncertainWriteDownDatabase.down_until = None
+    async with running_worker(settings, db_class=UncertainWriteDownDatabase):
+        await wait_until(lambda: terminal(seed, campaign), timeout_s=90, what="message sent")
+
+    assert [s.text for s in sim.sends] == THREE_PARTS
+    assert sim.duplicate_sends() == []
+
+
 # --- 3. the drain race ------------------------------------------------------------------------------
 
 
