@@ -250,6 +250,15 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         db.execute("UPDATE campaign_runs SET status = 'paused' WHERE id = %s", (split_run,))
         timeline.mark("split run paused")
         time.sleep(3)
+        # Due rows the producer left alone while the run was paused (the pause's other half,
+        # besides consumers releasing what was already queued).
+        held_back = int(
+            probe.rows(
+                "SELECT count(*) AS n FROM campaign_messages "
+                "WHERE run_id = %s AND status = 'pending' AND scheduled_at <= now()",
+                (split_run,),
+            )[0]["n"]
+        )
         db.execute("UPDATE campaign_runs SET status = 'running' WHERE id = %s", (split_run,))
         timeline.mark("split run resumed")
 
@@ -292,7 +301,7 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         sends = sim.sends()
         sim_stats = sim.stats()
         duplicates, crashed = check_invariants(probe, sends=sends, rejected=rejected, kill_at=kill_at)
-        check_faults_were_exercised(probe, [first, second, third])
+        check_faults_were_exercised(probe, [first, second, third], held_back=held_back)
 
         # 6. faults off: replay drives the DLQ to zero, each replayed message sent once
         dead = probe.rows(
@@ -499,12 +508,14 @@ def check_invariants(
     return duplicates, crashed
 
 
-def check_faults_were_exercised(probe: Probe, consumers: list[LoggedProcess]) -> None:
+def check_faults_were_exercised(probe: Probe, consumers: list[LoggedProcess], *, held_back: int) -> None:
     """The run really went through each fault (a quiet run would prove nothing)."""
     for error_class in ("rate_limited", "timeout", "provider_unavailable", "inbox_unavailable"):
         assert probe.with_history(error_class), f"no message met a {error_class} fault"
     logs = "".join(proc.log() for proc in consumers)
-    assert "released_to_pending" in logs, "the pause released nothing"
+    # The queue is often empty when the pause lands (consumers keep up): then the pause shows
+    # as due rows the producer held back instead of messages the consumers released.
+    assert "released_to_pending" in logs or held_back > 0, "the pause held back and released nothing"
     assert "database unavailable while recording" in logs or "cannot read from the queue" in logs
 
 
