@@ -128,8 +128,7 @@ class MessagePipeline:
             if lease.lost is not None and task is not None and task.cancelling() <= 1:
                 task.uncancel()  # our own revocation, not a shutdown: this task ends normally
                 await _shielded(self._record_facts(ctx, attempt, within_s=self.settings.visibility_timeout_s))
-                ctx.last_error_class = "lease_lost"
-                self.metrics.leases_lost.inc()
+                ctx.last_error_class = "lease_lost"  # counted in leases_lost where it was revoked
                 self._log(ctx, attempt, "lease_lost", lease.lost, level="WARNING")
                 outcome = "lease_lost"
             else:
