@@ -225,3 +225,14 @@ def test_an_uncertain_part_is_reconciled_from_its_earliest_attempt() -> None:
     assert parts_to_reconcile(ctx) == {1: earlier}
     stale_mark = _ctx(previous_status="queued", parts_sent=2, uncertain_part=1, uncertain_since=earlier)
     assert parts_to_reconcile(stale_mark) == {}
+
+
+def test_settings_refuse_a_lease_that_cannot_fit_one_send() -> None:
+    from pydantic import ValidationError
+
+    from consumer.settings import Settings
+
+    ok = Settings(visibility_timeout_s=16, send_timeout_s=10, typing_delay_cap_s=3, lease_margin_s=2)
+    assert ok.visibility_timeout_s == 16
+    with pytest.raises(ValidationError, match="a lease must fit a whole send"):
+        Settings(visibility_timeout_s=15, send_timeout_s=10, typing_delay_cap_s=3, lease_margin_s=2)
