@@ -25,8 +25,9 @@ CREATE TRIGGER campaign_runs_status_changed BEFORE UPDATE OF status ON campaign_
     FOR EACH ROW EXECUTE FUNCTION campaignq_run_status_changed();
 
 -- The stale sweep (audit problems 3 and 12). A pending row of a running run is stale when
---   * no part of it was sent (`parts_sent = 0`) — a half-sent row is completed, never
---     skipped: the lead already has part 1 and must get the rest, and
+--   * no part of it was sent (`parts_sent = 0`) nor may have been (`uncertain_part IS NULL`,
+--     a column of part 2 below) — a half-sent row is completed, never skipped: the lead
+--     already has part 1 and must get the rest, and
 --   * it was scheduled more than an hour before now, and the run was not resumed within
 --     that hour — the window counts from the later of `scheduled_at` and `resumed_at`.
 -- Cost: one probe of campaign_runs_running_idx, then per running run (not resumed within
@@ -56,6 +57,7 @@ BEGIN
                        AND m.status = 'pending'
                        AND m.scheduled_at < v_cutoff
                        AND m.parts_sent = 0
+                       AND m.uncertain_part IS NULL
                      ORDER BY m.scheduled_at
                      LIMIT p_limit
                        FOR UPDATE OF m SKIP LOCKED
@@ -118,7 +120,8 @@ BEGIN
                  WHERE m.run_id = r.id
                    AND m.status = 'pending'
                    AND m.scheduled_at <= v_now
-                   AND (m.scheduled_at >= v_cutoff OR m.parts_sent > 0 OR r.resumed_at >= v_cutoff)
+                   AND (m.scheduled_at >= v_cutoff OR m.parts_sent > 0 OR m.uncertain_part IS NOT NULL
+                        OR r.resumed_at >= v_cutoff)
                  ORDER BY m.scheduled_at
                  LIMIT p_limit
                    FOR UPDATE OF m SKIP LOCKED

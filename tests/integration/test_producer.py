@@ -302,19 +302,27 @@ def test_a_half_sent_row_is_never_skipped_as_stale_and_is_queued(
 ) -> None:
     """Issue 9 defect 4: part 1 of 3 went out, the row went back to pending (run paused),
     and hours passed. The lead must get parts 2 and 3, not be left half-sent."""
-    campaign = seed.campaign(2, scheduled_offset=timedelta(hours=-3))
-    half_sent, untouched = campaign.message_ids
+    campaign = seed.campaign(3, scheduled_offset=timedelta(hours=-3))
+    half_sent, maybe_sent, untouched = campaign.message_ids
+    parts = json.dumps(["part one", "part two", "part three"])
     db.execute(
         "UPDATE campaign_messages SET parts = %s, generated_message = 'a b c', parts_sent = 1 WHERE id = %s",
-        (json.dumps(["part one", "part two", "part three"]), half_sent),
+        (parts, half_sent),
+    )
+    # part 1 went out with no answer: uncertain, so maybe delivered — completed, not skipped
+    db.execute(
+        "UPDATE campaign_messages SET parts = %s, generated_message = 'a b c', uncertain_part = 0, "
+        "uncertain_since = now() - interval '3 hours' WHERE id = %s",
+        (parts, maybe_sent),
     )
 
     queued = db.execute("SELECT enqueue_due_campaign_messages(100)").fetchone()
 
-    assert queued == (1,)
-    assert _status(db, half_sent) == "queued"
+    assert queued == (2,)
+    assert (_status(db, half_sent), _status(db, maybe_sent)) == ("queued", "queued")
     assert _status(db, untouched) == "skipped"
-    assert [p["campaign_message_id"] for p in _queue_payloads(db)] == [str(half_sent)]
+    queued_ids = sorted(p["campaign_message_id"] for p in _queue_payloads(db))
+    assert queued_ids == sorted([str(half_sent), str(maybe_sent)])
 
 
 def test_a_resume_restarts_the_stale_clock(db: psycopg.Connection[Any], seed: Seeder) -> None:
