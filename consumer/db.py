@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -184,6 +185,10 @@ class Database:
                 },
             )
         )
+
+    async def record_part_uncertain(self, message_id: uuid.UUID, part: int, *, since: datetime) -> None:
+        """Part `part` (0-based) may have been delivered by a send that began at `since`."""
+        await self._scalar("record_part_uncertain", {"message_id": message_id, "part": part, "since": since})
 
     async def record_part_sent(self, message_id: uuid.UUID, parts_sent: int) -> None:
         await self._scalar("record_part_sent", {"message_id": message_id, "parts_sent": parts_sent})

@@ -46,6 +46,20 @@ class ProviderUnavailableError(TemporaryError):
     error_class = "provider_unavailable"
 
 
+class SendOutcomeUnknownError(TemporaryError):
+    """A send whose request was written but whose answer never came (connection reset or
+    closed mid-call): the gateway may have delivered the bubble. The part is *uncertain*:
+    it is reconciled with the gateway before any resend, never blindly repeated."""
+
+    error_class = "send_uncertain"
+
+
+class SendTimedOutError(SendOutcomeUnknownError, ProviderTimeoutError):
+    """A send that did not answer within its timeout: uncertain, like a reset (see above)."""
+
+    error_class = "timeout"
+
+
 class InvalidAIOutputError(TemporaryError):
     """The AI answered 200 but the content failed validation (empty, too short, error body)."""
 
@@ -80,6 +94,13 @@ class InboxUnavailableError(DeferralError):
     error_class = "inbox_unavailable"
 
 
+class ReconcileUnavailableError(DeferralError):
+    """The gateway could not say whether an uncertain part was delivered, and the policy is
+    `verify`: check again later, without sending and without burning an attempt."""
+
+    error_class = "reconcile_unavailable"
+
+
 class PermanentError(CampaignqError):
     """Retrying cannot help: dead-letter at once."""
 
@@ -102,6 +123,14 @@ class InvalidConfigError(PermanentError):
     """The campaign config cannot produce a message (empty prompt, missing inbox)."""
 
     error_class = "invalid_config"
+
+
+class UncertainSendHeldError(PermanentError):
+    """The gateway could not say whether an uncertain part was delivered, and the policy is
+    `hold`: park the message in the dead-letter queue (reason `send_uncertain`) for an
+    operator to check the chat and replay it, instead of risking a duplicate."""
+
+    error_class = "send_uncertain_held"
 
 
 class FatalError(CampaignqError):

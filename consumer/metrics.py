@@ -93,4 +93,29 @@ class ConsumerMetrics:
             "Messages whose visibility timeout ran out while held",
             registry=r,
         )
+        self.ack_record_seconds = Histogram(
+            "campaignq_ack_record_seconds",
+            "From the gateway's answer to the commit that records the part: the window in which "
+            "a crash leaves an acknowledged part unrecorded (its next holder reconciles it)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.uncertain_sends = Counter(
+            "campaignq_uncertain_sends",
+            "Sends whose outcome was unknown (timeout or reset after the request was written)",
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            "campaignq_reconciliations",
+            "Uncertain parts checked against the gateway's message list, by what it said "
+            "(found, absent, unavailable)",
+            ["result"],
+            registry=r,
+        )
+        self.uncertain_decisions = Counter(
+            "campaignq_uncertain_decisions",
+            "What was done with an uncertain part, by policy (verify/resend/hold) and decision",
+            ["policy", "decision"],
+            registry=r,
+        )
         self.tokens = Counter("campaignq_ai_tokens", "AI tokens used", ["kind"], registry=r)

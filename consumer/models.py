@@ -58,6 +58,8 @@ class CampaignConfig:
     max_tokens: int
     inbox_id: uuid.UUID
     instance: str
+    uncertain_send_policy: str | None = None
+    """The inbox's own policy for uncertain parts (None: the consumer's setting)."""
 
 
 @dataclass
@@ -83,6 +85,11 @@ class MessageContext:
     generated_message: str | None = None
     parts: list[str] | None = None
     parts_sent: int = 0
+    uncertain_part: int | None = None
+    """A part (0-based) whose send's outcome is unknown: reconciled before any resend."""
+    uncertain_since: datetime | None = None
+    last_progress_at: datetime | None = None
+    """The row's last change before this read (a previous holder's last recorded step)."""
     attempt_history: list[dict[str, Any]] = field(default_factory=list)
     lead_name: str | None = None
     phone: str | None = None

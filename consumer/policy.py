@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-from .errors import CampaignqError, DeferralError, FatalError, PermanentError
+from .errors import CampaignqError, DeferralError, FatalError, PermanentError, UncertainSendHeldError
 
 # --- dead-letter reasons (stored in the DLQ payload's "reason"; `replay --reason` filters on them)
 REASON_PERMANENT = "permanent"
@@ -29,6 +30,8 @@ REASON_INVALID_PAYLOAD = "invalid_payload"
 """The queue message does not parse; dead-lettered by the worker before any decision."""
 REASON_RUN_GONE = "run_gone"
 """The payload's campaign message or run no longer exists; dead-lettered by the worker."""
+REASON_SEND_UNCERTAIN = "send_uncertain"
+"""A part's delivery is unknown, the gateway cannot tell, and the inbox's policy is `hold`."""
 
 DEAD_LETTER_REASONS: frozenset[str] = frozenset(
     {
@@ -37,6 +40,7 @@ DEAD_LETTER_REASONS: frozenset[str] = frozenset(
         REASON_DEFERRED_TOO_LONG,
         REASON_INVALID_PAYLOAD,
         REASON_RUN_GONE,
+        REASON_SEND_UNCERTAIN,
     }
 )
 
@@ -127,6 +131,8 @@ def decide(
     Order matters: `DeferralError` is a `TemporaryError`, so it is matched first.
     """
     error_class = error_class_of(error)
+    if isinstance(error, UncertainSendHeldError):
+        return DeadLetter(reason=REASON_SEND_UNCERTAIN, error_class=error_class)
     if isinstance(error, PermanentError):
         return DeadLetter(reason=REASON_PERMANENT, error_class=error_class)
     if isinstance(error, FatalError) or not isinstance(error, Exception):
@@ -175,3 +181,79 @@ def _deferral_delay_s(
         return min(max(retry_after_s, MIN_RETRY_DELAY_S), max(cap_s, max_retry_after_s))
     ceiling_s = min(cap_s, max(base_s, deferred_for_s))
     return max(min(MIN_RETRY_DELAY_S, cap_s), rng.uniform(0.0, ceiling_s))
+
+
+# --- uncertain sends ---------------------------------------------------------------------------
+
+UncertainSendPolicy = Literal["verify", "resend", "hold"]
+"""What to do with an uncertain part when the gateway cannot say whether it was delivered:
+`verify` (default) checks again later and never sends blind; `resend` sends it again,
+accepting a possible duplicate bubble; `hold` dead-letters the message for an operator."""
+UNCERTAIN_SEND_POLICIES: tuple[str, ...] = get_args(UncertainSendPolicy)
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """The gateway has the part (fromMe, same text, sent after the attempt began): count it sent."""
+
+
+@dataclass(frozen=True)
+class SendAgain:
+    """Send the part (again): the gateway does not have it, or the policy accepts the risk."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class CheckLater:
+    """Do not send now: put the message back and reconcile on the next attempt."""
+
+    why: str
+    burns_attempt: bool
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Dead-letter with reason `send_uncertain` for an operator (policy `hold`)."""
+
+    why: str
+
+
+UncertainDecision = Acknowledged | SendAgain | CheckLater | Hold
+
+
+def uncertain_send_policy(name: str) -> UncertainSendPolicy:
+    """The policy named (from a setting or an inbox row); unknown names mean `verify`, the safe one."""
+    if name == "resend":
+        return "resend"
+    if name == "hold":
+        return "hold"
+    return "verify"
+
+
+def decide_uncertain(
+    found: bool | None, *, just_sent: bool, policy: UncertainSendPolicy
+) -> UncertainDecision:
+    """What to do with a part whose send may or may not have been delivered.
+
+    `found`: what the gateway's message list said — True (it has the part), False (it does
+    not), None (it could not answer). `just_sent`: the uncertain send happened in this very
+    attempt, seconds ago; a part not (yet) listed then is not resent at once, because a
+    gateway still working on the timed-out request may deliver it a moment later — the
+    message goes back with backoff (burning an attempt, as a timeout always did) and the
+    next attempt reconciles again before sending. The policy only speaks when the gateway
+    cannot answer on that later attempt.
+    """
+    if found is True:
+        return Acknowledged()
+    if just_sent:
+        return CheckLater("the send's outcome is unknown; reconcile on the next attempt", burns_attempt=True)
+    if found is False:
+        return SendAgain("the gateway does not have the part")
+    if policy == "resend":
+        return SendAgain("the gateway cannot tell; policy resend accepts a possible duplicate")
+    if policy == "hold":
+        return Hold("the gateway cannot tell whether the part was delivered; held for an operator")
+    return CheckLater(
+        "the gateway cannot tell whether the part was delivered; checking again later", burns_attempt=False
+    )

@@ -26,6 +26,7 @@ ARCHIVE_WHY = {
     "archived_sent": "row already sent: never re-sent",
     "archived_missing": "row no longer exists (or the payload names none)",
     "archived_in_flight": "row already queued or being processed by a live message",
+    "archived_invalid_payload": "payload does not name this row consistently: never replayed",
 }
 
 

@@ -7,8 +7,9 @@ Nothing else in the package reads ``os.environ``: every component receives a `Se
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,6 +87,19 @@ class Settings(BaseSettings):
     typing_delay_cap_s: float = Field(
         default=3.0, ge=0, description="Longest typing delay (0 disables typing)."
     )
+    uncertain_send_policy: Literal["verify", "resend", "hold"] = Field(
+        default="verify",
+        description="Uncertain part the gateway cannot confirm: verify later, resend, or hold (DLQ); "
+        "inboxes.uncertain_send_policy overrides.",
+    )
+    reconcile_timeout_s: float = Field(
+        default=5.0, gt=0, description="Timeout of one findMessages call reconciling an uncertain part."
+    )
+    lease_margin_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Lease time kept beyond a send's timeout + typing delay, to record its ack.",
+    )
     inbox_state_ttl_s: float = Field(
         default=10.0, ge=0, description="How long an inbox connection state is cached."
     )
@@ -158,6 +172,18 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_fits_a_send(self) -> Settings:
+        """A worker sends a part only while its lease leaves room for the whole send; a lease
+        shorter than one send could never send anything."""
+        one_send_s = self.send_timeout_s + self.typing_delay_cap_s + self.lease_margin_s
+        if self.visibility_timeout_s <= one_send_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed send_timeout_s + "
+                f"typing_delay_cap_s + lease_margin_s ({one_send_s:g}): a lease must fit a whole send"
+            )
+        return self
 
     def ai_key(self) -> str:
         return self.ai_api_key.get_secret_value() if self.ai_api_key else ""

@@ -15,8 +15,10 @@ Routes:
                                                      the request has a response_format)
     GET  {base}/instance/connectionState/{instance}  the gateway's instance state
     POST {base}/message/sendText/{instance}          the gateway's send
+    POST {base}/chat/findMessages/{instance}         the chat's messages we sent, newest
+                                                     first (how uncertain sends reconcile)
     GET|POST {base}/_sim/faults     read / patch the random faults (JSON object)
-    POST {base}/_sim/fail-next/{ai|send|state}       script one-shot faults (kwargs as JSON)
+    POST {base}/_sim/fail-next/{ai|send|state|find}  script one-shot faults (kwargs as JSON)
     GET  {base}/_sim/sends          accepted sends (``?number=`` filters)
     GET  {base}/_sim/stats          counts by outcome, accepted sends, duplicates
     POST {base}/_sim/reset          forget records and scripts (``{"keep_faults": true}``)
@@ -81,6 +83,7 @@ SendFaultKind = Literal[
     "hang_after_accept",  # records the send, then hangs: the ambiguous-timeout case
 ]
 StateFaultKind = Literal["401", "404", "500", "hang", "close", "connecting"]
+FindFaultKind = Literal["500", "hang", "bad_json"]
 RetryAfterForm = Literal["seconds", "http_date", "ms", "none"]
 AIRequestKind = Literal["generate", "split"]
 
@@ -90,6 +93,8 @@ Seconds = Annotated[float, Field(ge=0.0)]
 _AI_KINDS = frozenset(get_args(AIFaultKind))
 _SEND_KINDS = frozenset(get_args(SendFaultKind))
 _STATE_KINDS = frozenset(get_args(StateFaultKind))
+_FIND_KINDS = frozenset(get_args(FindFaultKind))
+_FIND_PAGE_SIZE = 50
 _UNKNOWN_INSTANCE_PREFIX = "unknown-"
 _AI_RECORDS_KEPT = 10_000  # bounded: a benchmark makes hundreds of thousands of requests
 _PROMPT_PRICE_PER_TOKEN_USD = 0.15e-6
@@ -120,6 +125,8 @@ class Faults(BaseModel):
     split_bad_json_p: Probability = 0.0
     send_server_error_p: Probability = 0.0
     send_hang_p: Probability = 0.0
+    send_hang_after_accept_p: Probability = 0.0
+    find_unavailable_p: Probability = 0.0
 
     reject_phones: frozenset[str] = frozenset()
     disconnected_instances: frozenset[str] = frozenset()
@@ -207,6 +214,7 @@ class _Counts:
     ai: Counter[str] = field(default_factory=Counter)
     state: Counter[str] = field(default_factory=Counter)
     send: Counter[str] = field(default_factory=Counter)
+    find: Counter[str] = field(default_factory=Counter)
 
 
 class Simulator:
@@ -239,6 +247,7 @@ class Simulator:
     def _reset_records(self) -> None:
         self._sends: list[SentMessage] = []
         self._send_counts: Counter[tuple[str, str]] = Counter()
+        self._chats: dict[tuple[str, str], list[SentMessage]] = {}
         self._duplicates: list[SentMessage] = []
         self._ai_requests: deque[AIRequest] = deque(maxlen=_AI_RECORDS_KEPT)
         self._ai_sequence = 0
@@ -246,6 +255,7 @@ class Simulator:
         self._ai_scripts: list[_Script] = []
         self._send_scripts: list[_Script] = []
         self._state_scripts: list[_Script] = []
+        self._find_scripts: list[_Script] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -256,6 +266,7 @@ class Simulator:
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/instance/connectionState/{instance}", self._connection_state)
         app.router.add_post("/message/sendText/{instance}", self._send_text)
+        app.router.add_post("/chat/findMessages/{instance}", self._find_messages)
         app.router.add_get("/_sim/faults", self._get_faults)
         app.router.add_post("/_sim/faults", self._patch_faults)
         app.router.add_post("/_sim/fail-next/{target}", self._fail_next)
@@ -367,6 +378,13 @@ class Simulator:
         _check_kind(kind, _STATE_KINDS)
         self._state_scripts.append(_Script(kind, times, instance=instance))
 
+    def fail_next_find(
+        self, kind: FindFaultKind = "500", *, times: int = 1, instance: str | None = None
+    ) -> None:
+        """The next `times` findMessages requests (for `instance`, if given) fail as `kind`."""
+        _check_kind(kind, _FIND_KINDS)
+        self._find_scripts.append(_Script(kind, times, instance=instance))
+
     def reset(self, *, keep_faults: bool = False) -> None:
         """Forget sends, requests, counts and scripted faults; faults back to the initial ones."""
         self._reset_records()
@@ -412,6 +430,7 @@ class Simulator:
                 "duplicates": len(self._duplicates),
                 "by_outcome": dict(self._counts.send),
             },
+            "find": {"requests": sum(self._counts.find.values()), "by_outcome": dict(self._counts.find)},
         }
 
     # --- the LLM ------------------------------------------------------------------------------
@@ -648,7 +667,11 @@ class Simulator:
             return "connection_closed", None
         if _digits(number) in {_digits(phone) for phone in faults.reject_phones}:
             return "not_on_whatsapp", None
-        chances = [("502_html", faults.send_server_error_p), ("hang", faults.send_hang_p)]
+        chances = [
+            ("502_html", faults.send_server_error_p),
+            ("hang", faults.send_hang_p),
+            ("hang_after_accept", faults.send_hang_after_accept_p),
+        ]
         return _draw(self._rng, chances, default="accepted"), None
 
     def _accept(self, instance: str, number: str, text: str, delay_ms: int) -> SentMessage:
@@ -664,11 +687,68 @@ class Simulator:
             monotonic_s=time.monotonic(),
         )
         self._sends.append(sent)
+        self._chats.setdefault((instance, _digits(number)), []).append(sent)
         key = (_digits(number), text)
         self._send_counts[key] += 1
         if self._send_counts[key] > 1:
             self._duplicates.append(sent)
         return sent
+
+    async def _find_messages(self, request: web.Request) -> web.StreamResponse:
+        """Evolution v2's findMessages for the one filter we use (``where.key.remoteJid``):
+        the messages this gateway accepted for that chat, newest first, paged."""
+        if not _key_ok(request.headers.get("apikey"), self._whatsapp_api_key):
+            self._counts.find["401_auth"] += 1
+            return _evolution_error(401, "Unauthorized")
+        instance = request.match_info["instance"]
+        body = await _json_body(request)
+        where = body.get("where") if body else None
+        key = where.get("key") if isinstance(where, Mapping) else None
+        jid = key.get("remoteJid") if isinstance(key, Mapping) else None
+        if not isinstance(jid, str) or not jid:
+            self._counts.find["400_malformed"] += 1
+            return _evolution_error(400, ["where.key.remoteJid is required"])
+        script = self._take_script(self._find_scripts, lambda s: s.instance in (None, instance))
+        outcome = "ok"
+        if script is not None:
+            outcome = script.kind
+        elif self._faults.find_unavailable_p > 0:  # no roll otherwise: seeded send faults stay put
+            outcome = _draw(self._rng, [("500", self._faults.find_unavailable_p)])
+        self._counts.find[outcome] += 1
+        await asyncio.sleep(self._faults.state_latency_s)
+        if outcome == "hang":
+            await asyncio.sleep(self._faults.hang_s)
+            return _evolution_error(500, "Internal Server Error")
+        if outcome == "500":
+            return _evolution_error(500, "Internal Server Error")
+        if outcome == "bad_json":
+            return web.Response(status=200, text=_BAD_GATEWAY_PAGE, content_type="text/html")
+        page_size = body.get("offset") if body else None
+        page_size = page_size if isinstance(page_size, int) and page_size > 0 else _FIND_PAGE_SIZE
+        page = body.get("page") if body else None
+        page = page if isinstance(page, int) and page > 0 else 1
+        chat = list(reversed(self._chats.get((instance, _digits(jid.split("@")[0])), [])))
+        records = [
+            {
+                "id": sent.message_id,
+                "key": {"id": sent.message_id, "fromMe": True, "remoteJid": jid},
+                "message": {"conversation": sent.text},
+                "messageType": "conversation",
+                "messageTimestamp": int(sent.at),
+                "instanceId": instance,
+            }
+            for sent in chat[(page - 1) * page_size : page * page_size]
+        ]
+        return web.json_response(
+            {
+                "messages": {
+                    "total": len(chat),
+                    "pages": max(1, math.ceil(len(chat) / page_size)),
+                    "currentPage": page,
+                    "records": records,
+                }
+            }
+        )
 
     # --- control endpoints --------------------------------------------------------------------
 
@@ -692,10 +772,11 @@ class Simulator:
             "ai": self.fail_next_ai,
             "send": self.fail_next_send,
             "state": self.fail_next_state,
+            "find": self.fail_next_find,
         }
         if kwargs is None or target not in scripts:
             return web.json_response(
-                {"error": "POST a JSON object to /_sim/fail-next/{ai|send|state}"}, status=400
+                {"error": "POST a JSON object to /_sim/fail-next/{ai|send|state|find}"}, status=400
             )
         try:
             scripts[target](**kwargs)

@@ -7,6 +7,7 @@ sent, unknown id, a crash left behind) has one obvious place and a unit test.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from .models import MessageContext
 
@@ -93,3 +94,23 @@ def triage(ctx: MessageContext, *, max_attempts: int) -> Action:
             burns_attempt=False,
         )
     return Process()
+
+
+def parts_to_reconcile(ctx: MessageContext) -> dict[int, datetime]:
+    """Parts (0-based) whose delivery is unknown as this attempt starts, each with the
+    earliest moment it may have been sent; the pipeline asks the gateway before sending them.
+
+    * a part recorded *uncertain* (a send that timed out or lost its connection);
+    * the next part of a message a previous holder left mid-send (row found `sending`: it
+      crashed or lost its lease, maybe between the gateway's answer and our commit). It
+      cannot have sent that part before the row's last recorded change.
+    """
+    if ctx.parts is None or ctx.parts_sent >= len(ctx.parts):
+        return {}
+    unknown: dict[int, datetime] = {}
+    if ctx.previous_status == "sending" and ctx.last_progress_at is not None:
+        unknown[ctx.parts_sent] = ctx.last_progress_at
+    part, since = ctx.uncertain_part, ctx.uncertain_since
+    if part is not None and since is not None and ctx.parts_sent <= part < len(ctx.parts):
+        unknown[part] = min(since, unknown.get(part, since))
+    return unknown

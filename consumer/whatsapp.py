@@ -31,6 +31,9 @@ from .errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitedError,
+    ReconcileUnavailableError,
+    SendOutcomeUnknownError,
+    SendTimedOutError,
 )
 from .logs import mask_phone, redact
 from .settings import Settings
@@ -39,6 +42,10 @@ CONNECTED_STATE = "open"
 # Evolution's answer when Baileys' socket is gone although connectionState still says "open".
 DEAD_SOCKET_MARKER = "connection closed"
 _PROVIDER_TEXT_MAX_CHARS = 300
+# Reconciliation reads at most this many pages of a chat (newest first), and allows this much
+# clock difference between us and the gateway when comparing a record's time with the attempt's.
+RECONCILE_MAX_PAGES = 5
+RECONCILE_CLOCK_SKEW_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class WhatsAppClient:
         base_url: str,
         api_key: str,
         send_timeout_s: float = 10.0,
+        reconcile_timeout_s: float = 5.0,
         state_ttl_s: float = 10.0,
         breaker_failures: int = 3,
         breaker_cooldown_s: float = 15.0,
@@ -88,6 +96,7 @@ class WhatsAppClient:
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._send_timeout_s = send_timeout_s
+        self._reconcile_timeout_s = reconcile_timeout_s
         self._state_ttl_s = state_ttl_s
         self._breaker_failures = breaker_failures
         self._breaker_cooldown_s = breaker_cooldown_s
@@ -104,6 +113,7 @@ class WhatsAppClient:
             base_url=settings.whatsapp_base_url,
             api_key=settings.whatsapp_key(),
             send_timeout_s=settings.send_timeout_s,
+            reconcile_timeout_s=settings.reconcile_timeout_s,
             state_ttl_s=settings.inbox_state_ttl_s,
             breaker_failures=settings.inbox_breaker_failures,
             breaker_cooldown_s=settings.inbox_breaker_cooldown_s,
@@ -220,6 +230,56 @@ class WhatsAppClient:
         breaker.record_success(self._clock())
         return receipt
 
+    # --- reconciling uncertain sends ---------------------------------------------------------
+
+    async def find_sent(self, *, instance: str, number: str, text: str, since_epoch_s: float) -> bool:
+        """Whether the gateway lists a message from us to `number` with exactly `text`, sent at
+        or after `since_epoch_s` (less `RECONCILE_CLOCK_SKEW_S`).
+
+        Evolution API v2 ``POST /chat/findMessages/{instance}`` lists a chat's stored messages,
+        newest first, by page. True: the uncertain part was delivered (count it sent). False:
+        the gateway answered and has no such message. Raises `ReconcileUnavailableError` when
+        it cannot answer (error, timeout, unreadable body): the caller's policy decides.
+        Needs a gateway that stores sent messages (Evolution: DATABASE_SAVE_DATA_NEW_MESSAGE).
+        """
+        jid = f"{''.join(ch for ch in number if ch.isdigit())}@s.whatsapp.net"
+        oldest_wanted = since_epoch_s - RECONCILE_CLOCK_SKEW_S
+        for page in range(1, RECONCILE_MAX_PAGES + 1):
+            data = await self._find_messages(instance, {"where": {"key": {"remoteJid": jid}}, "page": page})
+            records, pages = _message_records(data)
+            if records is None:
+                raise ReconcileUnavailableError(f"findMessages on {instance!r} answered an unreadable body")
+            oldest_on_page: float | None = None
+            for record in records:
+                stamp = _record_timestamp(record)
+                if stamp is not None:
+                    oldest_on_page = stamp if oldest_on_page is None else min(oldest_on_page, stamp)
+                if _is_our_copy(record, jid=jid, text=text) and (stamp is None or stamp >= oldest_wanted):
+                    return True
+            older_than_wanted = oldest_on_page is not None and oldest_on_page < oldest_wanted
+            if not records or page >= pages or older_than_wanted:
+                return False
+        return False
+
+    async def _find_messages(self, instance: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self._base_url}/chat/findMessages/{quote(instance, safe='')}"
+        try:
+            async with self._session.post(
+                url,
+                json=body,
+                headers={"apikey": self._api_key},
+                timeout=aiohttp.ClientTimeout(total=self._reconcile_timeout_s),
+            ) as response:
+                status, raw = response.status, await response.read()
+        except TimeoutError as exc:
+            raise ReconcileUnavailableError(f"findMessages on {instance!r} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise ReconcileUnavailableError(f"findMessages unreachable: {type(exc).__name__}") from exc
+        data = _json_object(raw)
+        if status not in (200, 201) or data is None:
+            raise ReconcileUnavailableError(f"findMessages on {instance!r} answered {status}")
+        return data
+
     def _inbox_failed(self, instance: str, breaker: CircuitBreaker) -> None:
         was_open = breaker.state == "open"
         breaker.record_failure(self._clock())
@@ -246,11 +306,21 @@ class WhatsAppClient:
                 status, body = response.status, await response.read()
                 content_type = response.content_type
                 headers = response.headers
+        except aiohttp.ConnectionTimeoutError as exc:
+            # Never connected, so nothing was written: a plain timeout, safe to resend.
+            raise ProviderTimeoutError(
+                f"WhatsApp gateway did not accept a connection within {timeout_s:g}s"
+            ) from exc
         except TimeoutError as exc:
-            # Ambiguous: the gateway may have sent it. The caller decides whether to risk a resend.
-            raise ProviderTimeoutError(f"WhatsApp send did not answer within {timeout_s:g}s") from exc
-        except aiohttp.ClientError as exc:
+            # Ambiguous: the gateway may have sent it. The part is uncertain (reconciled later).
+            raise SendTimedOutError(f"WhatsApp send did not answer within {timeout_s:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
             raise ProviderUnavailableError(f"WhatsApp gateway unreachable: {type(exc).__name__}") from exc
+        except aiohttp.ClientError as exc:
+            # Connected and (at least partly) written, then reset or closed before the answer.
+            raise SendOutcomeUnknownError(
+                f"WhatsApp send lost its connection before the answer: {type(exc).__name__}"
+            ) from exc
         if status in (200, 201):
             data = _json_object(body)
             if data is not None and data.get("error") and not isinstance(data.get("key"), Mapping):
@@ -336,3 +406,40 @@ def _receipt_from(body: bytes) -> SendReceipt:
         message_id=message_id if isinstance(message_id, str) and message_id else None,
         status=status if isinstance(status, str) and status else "UNKNOWN",
     )
+
+
+def _message_records(data: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]] | None, int]:
+    """``{"messages": {"pages", "records": [...]}}`` → (records, pages); None when unreadable."""
+    messages = data.get("messages")
+    if not isinstance(messages, Mapping):
+        return None, 0
+    records = messages.get("records")
+    if not isinstance(records, list):
+        return None, 0
+    pages = messages.get("pages")
+    return [r for r in records if isinstance(r, Mapping)], pages if isinstance(pages, int) else 1
+
+
+def _record_timestamp(record: Mapping[str, Any]) -> float | None:
+    stamp = record.get("messageTimestamp")
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float | str):
+        return None
+    try:
+        return float(stamp)
+    except ValueError:
+        return None
+
+
+def _is_our_copy(record: Mapping[str, Any], *, jid: str, text: str) -> bool:
+    key = record.get("key")
+    if not isinstance(key, Mapping) or key.get("fromMe") is not True:
+        return False
+    remote = key.get("remoteJid")
+    if isinstance(remote, str) and remote != jid:
+        return False
+    message = record.get("message")
+    if not isinstance(message, Mapping):
+        return False
+    extended = message.get("extendedTextMessage")
+    extended_text = extended.get("text") if isinstance(extended, Mapping) else None
+    return text in (message.get("conversation"), extended_text)

@@ -12,7 +12,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -22,6 +21,7 @@ from psycopg_pool import PoolTimeout
 from .ai import AIClient
 from .db import Database, listen_connection
 from .errors import FatalError
+from .lease import Lease
 from .metrics import ConsumerMetrics
 from .models import (
     CampaignConfig,
@@ -41,14 +41,6 @@ DB_RETRY_DELAY_MAX_S = 10.0
 # A freed slot is refilled together with others that free up within this window, so a
 # busy worker reads in batches instead of one message per round trip.
 REFILL_GATHER_S = 0.02
-
-
-@dataclass
-class Lease:
-    msg: QueueMessage
-    message_id: uuid.UUID | None
-    started: float
-    task: asyncio.Task[str] | None = None
 
 
 class Worker:
@@ -74,7 +66,9 @@ class Worker:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._leases: dict[int, Lease] = {}
+        # Keyed by (msg_id, read_ct): a message this process reads again after its earlier
+        # lease expired is a new lease; the old one is revoked, never overwritten.
+        self._leases: dict[tuple[int, int], Lease] = {}
         self._configs: dict[uuid.UUID, tuple[CampaignConfig, float]] = {}
         self._fatal: FatalError | None = None
         self.processed = 0
@@ -138,6 +132,7 @@ class Worker:
             qty = min(free, self.settings.batch_size)
             try:
                 self._wake.clear()
+                asked_at = time.monotonic()  # the lease starts no earlier than this
                 messages = await self.db.read(qty=qty, vt_s=self.settings.visibility_timeout_s)
                 db_delay_s = 0.0
             except (psycopg.Error, PoolTimeout, OSError) as exc:
@@ -151,7 +146,7 @@ class Worker:
             if not messages:
                 await self._wait_any(self._wake.wait(), asyncio.sleep(self.settings.poll_interval_s))
                 continue
-            await self._start(messages)
+            await self._start(messages, asked_at=asked_at)
 
     async def _wait_any(self, *waits: Awaitable[Any]) -> None:
         tasks = [asyncio.ensure_future(w) for w in (*waits, self._stop.wait())]
@@ -162,20 +157,23 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _start(self, messages: list[QueueMessage]) -> None:
-        now = time.perf_counter()
+    async def _start(self, messages: list[QueueMessage], *, asked_at: float) -> None:
+        vt_s = self.settings.visibility_timeout_s
         contexts: list[MessageContext] = []
         valid: list[tuple[QueueMessage, QueuePayload]] = []
+        self._revoke_superseded({msg.msg_id for msg in messages})
         for msg in messages:
             try:
                 payload = parse_payload(msg.message)
             except InvalidPayloadError as exc:
                 contexts.append(MessageContext(msg=msg, payload=None, payload_error=str(exc)))
-                self._leases[msg.msg_id] = Lease(msg, None, now)
+                self._leases[(msg.msg_id, msg.read_ct)] = Lease.taken(msg, None, asked_at=asked_at, vt_s=vt_s)
                 continue
             contexts.append(MessageContext(msg=msg, payload=payload))
             valid.append((msg, payload))
-            self._leases[msg.msg_id] = Lease(msg, payload.campaign_message_id, now)
+            self._leases[(msg.msg_id, msg.read_ct)] = Lease.taken(
+                msg, payload.campaign_message_id, asked_at=asked_at, vt_s=vt_s, renew=self._renew
+            )
         try:
             rows = await self._claim(valid) if valid else {}
         except (psycopg.Error, PoolTimeout, OSError) as exc:
@@ -185,15 +183,34 @@ class Worker:
                 "cannot load the batch context ({}); {} messages will reappear", _one_line(exc), len(messages)
             )
             for msg in messages:
-                self._leases.pop(msg.msg_id, None)
+                self._leases.pop((msg.msg_id, msg.read_ct), None)
             return
         for ctx in contexts:
             row = rows.get(ctx.msg.msg_id)
             if row is not None:
                 self._fill(ctx, row)
-            lease = self._leases[ctx.msg.msg_id]
-            lease.task = asyncio.create_task(self._run_one(ctx), name=f"campaignq-msg-{ctx.msg.msg_id}")
+            lease = self._leases[(ctx.msg.msg_id, ctx.msg.read_ct)]
+            lease.task = asyncio.create_task(
+                self._run_one(ctx, lease), name=f"campaignq-msg-{ctx.msg.msg_id}"
+            )
         self.metrics.in_flight.set(len(self._leases))
+
+    async def _renew(self, lease: Lease) -> bool:
+        """Extend one lease now (a send needs more room than is left): True when still held."""
+        alive = await self.db.extend_leases([lease.key], vt_s=self.settings.visibility_timeout_s)
+        return lease.msg.msg_id in alive
+
+    def _revoke_superseded(self, msg_ids: set[int]) -> None:
+        """This process read these messages again: any lease it still holds on them expired
+        (PGMQ only hands out a message whose visibility timeout ended), so revoke it before
+        the new one is recorded. Its task stops before its next send and cannot remove the
+        new lease (leases are keyed by read_ct too)."""
+        for lease in list(self._leases.values()):
+            if lease.msg.msg_id in msg_ids and lease.revoke(
+                "this process read the message again: lease expired"
+            ):
+                self.metrics.leases_lost.inc()
+                logger.bind(msg_id=lease.msg.msg_id).warning("lease expired; the message was read again")
 
     async def _claim(self, valid: list[tuple[QueueMessage, QueuePayload]]) -> dict[int, dict[str, Any]]:
         now = time.monotonic()
@@ -214,6 +231,9 @@ class Worker:
         ctx.generated_message = row["generated_message"]
         ctx.parts = list(row["parts"]) if row["parts"] is not None else None
         ctx.parts_sent = int(row["parts_sent"] or 0)
+        ctx.uncertain_part = row["uncertain_part"]
+        ctx.uncertain_since = row["uncertain_since"]
+        ctx.last_progress_at = row["last_progress_at"]
         ctx.attempt_history = list(row["attempt_history"] or [])
         ctx.lead_name = row["lead_name"]
         ctx.phone = row["phone"]
@@ -240,13 +260,14 @@ class Worker:
             max_tokens=int(row["max_tokens"]),
             inbox_id=row["inbox_id"],
             instance=row["instance"],
+            uncertain_send_policy=row["uncertain_send_policy"],
         )
         self._configs[config_id] = (config, time.monotonic() + self.settings.config_cache_ttl_s)
         return config
 
-    async def _run_one(self, ctx: MessageContext) -> str:
+    async def _run_one(self, ctx: MessageContext, lease: Lease) -> str:
         try:
-            outcome = await self.pipeline.handle(ctx)
+            outcome = await self.pipeline.handle(ctx, lease)
             self.processed += 1
             return outcome
         except asyncio.CancelledError:
@@ -258,7 +279,7 @@ class Worker:
             )
             return "error"
         finally:
-            self._leases.pop(ctx.msg.msg_id, None)
+            self._leases.pop(lease.key, None)
             self.metrics.in_flight.set(len(self._leases))
             self._slot_freed.set()
 
@@ -267,16 +288,28 @@ class Worker:
     async def _heartbeat(self) -> None:
         """Keep held leases alive so a slow message is never processed twice.
 
-        Extends every lease older than a third of the visibility timeout, in one statement.
-        A lease the database no longer recognises was lost: the new holder will carry on.
+        Extends, in one statement, every lease confirmed more than about a third of the
+        visibility timeout ago; each confirmed lease's local deadline moves to the moment the
+        call was *issued* plus the timeout (a lower bound of the server's). A lease the
+        database no longer recognises was lost, and one whose deadline passed unconfirmed
+        (the database did not answer) may be: both are revoked — the task stops before its
+        next send. After a failed extension the next try comes within a second, not a third
+        of the timeout later.
         """
         vt_s = self.settings.visibility_timeout_s
         interval_s = max(0.5, vt_s / 3)
         budget_s = self._planned_attempt_s()
+        delay_s = interval_s
         while True:
-            await asyncio.sleep(interval_s)
-            now = time.perf_counter()
-            held = [lease for lease in self._leases.values() if now - lease.started >= interval_s * 0.9]
+            await asyncio.sleep(delay_s)
+            delay_s = interval_s
+            now = time.monotonic()
+            self._revoke_expired(now)
+            held = [
+                lease
+                for lease in self._leases.values()
+                if lease.lost is None and now - lease.confirmed_at >= interval_s * 0.9
+            ]
             for lease in held:
                 if now - lease.started > budget_s:
                     logger.bind(msg_id=lease.msg.msg_id, message_id=str(lease.message_id)).warning(
@@ -286,24 +319,37 @@ class Worker:
                     )
             if not held:
                 continue
+            asked_at = time.monotonic()
             try:
-                alive = await self.db.extend_leases([(h.msg.msg_id, h.msg.read_ct) for h in held], vt_s=vt_s)
+                alive = await self.db.extend_leases([lease.key for lease in held], vt_s=vt_s)
             except (psycopg.Error, PoolTimeout, OSError) as exc:
                 logger.warning(
-                    "could not extend {} leases ({}); they expire within {} s",
+                    "could not extend {} leases ({}); their tasks stop before a send that would outlive them",
                     len(held),
                     _one_line(exc),
-                    vt_s,
                 )
+                delay_s = min(1.0, interval_s)
                 continue
             for lease in held:
+                if lease.msg.msg_id in alive:
+                    lease.confirm(asked_at=asked_at, vt_s=vt_s)
                 # A message that finished while the extension was on its way was archived,
                 # not lost: only a lease we still hold and the database no longer knows is.
-                if lease.msg.msg_id not in alive and self._leases.get(lease.msg.msg_id) is lease:
+                elif self._leases.get(lease.key) is lease and lease.revoke(
+                    "lease lost: another worker has it"
+                ):
                     self.metrics.leases_lost.inc()
                     logger.bind(msg_id=lease.msg.msg_id).warning(
                         "lease lost while processing; another worker has it"
                     )
+
+    def _revoke_expired(self, now: float) -> None:
+        for lease in list(self._leases.values()):
+            if lease.lost is None and lease.deadline <= now and lease.revoke("lease expired unconfirmed"):
+                self.metrics.leases_lost.inc()
+                logger.bind(msg_id=lease.msg.msg_id).warning(
+                    "lease expired before the database confirmed an extension; stopping this message"
+                )
 
     def _planned_attempt_s(self) -> float:
         s = self.settings

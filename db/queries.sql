@@ -72,6 +72,9 @@ SELECT b.msg_id,
        m.generated_message,
        m.parts,
        m.parts_sent,
+       m.uncertain_part,
+       m.uncertain_since,
+       m.updated_at                  AS last_progress_at,
        coalesce(c.attempt_history, m.attempt_history) AS attempt_history,
        l.name                        AS lead_name,
        l.phone,
@@ -84,7 +87,8 @@ SELECT b.msg_id,
        cf.max_parts,
        cf.max_tokens,
        cf.inbox_id,
-       i.instance
+       i.instance,
+       i.uncertain_send_policy
   FROM batch b
   LEFT JOIN campaign_messages m ON m.id = b.message_id
   LEFT JOIN claimed c ON c.id = b.message_id
@@ -104,6 +108,9 @@ SELECT campaignq_store_generation(
     %(text)s::text, %(parts)s::jsonb,
     %(prompt_tokens)s::integer, %(completion_tokens)s::integer, %(cost_usd)s::numeric,
     %(ai_ms)s::integer, %(split_ms)s::integer);
+
+-- name: record_part_uncertain
+SELECT campaignq_record_part_uncertain(%(message_id)s::uuid, %(part)s::integer, %(since)s::timestamptz);
 
 -- name: record_part_sent
 SELECT campaignq_record_part_sent(%(message_id)s::uuid, %(parts_sent)s::integer);

@@ -71,10 +71,11 @@ class RunningWorker:
 
 @asynccontextmanager
 async def running_worker(
-    settings: Settings, *, expect_exit_code: int | None = None
+    settings: Settings, *, expect_exit_code: int | None = None, db_class: type[Database] = Database
 ) -> AsyncIterator[RunningWorker]:
+    """`db_class`: a `Database` subclass that injects a fault around one real call (a delay)."""
     assert settings.database_url
-    db = await Database.open(
+    db = await db_class.open(
         settings.database_url,
         max_size=settings.db_pool_max_size,
         statement_timeout_ms=settings.db_statement_timeout_ms,

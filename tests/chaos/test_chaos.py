@@ -3,23 +3,24 @@
 One producer (`campaignq produce --every 1s`) and two `campaignq consume` processes work
 through two runs of 1,000 messages (one split into bubbles) while the simulator, in its own
 process, injects 5 % AI 429 with Retry-After, 3 % AI 5xx, 2 % AI hangs past the timeout,
-1 % permanent 400 (leads not on WhatsApp), 2 % unusable split answers and 1 % gateway 502
-pages. During the run, in this order: the split run is paused for a few seconds and
-resumed; one inbox disconnects for a few seconds; one consumer is SIGKILLed and a new one
-started; the PostgreSQL server is stopped, kept down for 2 s and started again (every
-connection dies; nobody may exit). Then every Invariant is checked, faults are turned off
-and `campaignq replay` must drive the dead-letter queue to zero.
+1 % permanent 400 (leads not on WhatsApp), 2 % unusable split answers, 1 % gateway 502
+pages, 3 % sends the gateway accepts and then never answers (`hang_after_accept`: the
+ambiguous timeout) and 2 % findMessages calls that fail. During the run, in this order: the
+split run is paused for a few seconds and resumed; one inbox disconnects for a few seconds;
+one consumer is SIGKILLed and a new one started; the PostgreSQL server is stopped, kept down
+for longer than the visibility timeout while parts are being sent, and started again (every
+connection dies and every lease expires; nobody may exit). Then every Invariant is checked,
+faults are turned off and `campaignq replay` must drive the dead-letter queue to zero.
 
-Duplicates. A part is recorded after the gateway's answer arrives; a process killed between
-the two cannot record it, and the next holder sends it again. That crash window is the only
-allowed source of duplicates: each duplicate must belong to a message the killed consumer
-held mid-processing (its row carries a "crashed" attempt), have its first copy accepted in
-the seconds before the SIGKILL, and there is at most one per such message (one part is in
-flight per message). A database outage is *not* a crash: the consumer keeps what the
-gateway acknowledged in memory and records it when the server is back (`db.persist`, retried
-for up to the visibility timeout), so no duplicate may come from the restart window. Before
-that fix the restart produced 7 to 10 duplicates per run (outcomes lost with the connection;
-the next holder re-sent).
+Duplicates: none, whatever the fault (issue 9). A send whose answer never came is recorded
+*uncertain* and reconciled with the gateway's message list before any resend; a holder that
+stopped mid-message (SIGKILL, or a lease that ran out while the database was down) leaves
+its row `sending`, and the next holder reconciles its next part the same way — which also
+closes the window between the gateway's answer and our commit, the one a SIGKILL used to
+turn into a duplicate. No worker sends a part unless its lease has room for the whole send,
+so an old holder never sends after a new one took over. The run measures that
+answer-to-commit window (consumer metric `campaignq_ack_record_seconds`) and counts the parts
+reconciled via the gateway; the summary is written to bench/out/chaos_summary.json.
 
 Deselect locally with ``-m "not chaos"``; `.ci/run` runs it once per build. The figures are
 printed at the end of the session (tests/chaos/conftest.py).
@@ -27,8 +28,12 @@ printed at the end of the session (tests/chaos/conftest.py).
 
 from __future__ import annotations
 
+import json
+import re
 import signal
+import socket
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -59,6 +64,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 MESSAGES_PER_RUN = 1000
 TOTAL = 2 * MESSAGES_PER_RUN
 CONCURRENCY = 16
+VISIBILITY_TIMEOUT_S = 8
+OUTAGE_S = VISIBILITY_TIMEOUT_S + 2.0  # every lease held when the server stops runs out
+SUMMARY = Path(__file__).resolve().parents[2] / "bench" / "out" / "chaos_summary.json"
 REJECTED_PER_RUN = 10  # 1 % permanent 400: "not on WhatsApp"
 SCHEDULE_SPREAD_S = 15.0  # due times spread so the producer keeps working through the faults
 # A duplicate's first copy must have been accepted between this long before the SIGKILL and
@@ -78,6 +86,8 @@ CHAOS_FAULTS: dict[str, Any] = {
     "ai_hang_p": 0.02,
     "split_bad_json_p": 0.02,
     "send_server_error_p": 0.01,
+    "send_hang_after_accept_p": 0.03,  # accepted, then no answer before the 2 s send timeout
+    "find_unavailable_p": 0.02,
 }
 NO_FAULTS: dict[str, Any] = {
     **{key: 0.0 for key in CHAOS_FAULTS if key.endswith("_p")},
@@ -87,10 +97,10 @@ NO_FAULTS: dict[str, Any] = {
 CONSUMER_ENV = {
     "CAMPAIGNQ_CONCURRENCY": str(CONCURRENCY),
     "CAMPAIGNQ_BATCH_SIZE": str(CONCURRENCY),
-    "CAMPAIGNQ_VISIBILITY_TIMEOUT_S": "15",
+    "CAMPAIGNQ_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
     "CAMPAIGNQ_AI_TIMEOUT_S": "1.5",
     "CAMPAIGNQ_SPLIT_TIMEOUT_S": "1.5",
-    "CAMPAIGNQ_SEND_TIMEOUT_S": "5",
+    "CAMPAIGNQ_SEND_TIMEOUT_S": "2",
     "CAMPAIGNQ_AI_REQUESTS_PER_MINUTE": "60000",
     "CAMPAIGNQ_AI_BREAKER_COOLDOWN_S": "1",
     "CAMPAIGNQ_INBOX_BREAKER_COOLDOWN_S": "1",
@@ -216,8 +226,14 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
             procs.append(proc)
             return proc
 
+        ports: dict[str, int] = {}
+
+        def consumer(name: str) -> LoggedProcess:
+            ports[name] = free_port()
+            return spawn(name, "consume", "--metrics-port", str(ports[name]))
+
         producer = spawn("producer", "produce", "--every", "1s")
-        first, second = spawn("consumer-1", "consume"), spawn("consumer-2", "consume")
+        first, second = consumer("consumer-1"), consumer("consumer-2")
         timeline.mark("producer and two consumers started")
 
         def wait_sent(n: int, *watch: LoggedProcess) -> None:
@@ -234,6 +250,15 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         db.execute("UPDATE campaign_runs SET status = 'paused' WHERE id = %s", (split_run,))
         timeline.mark("split run paused")
         time.sleep(3)
+        # Due rows the producer left alone while the run was paused (the pause's other half,
+        # besides consumers releasing what was already queued).
+        held_back = int(
+            probe.rows(
+                "SELECT count(*) AS n FROM campaign_messages "
+                "WHERE run_id = %s AND status = 'pending' AND scheduled_at <= now()",
+                (split_run,),
+            )[0]["n"]
+        )
         db.execute("UPDATE campaign_runs SET status = 'running' WHERE id = %s", (split_run,))
         timeline.mark("split run resumed")
 
@@ -250,7 +275,7 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         first.process.send_signal(signal.SIGKILL)
         kill_at = timeline.mark("consumer-1 SIGKILLed")
         first.process.wait()
-        third = spawn("consumer-3", "consume")
+        third = consumer("consumer-3")
         timeline.mark("consumer-3 started")
 
         # 4. the PostgreSQL server goes down and comes back
@@ -258,7 +283,7 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         if restart_note is None:
             db.close()  # the fixture's connection would die anyway
             timeline.mark("PostgreSQL stopping")
-            restart = restart_server(pg_admin_url, down_s=2.0)
+            restart = restart_server(pg_admin_url, down_s=OUTAGE_S)
             timeline.mark(f"PostgreSQL back after {restart.down_s:.1f} s")
         else:
             timeline.mark(f"PostgreSQL restart skipped: {restart_note}")
@@ -276,7 +301,7 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         sends = sim.sends()
         sim_stats = sim.stats()
         duplicates, crashed = check_invariants(probe, sends=sends, rejected=rejected, kill_at=kill_at)
-        check_faults_were_exercised(probe, [first, second, third])
+        check_faults_were_exercised(probe, [first, second, third], held_back=held_back)
 
         # 6. faults off: replay drives the DLQ to zero, each replayed message sent once
         dead = probe.rows(
@@ -298,6 +323,8 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         sends_after = sim.sends()
         check_replayed_sent_once(probe, [r["id"] for r in dead], before=sends, after=sends_after)
 
+        # the survivors' own figures, before they stop
+        windows = [scrape(ports[proc.name]) for proc in (second, third)]
         # every survivor stops cleanly on SIGTERM
         for proc in (second, third, producer):
             code = proc.stop()
@@ -308,6 +335,8 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
             procs, phones=[r["phone"] for r in probe.rows("SELECT phone FROM leads")]
         )
 
+    reconciled = reconciliations([first, second, third])
+    assert reconciled.get("delivered -> Acknowledged", 0) > 0, reconciled  # hang_after_accept was met
     totals = probe.rows(
         "SELECT coalesce(sum(retry_count), 0) AS burnt, coalesce(sum(deferral_count), 0) AS deferred, "
         "count(*) FILTER (WHERE retry_count > 0 OR deferral_count > 0) AS retried "
@@ -323,7 +352,13 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
             "messages retried or deferred": int(totals["retried"]),
             "parts accepted by the gateway": len(sends_after),
             "duplicates": len(duplicates),
-            "messages in flight at the SIGKILL (duplicate bound)": len(crashed),
+            "messages caught mid-message by the SIGKILL or the outage (rows found sending)": len(crashed),
+            "uncertain parts reconciled via the gateway (found, not resent)": reconciled.get(
+                "delivered -> Acknowledged", 0
+            ),
+            "reconciliations by outcome": reconciled,
+            "answer-to-commit window (s), consumers 2 and 3": merge_windows(windows),
+            "visibility timeout (s)": VISIBILITY_TIMEOUT_S,
             "PostgreSQL down (s)": round(restart.down_s, 1) if restart else f"skipped: {restart_note}",
             "AI answers": sim_stats["ai"]["by_outcome"],
             "gateway answers": sim_stats["send"]["by_outcome"],
@@ -332,6 +367,70 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
             "timeline": [f"+{t:5.1f}s {what}" for t, what in timeline.events],
         }
     )
+    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+    SUMMARY.write_text(json.dumps(FIGURES, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+_SAMPLE = re.compile(r'^campaignq_ack_record_seconds_(bucket|sum|count)(?:\{le="([^"]+)"\})? ([0-9.e+-]+)$')
+
+
+def scrape(port: int) -> dict[str, Any]:
+    """The answer-to-commit histogram of one consumer, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        kind, le, value = match.groups()
+        if kind == "bucket":
+            buckets[float(le)] = float(value)
+        elif kind == "sum":
+            total = float(value)
+        else:
+            count = float(value)
+    return {"buckets": buckets, "sum": total, "count": count}
+
+
+def merge_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Parts recorded, mean, and the bucket bounds holding the median, the 99th percentile and
+    the slowest part (a Prometheus histogram gives bounds, not exact values)."""
+    count = sum(w["count"] for w in windows)
+    buckets: dict[float, float] = {}
+    for w in windows:
+        for le, n in w["buckets"].items():
+            buckets[le] = buckets.get(le, 0.0) + n
+
+    def bound(q: float) -> float | None:
+        for le in sorted(buckets):
+            if buckets[le] >= q * count:
+                return le
+        return None
+
+    return {
+        "parts recorded": int(count),
+        "mean": round(sum(w["sum"] for w in windows) / count, 4) if count else None,
+        "p50 at most": bound(0.5),
+        "p99 at most": bound(0.99),
+        "max at most": bound(1.0),
+    }
+
+
+def reconciliations(consumers: list[LoggedProcess]) -> dict[str, int]:
+    """What the gateway said about uncertain parts, and what was done, from every consumer's log."""
+    found: Counter[str] = Counter()
+    for proc in consumers:
+        for match in re.finditer(r"gateway says ([a-z ]+) -> (\w+)", proc.log()):
+            found[f"{match.group(1)} -> {match.group(2)}"] += 1
+    return dict(found)
 
 
 def check_invariants(
@@ -404,18 +503,19 @@ def check_invariants(
             assert received == (row["parts"] or [])[: len(received)], (
                 f"{row['id']} got its parts out of order"
             )
-    per_message = Counter(digits(d["number"]) for d in duplicates)
-    assert all(n <= 1 for n in per_message.values()), per_message  # one part in flight per message
-    assert len(duplicates) <= min(CONCURRENCY, len(crashed))
+    # Issue 9: the bound is 0. The checks above would say where a duplicate came from.
+    assert duplicates == [], duplicates
     return duplicates, crashed
 
 
-def check_faults_were_exercised(probe: Probe, consumers: list[LoggedProcess]) -> None:
+def check_faults_were_exercised(probe: Probe, consumers: list[LoggedProcess], *, held_back: int) -> None:
     """The run really went through each fault (a quiet run would prove nothing)."""
     for error_class in ("rate_limited", "timeout", "provider_unavailable", "inbox_unavailable"):
         assert probe.with_history(error_class), f"no message met a {error_class} fault"
     logs = "".join(proc.log() for proc in consumers)
-    assert "released_to_pending" in logs, "the pause released nothing"
+    # The queue is often empty when the pause lands (consumers keep up): then the pause shows
+    # as due rows the producer held back instead of messages the consumers released.
+    assert "released_to_pending" in logs or held_back > 0, "the pause held back and released nothing"
     assert "database unavailable while recording" in logs or "cannot read from the queue" in logs
 
 

@@ -39,7 +39,7 @@ async def test_sigkill_mid_message_is_processed_after_the_visibility_timeout(
     campaign = seed.campaign(1)
     produce(db)
     sim.set_faults(ai_latency_s=2.0)
-    env = subprocess_env(database_url, sim, CAMPAIGNQ_VISIBILITY_TIMEOUT_S="5")
+    env = subprocess_env(database_url, sim, CAMPAIGNQ_VISIBILITY_TIMEOUT_S="5", CAMPAIGNQ_SEND_TIMEOUT_S="2")
     first = spawn_cli("consume", env=env)
     try:
         await wait_until(lambda: sim.ai_request_count >= 1, timeout_s=30, what="generation started")

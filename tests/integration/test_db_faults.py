@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumer.db import PERSIST_MAX_DELAY_S
 from consumer.settings import Settings
 from consumer.simulator import Faults, Simulator
 from tests.chaos.tools import can_restart_server, restart_server, spawn_logged
@@ -106,6 +107,7 @@ async def test_claim_killed_mid_transaction_the_message_reappears(
         database_url,
         sim,
         visibility_timeout_s=5,
+        send_timeout_s=2.0,
         db_statement_timeout_ms=500 if fault != "terminate" else 15_000,
     )
     async with running(settings) as handle:
@@ -140,13 +142,20 @@ async def test_statement_timeout_on_the_success_write_is_retried_and_the_worker_
 ) -> None:
     campaign = seed.campaign(1)
     produce(db)
-    settings = consumer_settings(database_url, sim, db_statement_timeout_ms=300)
+    # Long enough that an ordinary statement never hits it on a loaded machine; the locked
+    # write always does. Three tries take 3 x (timeout + the longest persist backoff).
+    statement_timeout_s = 1.5
+    settings = consumer_settings(
+        database_url, sim, db_statement_timeout_ms=int(statement_timeout_s * 1000), visibility_timeout_s=60
+    )
     async with running(settings) as handle:
         with row_lock(
             database_url, "SELECT 1 FROM campaign_runs WHERE id = %s FOR UPDATE", (campaign.run_id,)
         ):
             await wait_until(
-                lambda: handle.db.statements["complete_sent"] >= 3, timeout_s=30, what="timed-out retries"
+                lambda: handle.db.statements["complete_sent"] >= 3,
+                timeout_s=max(30.0, 3 * (statement_timeout_s + PERSIST_MAX_DELAY_S) * 3),
+                what="timed-out retries",
             )
             assert message_row(db, campaign.message_ids[0])["status"] == "sending"
         await wait_until(lambda: terminal(seed, campaign), what="sent once the lock is gone")

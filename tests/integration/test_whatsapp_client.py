@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from consumer.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitedError,
+    ReconcileUnavailableError,
+    SendOutcomeUnknownError,
 )
 from consumer.settings import Settings
 from consumer.simulator import Faults, SendFaultKind, Simulator
@@ -184,9 +187,14 @@ async def test_a_send_returns_the_gateway_receipt_and_is_recorded(
 
 
 async def test_the_send_timeout_covers_the_typing_delay(make_client: MakeClient, sim: Simulator) -> None:
-    client = make_client(send_timeout_s=0.2)
-    await send(client, delay_ms=400)  # the gateway holds the call 0.4 s: over 0.2 s alone
-    assert sim.sends[0].delay_ms == 400
+    # The gateway holds the call for the typing delay, 2.5 times the send timeout: it only
+    # succeeds because the client's timeout is the send timeout *plus* the delay, which
+    # leaves the send timeout itself (1 s) as slack for a loaded machine.
+    timeout_s, delay_ms = 1.0, 2500
+    client = make_client(send_timeout_s=timeout_s)
+    await send(client, delay_ms=delay_ms)
+    assert delay_ms / 1000 > timeout_s
+    assert sim.sends[0].delay_ms == delay_ms
 
 
 async def test_from_settings_uses_the_configured_url_and_key(
@@ -363,3 +371,56 @@ def test_typing_delay_follows_the_configured_speed_and_cap() -> None:
     text = " ".join(["word"] * 10)
     assert typing_delay_ms(text, words_per_minute=200, cap_s=10.0) == 3000
     assert typing_delay_ms(text, words_per_minute=200, cap_s=0.0) == 0
+
+
+# --- reconciling uncertain sends (findMessages) ------------------------------------------------
+
+
+async def test_a_timeout_after_acceptance_is_an_uncertain_send(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    sim.fail_next_send("hang_after_accept")
+    with pytest.raises(SendOutcomeUnknownError):
+        await send(make_client(send_timeout_s=0.2))
+
+
+async def test_find_sent_finds_our_copy_and_nothing_else(make_client: MakeClient, sim: Simulator) -> None:
+    client = make_client()
+    before = time.time()
+    await send(client, text="Oi Ana! First bubble.")
+    await client.send_text(instance=INBOX, number="5511900000000", text="Other lead", delay_ms=0)
+
+    assert await client.find_sent(
+        instance=INBOX, number=NUMBER, text="Oi Ana! First bubble.", since_epoch_s=before
+    )
+    assert not await client.find_sent(instance=INBOX, number=NUMBER, text="Other lead", since_epoch_s=before)
+    assert not await client.find_sent(
+        instance="inbox-2", number=NUMBER, text="Oi Ana! First bubble.", since_epoch_s=before
+    )
+    # sent long before the attempt began (beyond the clock-skew allowance): not this attempt's copy
+    assert not await client.find_sent(
+        instance=INBOX, number=NUMBER, text="Oi Ana! First bubble.", since_epoch_s=before + 3600
+    )
+
+
+async def test_find_sent_reads_further_pages(make_client: MakeClient, sim: Simulator) -> None:
+    client = make_client()
+    before = time.time()
+    await send(client, text="the oldest bubble")
+    for n in range(60):  # more than one page (50) of newer messages in the same chat
+        await send(client, text=f"newer bubble {n}")
+    assert await client.find_sent(
+        instance=INBOX, number=NUMBER, text="the oldest bubble", since_epoch_s=before
+    )
+    assert sim.stats()["find"]["requests"] == 2
+
+
+async def test_a_gateway_that_cannot_list_messages_is_unavailable_not_absent(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    client = make_client(reconcile_timeout_s=0.2)
+    sim.set_faults(hang_s=2.0)
+    for kind in ("500", "hang", "bad_json"):
+        sim.fail_next_find(kind)  # type: ignore[arg-type]
+        with pytest.raises(ReconcileUnavailableError):
+            await client.find_sent(instance=INBOX, number=NUMBER, text="x", since_epoch_s=0)

@@ -215,6 +215,7 @@ def test_reasons_are_distinct_documented_constants() -> None:
         policy.REASON_DEFERRED_TOO_LONG: "deferred_too_long",
         policy.REASON_INVALID_PAYLOAD: "invalid_payload",
         policy.REASON_RUN_GONE: "run_gone",
+        policy.REASON_SEND_UNCERTAIN: "send_uncertain",
     }
     assert all(constant == value for constant, value in reasons.items())
     assert set(reasons) == policy.DEAD_LETTER_REASONS
