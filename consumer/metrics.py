@@ -94,3 +94,35 @@ class ConsumerMetrics:
             registry=r,
         )
         self.tokens = Counter("campaignq_ai_tokens", "AI tokens used", ["kind"], registry=r)
+        # LLM cost (issue 14). Per workspace, not per run: run ids are unbounded label values
+        # (per-run figures are in the campaignq_run_ai_costs view and `campaignq stats`).
+        self.ai_calls = Counter(
+            "campaignq_ai_calls",
+            "AI requests made for messages, by kind (plain, structured, generate, split)",
+            ["kind"],
+            registry=r,
+        )
+        self.structured_output_fallbacks = Counter(
+            "campaignq_structured_output_fallbacks",
+            "Models found to refuse structured output (then generate + split for the process life)",
+            ["model"],
+            registry=r,
+        )
+        self.generated_messages = Counter(
+            "campaignq_ai_generated_messages",
+            "Messages generated, by workspace and mode (plain, structured, generate_split, batch)",
+            ["workspace_id", "mode"],
+            registry=r,
+        )
+        self.workspace_prompt_tokens = Counter(
+            "campaignq_ai_workspace_prompt_tokens", "Prompt tokens by workspace", ["workspace_id"], registry=r
+        )
+        self.workspace_cached_tokens = Counter(
+            "campaignq_ai_workspace_cached_tokens",
+            "Prompt tokens served from the provider's cache, by workspace",
+            ["workspace_id"],
+            registry=r,
+        )
+        self.workspace_cost_usd = Counter(
+            "campaignq_ai_workspace_cost_usd", "AI cost in USD by workspace", ["workspace_id"], registry=r
+        )
