@@ -20,6 +20,7 @@ The same request bodies and the same answer checks serve the batch path (`pregen
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from .prompt import build_user_prompt
 from .settings import Settings
 from .split import SplitAnswer, parse_split_answer, plan_parts
 from .validation import validate_generated_text
+
+_LOOKS_LIKE_PARTS = re.compile(r"""\bparts["']?\s*:\s*\[""")
+"""An attempt at the parts JSON (possibly broken): never to be sent as if it were prose."""
 
 MODE_PLAIN = "plain"
 MODE_STRUCTURED = "structured"
@@ -141,8 +145,8 @@ def parts_from_structured(
 def _salvage_text(content: str) -> str:
     """The message inside an answer that broke the schema's limits, or the prose answer itself."""
     stripped = content.strip()
-    if not stripped.startswith(("{", "[", "```")):
-        return stripped
+    if not _LOOKS_LIKE_PARTS.search(stripped) and not stripped.startswith(("{", "[", "```")):
+        return stripped  # prose: the model ignored the schema but wrote the message
     try:
         answer = SplitAnswer.model_validate_json(stripped.strip("`").removeprefix("json").strip())
     except ValueError:

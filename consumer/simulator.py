@@ -69,6 +69,7 @@ AIFaultKind = Literal[
     "bad_json",  # 200 whose content is not the JSON a split asked for
     "not_json",  # 200 whose body is an HTML page
     "no_usage",  # a good 200 without a usage block (some providers omit it)
+    "too_many_parts",  # a one-call answer with more parts than maxItems (valid JSON, invalid parts)
 ]
 SendFaultKind = Literal[
     "400",
@@ -540,6 +541,11 @@ class Simulator:
             choice_error = {"code": 502, "message": "Provider stream ended unexpectedly"}
         elif kind == "split":
             content = json.dumps({"parts": _split_parts(body)}, ensure_ascii=False)
+        elif outcome == "too_many_parts":
+            message = _personalised_message(self._rng, _lead_name(_last_user_text(body)))
+            words = message.split(" ")
+            chunks = [" ".join(words[i : i + 4]) for i in range(0, len(words), 4)]  # > maxItems bubbles
+            content = json.dumps({"parts": chunks}, ensure_ascii=False)
         elif kind == "structured":
             message = _personalised_message(self._rng, _lead_name(_last_user_text(body)))
             content = json.dumps({"parts": _paragraph_parts(message, _max_items(body))}, ensure_ascii=False)
