@@ -266,7 +266,8 @@ class Simulator:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("simulator already started")
-        app = web.Application()
+        # Batch input files are megabytes (OpenAI accepts up to 200 MB); the default cap is 1 MB.
+        app = web.Application(client_max_size=256 * 1024**2)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/instance/connectionState/{instance}", self._connection_state)
         app.router.add_post("/message/sendText/{instance}", self._send_text)
