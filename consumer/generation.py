@@ -19,7 +19,6 @@ The same request bodies and the same answer checks serve the batch path (`pregen
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -359,7 +358,3 @@ def record_generation_metrics(
 
 def _ms_since(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
-
-
-def dumps_parts(parts: list[str]) -> str:
-    return json.dumps(parts, ensure_ascii=False)

@@ -3,6 +3,7 @@ batch pre-generation — real PostgreSQL + PGMQ, the simulator over loopback HTT
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -369,3 +370,20 @@ async def test_batch_api_outages_release_the_rows_for_a_later_batch(
 def test_settings_for_pregeneration_have_safe_defaults() -> None:
     settings = Settings(database_url="postgresql://unused")
     assert settings.pregen_min_ahead_s == 7200 and settings.ai_batch_price_factor == 0.5
+
+
+async def test_pregenerate_once_through_the_cli(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    from tests.cli import run_cli
+    from tests.harness import AI_KEY
+
+    campaign = ahead(seed, 2, split=True)
+    env = {"CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url, "CAMPAIGNQ_AI_API_KEY": AI_KEY}
+    first = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
+    assert first.returncode == 0, first.stderr
+    second = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
+    assert second.returncode == 0, second.stderr
+    assert {row["generation_mode"] for row in rows(db, campaign)} == {"batch"}
+    batch = db.execute("SELECT status, requests, stored FROM ai_batches").fetchall()
+    assert batch == [("completed", 2, 2)]
