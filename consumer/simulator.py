@@ -20,7 +20,7 @@ Routes:
     GET  {base}/instance/connectionState/{instance}  the gateway's instance state
     POST {base}/message/sendText/{instance}          the gateway's send
     GET|POST {base}/_sim/faults     read / patch the random faults (JSON object)
-    POST {base}/_sim/fail-next/{ai|send|state}       script one-shot faults (kwargs as JSON)
+    POST {base}/_sim/fail-next/{ai|send|state|batch} script one-shot faults (kwargs as JSON)
     GET  {base}/_sim/sends          accepted sends (``?number=`` filters)
     GET  {base}/_sim/stats          counts by outcome, accepted sends, duplicates
     POST {base}/_sim/reset          forget records and scripts (``{"keep_faults": true}``)
@@ -729,10 +729,11 @@ class Simulator:
             "ai": self.fail_next_ai,
             "send": self.fail_next_send,
             "state": self.fail_next_state,
+            "batch": self.fail_next_batch,
         }
         if kwargs is None or target not in scripts:
             return web.json_response(
-                {"error": "POST a JSON object to /_sim/fail-next/{ai|send|state}"}, status=400
+                {"error": "POST a JSON object to /_sim/fail-next/{ai|send|state|batch}"}, status=400
             )
         try:
             scripts[target](**kwargs)

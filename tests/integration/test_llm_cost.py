@@ -4,6 +4,7 @@ batch pre-generation — real PostgreSQL + PGMQ, the simulator over loopback HTT
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -387,3 +388,61 @@ async def test_pregenerate_once_through_the_cli(
     assert {row["generation_mode"] for row in rows(db, campaign)} == {"batch"}
     batch = db.execute("SELECT status, requests, stored FROM ai_batches").fetchall()
     assert batch == [("completed", 2, 2)]
+
+
+async def test_simulator_batch_api_shape_and_scripted_faults_over_http(sim: Simulator) -> None:
+    line = {
+        "custom_id": "m1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "Lead name: Ana"}], "max_tokens": 64},
+    }
+    headers = {"Authorization": "Bearer k"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(f"{sim.base_url}/_sim/fail-next/batch", json={"kind": "429"}) as scripted:
+            assert scripted.status == 200
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", (json.dumps(line) + "\n").encode(), filename="in.jsonl")
+        async with http.post(f"{sim.ai_base_url}/files", data=form) as limited:
+            assert limited.status == 429 and "Retry-After" in limited.headers
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", (json.dumps(line) + "\n").encode(), filename="in.jsonl")
+        async with http.post(f"{sim.ai_base_url}/files", data=form) as uploaded:
+            file_id = (await uploaded.json())["id"]
+        body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        async with http.post(f"{sim.ai_base_url}/batches", json=body) as created:
+            batch = await created.json()
+        assert batch["status"] == "validating"
+        async with http.get(f"{sim.ai_base_url}/batches/{batch['id']}") as polled:
+            done = await polled.json()
+        assert done["status"] == "completed" and done["request_counts"]["completed"] == 1
+        async with http.get(f"{sim.ai_base_url}/files/{done['output_file_id']}/content") as output:
+            result = json.loads((await output.read()).decode().splitlines()[0])
+    assert result["custom_id"] == "m1" and result["response"]["status_code"] == 200
+    usage = result["response"]["body"]["usage"]
+    assert usage["cost"] > 0 and "prompt_tokens_details" in usage
+
+
+async def test_simulator_prompt_cache_is_per_key_and_model_after_first_sight(sim: Simulator) -> None:
+    def body(key: str, model: str = "m") -> dict[str, Any]:
+        return {
+            "model": model,
+            "messages": [
+                {"role": "system", "content": LONG_PROMPT},
+                {"role": "user", "content": "Lead name: X"},
+            ],
+            "session_id": key,
+        }
+
+    cache = sim.prompt_cache
+    first_cached, first_written = cache.lookup(body("k1"))
+    assert first_cached == 0 and first_written >= 1024
+    assert cache.lookup(body("k1")) == (first_written, 0)
+    assert cache.lookup(body("k1", model="other")) == (0, first_written)
+    short = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "short"}, {"role": "user", "content": "x"}],
+    }
+    assert cache.lookup(short) == (0, 0)  # under 1,024 tokens nothing is cached
