@@ -16,7 +16,17 @@ ALTER TABLE campaign_messages
 -- Spend caps (NULL = no cap). Reaching one pauses the run with pause_reason
 -- 'budget_exhausted' (0006); raising or removing it resumes the run.
 ALTER TABLE campaign_runs
-    ADD COLUMN ai_cost_cap_usd numeric(12, 6) CHECK (ai_cost_cap_usd >= 0);
+    ADD COLUMN ai_cost_cap_usd   numeric(12, 6) CHECK (ai_cost_cap_usd >= 0),
+    ADD COLUMN ai_cost_spent_usd numeric(14, 6) NOT NULL DEFAULT 0;
+
+-- Spend per workspace and UTC day, kept as a running total (like ai_cost_spent_usd per
+-- run) so that checking a cap costs one row read, whatever the size of the run or day.
+CREATE TABLE workspace_ai_spend (
+    workspace_id  uuid NOT NULL,
+    day           date NOT NULL,
+    cost_usd      numeric(14, 6) NOT NULL DEFAULT 0,
+    PRIMARY KEY (workspace_id, day)
+);
 
 CREATE TABLE workspace_budgets (
     workspace_id           uuid PRIMARY KEY,
@@ -51,9 +61,7 @@ CREATE TRIGGER ai_batches_touch BEFORE UPDATE ON ai_batches
     FOR EACH ROW EXECUTE FUNCTION campaignq_touch_updated_at();
 CREATE INDEX ai_batches_open_idx ON ai_batches (created_at) WHERE status IN ('preparing', 'submitted');
 
--- Spend lookups only run for capped runs/workspaces; these keep them index-bound.
-CREATE INDEX campaign_messages_run_cost_idx ON campaign_messages (run_id) INCLUDE (ai_cost_usd)
-    WHERE ai_cost_usd IS NOT NULL;
+-- The workspace cost view and `stats` read recent generations by day.
 CREATE INDEX campaign_messages_generated_at_idx ON campaign_messages (generated_at)
     WHERE generated_at IS NOT NULL;
 -- The pre-generation scan: pending rows not yet given to a batch, by due time.
@@ -62,23 +70,38 @@ CREATE INDEX campaign_messages_pregen_idx ON campaign_messages (scheduled_at)
 
 -- --- spend ---------------------------------------------------------------------------------
 
+CREATE OR REPLACE FUNCTION campaignq_utc_day() RETURNS date
+LANGUAGE sql STABLE AS $$ SELECT (now() AT TIME ZONE 'UTC')::date; $$;
+
 CREATE OR REPLACE FUNCTION campaignq_run_ai_spend(p_run_id uuid)
 RETURNS numeric
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(ai_cost_usd), 0) FROM campaign_messages WHERE run_id = p_run_id AND ai_cost_usd IS NOT NULL;
+    SELECT coalesce((SELECT ai_cost_spent_usd FROM campaign_runs WHERE id = p_run_id), 0);
 $$;
 
 -- Spend of a workspace since midnight UTC (by when the generation was stored).
 CREATE OR REPLACE FUNCTION campaignq_workspace_ai_spend_today(p_workspace_id uuid)
 RETURNS numeric
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(m.ai_cost_usd), 0)
-      FROM campaign_messages m
-      JOIN campaign_runs r ON r.id = m.run_id
-      JOIN campaign_configs c ON c.id = r.config_id
-     WHERE c.workspace_id = p_workspace_id
-       AND m.generated_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-       AND m.ai_cost_usd IS NOT NULL;
+    SELECT coalesce((SELECT cost_usd FROM workspace_ai_spend
+                      WHERE workspace_id = p_workspace_id AND day = campaignq_utc_day()), 0);
+$$;
+
+-- Add one generation's cost to its run's and its workspace's running totals. Lock order
+-- (message row, then run row, then workspace-day row) matches the outcome functions.
+CREATE OR REPLACE FUNCTION campaignq_record_ai_spend(p_run_id uuid, p_cost_usd numeric)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_workspace uuid;
+BEGIN
+    UPDATE campaign_runs SET ai_cost_spent_usd = ai_cost_spent_usd + p_cost_usd WHERE id = p_run_id;
+    SELECT c.workspace_id INTO v_workspace
+      FROM campaign_runs r JOIN campaign_configs c ON c.id = r.config_id WHERE r.id = p_run_id;
+    INSERT INTO workspace_ai_spend AS s (workspace_id, day, cost_usd)
+    VALUES (v_workspace, campaignq_utc_day(), p_cost_usd)
+    ON CONFLICT (workspace_id, day) DO UPDATE SET cost_usd = s.cost_usd + excluded.cost_usd;
+END;
 $$;
 
 -- Which cap a run has reached, or NULL: 'run' or 'workspace'. Free when nothing is capped.
@@ -218,7 +241,8 @@ BEGIN
     IF v_run IS NULL THEN
         RETURN false;
     END IF;
-    IF p_cost_usd IS NOT NULL THEN
+    IF p_cost_usd IS NOT NULL AND p_cost_usd > 0 THEN
+        PERFORM campaignq_record_ai_spend(v_run, p_cost_usd);
         PERFORM campaignq_enforce_ai_budget(v_run);
     END IF;
     RETURN true;
@@ -257,7 +281,8 @@ BEGIN
     IF v_run IS NULL THEN
         RETURN false;
     END IF;
-    IF p_cost_usd IS NOT NULL THEN
+    IF p_cost_usd IS NOT NULL AND p_cost_usd > 0 THEN
+        PERFORM campaignq_record_ai_spend(v_run, p_cost_usd);
         PERFORM campaignq_enforce_ai_budget(v_run);
     END IF;
     RETURN true;

@@ -207,6 +207,24 @@ async def test_a_run_cap_pauses_the_run_without_dead_letters_and_raising_it_resu
         await wait_until(lambda: terminal(seed, campaign), what="the rest sent")
     assert seed.statuses(campaign.run_id) == {"sent": 8}
     assert run_costs(db, campaign)["pause_reason"] is None and dead_letters(db) == 0
+    totals = db.execute(
+        "SELECT r.ai_cost_spent_usd, (SELECT sum(ai_cost_usd) FROM campaign_messages WHERE run_id = r.id), "
+        "(SELECT cost_usd FROM workspace_ai_spend WHERE workspace_id = %s) "
+        "FROM campaign_runs r WHERE r.id = %s",
+        (campaign.workspace_id, campaign.run_id),
+    ).fetchone()
+    assert totals is not None and totals[0] == totals[1] == totals[2]  # running totals match the rows
+
+
+def test_an_operator_pause_is_never_resumed_by_the_budget_logic(
+    db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    campaign = seed.campaign(1, run_status="paused")
+    db.execute("UPDATE campaign_runs SET ai_cost_cap_usd = 5 WHERE id = %s", (campaign.run_id,))
+    db.execute("UPDATE campaign_runs SET ai_cost_cap_usd = NULL WHERE id = %s", (campaign.run_id,))
+    resumed = db.execute("SELECT campaignq_resume_within_budget()").fetchone()
+    assert resumed == (0,)
+    assert run_costs(db, campaign)["run_status"] == "paused"
 
 
 async def test_a_workspace_daily_cap_pauses_its_runs_and_raising_it_resumes(
