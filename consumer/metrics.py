@@ -123,6 +123,37 @@ class ConsumerMetrics:
             ["workspace_id"],
             registry=r,
         )
+        # Sampled (observability.QueueSampler) from the 0010 views, for running/paused runs only.
+        self.run_cached_token_share = Gauge(
+            "campaignq_run_ai_cached_token_share",
+            "Share of prompt tokens served from the provider's cache, per active run (sampled)",
+            ["run_id"],
+            registry=r,
+        )
+        self.run_cost_per_1000_usd = Gauge(
+            "campaignq_run_ai_cost_per_1000_messages_usd",
+            "AI cost per 1,000 generated messages, per active run (sampled)",
+            ["run_id"],
+            registry=r,
+        )
+        self.run_budget_exhausted = Gauge(
+            "campaignq_run_budget_exhausted",
+            "1 when the run is paused because a spend cap was reached (sampled)",
+            ["run_id"],
+            registry=r,
+        )
+        self.workspace_cached_token_share = Gauge(
+            "campaignq_workspace_ai_cached_token_share",
+            "Cached share of prompt tokens generated today (UTC), per workspace (sampled)",
+            ["workspace_id"],
+            registry=r,
+        )
+        self.workspace_cost_per_1000_usd = Gauge(
+            "campaignq_workspace_ai_cost_per_1000_messages_usd",
+            "AI cost per 1,000 messages generated today (UTC), per workspace (sampled)",
+            ["workspace_id"],
+            registry=r,
+        )
         self.workspace_cost_usd = Counter(
             "campaignq_ai_workspace_cost_usd", "AI cost in USD by workspace", ["workspace_id"], registry=r
         )

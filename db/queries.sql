@@ -18,6 +18,7 @@ GRANT UPDATE (status, leads_processed, finished_at, updated_at) ON campaign_runs
 GRANT UPDATE (pause_reason, ai_cost_spent_usd) ON campaign_runs TO campaignq_worker;
 GRANT SELECT ON workspace_budgets TO campaignq_worker;
 GRANT SELECT, INSERT, UPDATE ON workspace_ai_spend TO campaignq_worker;
+GRANT SELECT ON campaignq_run_ai_costs, campaignq_workspace_ai_costs TO campaignq_worker;
 GRANT SELECT, UPDATE, DELETE ON pgmq.q_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.a_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.q_campaign_messages_dlq TO campaignq_worker;
@@ -311,3 +312,14 @@ UPDATE ai_batches
        failed_items = %(failed_items)s::integer, discarded = %(discarded)s::integer,
        error = %(error)s::text, finished_at = now()
  WHERE id = %(batch_id)s::uuid;
+
+-- name: sample_run_ai_costs
+-- The LLM cost gauges (issue 14), runs still running or paused only.
+SELECT run_id, cached_token_share, cost_per_1000_messages_usd, budget_exhausted
+  FROM campaignq_run_ai_costs
+ WHERE run_status IN ('running', 'paused');
+
+-- name: sample_workspace_ai_costs
+SELECT workspace_id, cached_token_share, cost_per_1000_messages_usd
+  FROM campaignq_workspace_ai_costs
+ WHERE day = (now() AT TIME ZONE 'UTC')::date;

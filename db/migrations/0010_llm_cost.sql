@@ -174,11 +174,15 @@ BEGIN
 END;
 $$;
 
+-- A cap changed: a budget-paused run with room again resumes; a running run whose new cap
+-- is already reached pauses now rather than at its next generation.
 CREATE OR REPLACE FUNCTION campaignq_run_cap_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status = 'paused' AND NEW.pause_reason = 'budget_exhausted' THEN
         PERFORM campaignq_resume_within_budget(NULL, NEW.id);
+    ELSIF NEW.status IN ('running', 'scheduled') THEN
+        PERFORM campaignq_enforce_ai_budget(NEW.id);
     END IF;
     RETURN NULL;
 END;
@@ -191,6 +195,9 @@ CREATE OR REPLACE FUNCTION campaignq_workspace_cap_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM campaignq_resume_within_budget(NEW.workspace_id, NULL);
+    PERFORM campaignq_enforce_ai_budget(r.id)
+       FROM campaign_runs r JOIN campaign_configs c ON c.id = r.config_id
+      WHERE c.workspace_id = NEW.workspace_id AND r.status IN ('running', 'scheduled');
     RETURN NULL;
 END;
 $$;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -214,6 +215,29 @@ async def test_a_run_cap_pauses_the_run_without_dead_letters_and_raising_it_resu
         (campaign.workspace_id, campaign.run_id),
     ).fetchone()
     assert totals is not None and totals[0] == totals[1] == totals[2]  # running totals match the rows
+
+
+def test_a_cap_lowered_below_the_spend_pauses_at_once(db: psycopg.Connection[Any], seed: Seeder) -> None:
+    campaign = seed.campaign(1)
+    other = seed.campaign(1, workspace_id=uuid.uuid4())
+    db.execute(
+        "UPDATE campaign_runs SET ai_cost_spent_usd = 2 WHERE id = ANY(%s)",
+        ([campaign.run_id, other.run_id],),
+    )
+    db.execute("UPDATE campaign_runs SET ai_cost_cap_usd = 1 WHERE id = %s", (campaign.run_id,))
+    assert run_costs(db, campaign)["budget_exhausted"] is True
+    db.execute(
+        "INSERT INTO workspace_ai_spend (workspace_id, day, cost_usd) "
+        "VALUES (%s, (now() AT TIME ZONE 'UTC')::date, 3)",
+        (other.workspace_id,),
+    )
+    db.execute("INSERT INTO workspace_budgets VALUES (%s, 2.5)", (other.workspace_id,))
+    assert run_costs(db, other)["budget_exhausted"] is True
+    db.execute(
+        "UPDATE workspace_budgets SET daily_ai_cost_cap_usd = 10 WHERE workspace_id = %s",
+        (other.workspace_id,),
+    )
+    assert run_costs(db, other)["run_status"] == "running"
 
 
 def test_an_operator_pause_is_never_resumed_by_the_budget_logic(
@@ -464,3 +488,33 @@ async def test_simulator_prompt_cache_is_per_key_and_model_after_first_sight(sim
         "messages": [{"role": "system", "content": "short"}, {"role": "user", "content": "x"}],
     }
     assert cache.lookup(short) == (0, 0)  # under 1,024 tokens nothing is cached
+
+
+async def test_prometheus_gauges_show_cache_share_cost_per_1000_and_budget_per_run_and_workspace(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    from consumer.metrics import ConsumerMetrics
+    from consumer.observability import QueueSampler
+
+    campaign = seed.campaign(3, split=True, prompt=LONG_PROMPT)
+    produce(db)
+    async with running_worker(consumer_settings(database_url, sim, concurrency=1)):
+        await wait_until(lambda: terminal(seed, campaign), what="all sent")
+    db.execute(
+        "UPDATE campaign_runs SET status = 'paused', pause_reason = 'budget_exhausted' WHERE id = %s",
+        (campaign.run_id,),
+    )
+    metrics = ConsumerMetrics()
+    pool = await Database.open(database_url, max_size=1)
+    try:
+        assert await QueueSampler(db=pool, metrics=metrics).sample_once()
+    finally:
+        await pool.close()
+    run = str(campaign.run_id)
+    workspace = str(campaign.workspace_id)
+    value = metrics.registry.get_sample_value
+    assert value("campaignq_run_ai_cached_token_share", {"run_id": run}) > 0.5
+    assert value("campaignq_run_ai_cost_per_1000_messages_usd", {"run_id": run}) > 0
+    assert value("campaignq_run_budget_exhausted", {"run_id": run}) == 1.0
+    assert value("campaignq_workspace_ai_cached_token_share", {"workspace_id": workspace}) > 0.5
+    assert value("campaignq_workspace_ai_cost_per_1000_messages_usd", {"workspace_id": workspace}) > 0
