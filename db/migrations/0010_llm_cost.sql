@@ -19,8 +19,8 @@ ALTER TABLE campaign_runs
     ADD COLUMN ai_cost_cap_usd   numeric(12, 6) CHECK (ai_cost_cap_usd >= 0),
     ADD COLUMN ai_cost_spent_usd numeric(14, 6) NOT NULL DEFAULT 0;
 
--- Spend per workspace and UTC day, kept as a running total (like ai_cost_spent_usd per
--- run) so that checking a cap costs one row read, whatever the size of the run or day.
+-- Spend per workspace and UTC day, kept as a running total while the workspace has a cap
+-- (like ai_cost_spent_usd per capped run) so that checking a cap costs one row read.
 CREATE TABLE workspace_ai_spend (
     workspace_id  uuid NOT NULL,
     day           date NOT NULL,
@@ -87,22 +87,64 @@ LANGUAGE sql STABLE AS $$
                       WHERE workspace_id = p_workspace_id AND day = campaignq_utc_day()), 0);
 $$;
 
--- Add one generation's cost to its run's and its workspace's running totals. Lock order
--- (message row, then run row, then workspace-day row) matches the outcome functions.
+-- Add one generation's cost to the running totals of the caps that apply to it. Only capped
+-- scopes keep a total: an uncapped run takes no extra row lock per message (the run row is
+-- hot). A total starts from the rows' own costs when its cap is set (triggers below). Lock
+-- order (message row, then run row, then workspace-day row) matches the outcome functions.
 CREATE OR REPLACE FUNCTION campaignq_record_ai_spend(p_run_id uuid, p_cost_usd numeric)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_workspace uuid;
+    v_run_capped boolean;
 BEGIN
-    UPDATE campaign_runs SET ai_cost_spent_usd = ai_cost_spent_usd + p_cost_usd WHERE id = p_run_id;
-    SELECT c.workspace_id INTO v_workspace
+    SELECT c.workspace_id, r.ai_cost_cap_usd IS NOT NULL INTO v_workspace, v_run_capped
       FROM campaign_runs r JOIN campaign_configs c ON c.id = r.config_id WHERE r.id = p_run_id;
-    INSERT INTO workspace_ai_spend AS s (workspace_id, day, cost_usd)
-    VALUES (v_workspace, campaignq_utc_day(), p_cost_usd)
-    ON CONFLICT (workspace_id, day) DO UPDATE SET cost_usd = s.cost_usd + excluded.cost_usd;
+    IF v_run_capped THEN
+        UPDATE campaign_runs SET ai_cost_spent_usd = ai_cost_spent_usd + p_cost_usd WHERE id = p_run_id;
+    END IF;
+    IF EXISTS (SELECT 1 FROM workspace_budgets
+                WHERE workspace_id = v_workspace AND daily_ai_cost_cap_usd IS NOT NULL) THEN
+        INSERT INTO workspace_ai_spend AS s (workspace_id, day, cost_usd)
+        VALUES (v_workspace, campaignq_utc_day(), p_cost_usd)
+        ON CONFLICT (workspace_id, day) DO UPDATE SET cost_usd = s.cost_usd + excluded.cost_usd;
+    END IF;
 END;
 $$;
+
+-- A run gets a cap: its total starts from what its rows already cost.
+CREATE OR REPLACE FUNCTION campaignq_run_cap_set() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.ai_cost_cap_usd IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.ai_cost_cap_usd IS NULL) THEN
+        NEW.ai_cost_spent_usd := coalesce(
+            (SELECT sum(ai_cost_usd) FROM campaign_messages WHERE run_id = NEW.id), 0);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER campaign_runs_cap_set BEFORE INSERT OR UPDATE OF ai_cost_cap_usd ON campaign_runs
+    FOR EACH ROW EXECUTE FUNCTION campaignq_run_cap_set();
+
+-- A workspace gets a daily cap: today's total starts from today's rows.
+CREATE OR REPLACE FUNCTION campaignq_workspace_cap_set() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.daily_ai_cost_cap_usd IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.daily_ai_cost_cap_usd IS NULL) THEN
+        INSERT INTO workspace_ai_spend AS s (workspace_id, day, cost_usd)
+        SELECT NEW.workspace_id, campaignq_utc_day(), coalesce(sum(m.ai_cost_usd), 0)
+          FROM campaign_messages m
+          JOIN campaign_runs r ON r.id = m.run_id
+          JOIN campaign_configs c ON c.id = r.config_id
+         WHERE c.workspace_id = NEW.workspace_id
+           AND m.generated_at >= (campaignq_utc_day()::timestamp AT TIME ZONE 'UTC')
+        ON CONFLICT (workspace_id, day) DO UPDATE SET cost_usd = excluded.cost_usd;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER workspace_budgets_cap_set BEFORE INSERT OR UPDATE ON workspace_budgets
+    FOR EACH ROW EXECUTE FUNCTION campaignq_workspace_cap_set();
 
 -- Which cap a run has reached, or NULL: 'run' or 'workspace'. Free when nothing is capped.
 CREATE OR REPLACE FUNCTION campaignq_ai_cap_reached(p_run_id uuid)

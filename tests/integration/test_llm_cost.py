@@ -214,22 +214,19 @@ async def test_a_run_cap_pauses_the_run_without_dead_letters_and_raising_it_resu
         "FROM campaign_runs r WHERE r.id = %s",
         (campaign.workspace_id, campaign.run_id),
     ).fetchone()
-    assert totals is not None and totals[0] == totals[1] == totals[2]  # running totals match the rows
+    assert totals is not None and totals[0] == totals[1]  # the capped run's running total matches its rows
+    assert totals[2] is None  # an uncapped workspace keeps no running total
 
 
 def test_a_cap_lowered_below_the_spend_pauses_at_once(db: psycopg.Connection[Any], seed: Seeder) -> None:
     campaign = seed.campaign(1)
     other = seed.campaign(1, workspace_id=uuid.uuid4())
-    db.execute(
-        "UPDATE campaign_runs SET ai_cost_spent_usd = 2 WHERE id = ANY(%s)",
-        ([campaign.run_id, other.run_id],),
-    )
+    db.execute("UPDATE campaign_messages SET ai_cost_usd = 2 WHERE run_id = %s", (campaign.run_id,))
     db.execute("UPDATE campaign_runs SET ai_cost_cap_usd = 1 WHERE id = %s", (campaign.run_id,))
     assert run_costs(db, campaign)["budget_exhausted"] is True
-    db.execute(
-        "INSERT INTO workspace_ai_spend (workspace_id, day, cost_usd) "
-        "VALUES (%s, (now() AT TIME ZONE 'UTC')::date, 3)",
-        (other.workspace_id,),
+    db.execute(  # today's spend of the other workspace, as the consumer would have stored it
+        "UPDATE campaign_messages SET ai_cost_usd = 3, generated_at = now() WHERE run_id = %s",
+        (other.run_id,),
     )
     db.execute("INSERT INTO workspace_budgets VALUES (%s, 2.5)", (other.workspace_id,))
     assert run_costs(db, other)["budget_exhausted"] is True
