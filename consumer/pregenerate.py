@@ -46,6 +46,8 @@ from .split import plan_parts
 from .sql import query
 from .validation import validate_generated_text
 
+PREPARING_ABANDONED_AFTER_S = 3600.0
+"""A submission takes seconds; a batch still 'preparing' after an hour lost its process."""
 _OPEN_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 _ENDED_WITHOUT_OUTPUT = {"failed": "failed", "expired": "expired", "cancelled": "cancelled"}
 
@@ -220,6 +222,7 @@ class Pregenerator:
     # --- collecting ----------------------------------------------------------------------
 
     async def poll(self, report: TickReport) -> None:
+        await self._execute("pregen_expire_preparing", {"older_than_s": PREPARING_ABANDONED_AFTER_S})
         async with self.db.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(query("pregen_open_batches"))

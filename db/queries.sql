@@ -323,3 +323,10 @@ SELECT run_id, cached_token_share, cost_per_1000_messages_usd, budget_exhausted
 SELECT workspace_id, cached_token_share, cost_per_1000_messages_usd
   FROM campaignq_workspace_ai_costs
  WHERE day = (now() AT TIME ZONE 'UTC')::date;
+
+-- name: pregen_expire_preparing
+-- A batch left 'preparing' (its process died between claiming rows and recording the
+-- provider's batch id): its rows stay claimed (a provider batch may exist and we would pay
+-- twice), so they are generated synchronously at due time; the batch is marked failed.
+UPDATE ai_batches SET status = 'failed', error = 'abandoned while preparing', finished_at = now()
+ WHERE status = 'preparing' AND created_at < now() - make_interval(secs => %(older_than_s)s::double precision);

@@ -515,3 +515,18 @@ async def test_prometheus_gauges_show_cache_share_cost_per_1000_and_budget_per_r
     assert value("campaignq_run_budget_exhausted", {"run_id": run}) == 1.0
     assert value("campaignq_workspace_ai_cached_token_share", {"workspace_id": workspace}) > 0.5
     assert value("campaignq_workspace_ai_cost_per_1000_messages_usd", {"workspace_id": workspace}) > 0
+
+
+async def test_a_batch_left_preparing_is_marked_failed_and_its_rows_go_sync(
+    db: psycopg.Connection[Any], seed: Seeder, pregen: Pregenerator
+) -> None:
+    campaign = ahead(seed, 2)
+    row = db.execute(
+        "INSERT INTO ai_batches (status, created_at) "
+        "VALUES ('preparing', now() - interval '2 hours') RETURNING id"
+    ).fetchone()
+    assert row is not None
+    db.execute("UPDATE campaign_messages SET ai_batch_id = %s WHERE run_id = %s", (row[0], campaign.run_id))
+    report = await pregen.tick()
+    assert report.submitted_requests == 0  # never resubmitted: a provider batch may exist
+    assert db.execute("SELECT status FROM ai_batches WHERE id = %s", (row[0],)).fetchone() == ("failed",)
