@@ -35,6 +35,7 @@ from .errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
+from .llmcost import is_structured_output_rejection
 from .logs import redact
 from .settings import Settings
 
@@ -58,6 +59,16 @@ class Usage:
     completion_tokens: int
     total_tokens: int
     cost_usd: float | None
+    cached_tokens: int = 0
+    """``usage.prompt_tokens_details.cached_tokens``: prompt tokens read from the provider's cache."""
+    cache_write_tokens: int = 0
+    """``usage.prompt_tokens_details.cache_write_tokens`` where reported (OpenRouter, Anthropic)."""
+
+
+class StructuredOutputUnsupportedError(ProviderRejectedError):
+    """The model (or every provider of it) refuses ``response_format: json_schema``."""
+
+    error_class = "structured_output_unsupported"
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,11 @@ class AIClient:
         breaker_cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        openrouter_fields: bool = True,
+        prompt_cache_key_field: bool = True,
     ) -> None:
+        self._openrouter_fields = openrouter_fields
+        self._prompt_cache_key_field = prompt_cache_key_field
         self._session = session
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._api_key = api_key
@@ -173,6 +188,8 @@ class AIClient:
             max_retry_after_s=settings.ai_max_retry_after_s,
             breaker_failures=settings.ai_breaker_failures,
             breaker_cooldown_s=settings.ai_breaker_cooldown_s,
+            openrouter_fields=settings.ai_openrouter_fields,
+            prompt_cache_key_field=settings.ai_prompt_cache_key,
         )
 
     @property
@@ -184,14 +201,78 @@ class AIClient:
         return max(0.0, self._cooldown_until - self._clock())
 
     async def generate(
-        self, *, model: str, system_prompt: str, user_prompt: str, max_tokens: int
+        self,
+        *,
+        model: str,
+        system_prompt: str,
+        user_prompt: str,
+        max_tokens: int,
+        cache_key: str | None = None,
     ) -> Completion:
         messages: list[dict[str, str]] = []
         if system_prompt.strip():
             messages.append({"role": "system", "content": system_prompt})
         messages.append({"role": "user", "content": user_prompt})
         payload = {"model": model, "messages": messages, "max_tokens": max_tokens}
-        return await self._complete(payload, timeout_s=self._timeout_s)
+        return await self._complete(self._with_cache_key(payload, cache_key), timeout_s=self._timeout_s)
+
+    def chat_body(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        response_format: dict[str, Any] | None = None,
+        cache_key: str | None = None,
+    ) -> dict[str, Any]:
+        """The request body of one chat completion, as sent here and as put in a batch file.
+
+        With a schema and OpenRouter fields on, ``provider.require_parameters`` routes only to
+        providers that honour ``response_format``; others would ignore it and answer prose.
+        """
+        payload: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+        if response_format is not None:
+            payload["response_format"] = response_format
+            if self._openrouter_fields:
+                payload["provider"] = {"require_parameters": True}
+        return self._with_cache_key(payload, cache_key)
+
+    async def compose(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        response_format: dict[str, Any],
+        max_tokens: int,
+        cache_key: str | None = None,
+    ) -> Completion:
+        """One call that writes the message already cut into bubbles (strict JSON schema).
+
+        A rejection that names the schema becomes `StructuredOutputUnsupportedError`, so the
+        caller can fall back for this model; any other rejection stays what it was.
+        """
+        payload = self.chat_body(
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            cache_key=cache_key,
+        )
+        try:
+            return await self._complete(payload, timeout_s=self._timeout_s)
+        except ProviderRejectedError as exc:
+            if is_structured_output_rejection(str(exc)):
+                raise StructuredOutputUnsupportedError(str(exc)) from exc
+            raise
+
+    def _with_cache_key(self, payload: dict[str, Any], cache_key: str | None) -> dict[str, Any]:
+        """Sticky routing for the provider's prompt cache: one key per campaign prompt."""
+        if cache_key:
+            if self._openrouter_fields:
+                payload["session_id"] = cache_key
+            if self._prompt_cache_key_field:
+                payload["prompt_cache_key"] = cache_key
+        return payload
 
     async def split(
         self, *, model: str, text: str, max_parts: int, max_chars: int, max_tokens: int
@@ -352,6 +433,10 @@ class AIClient:
         logger.warning("AI provider rate limit: all AI calls pause for {:.1f}s", retry_after_s)
         return RateLimitedError(message, retry_after_s=retry_after_s)
 
+    def parse_completion(self, body: bytes, *, requested_model: str) -> Completion:
+        """Validate a chat completion body obtained some other way (a batch output line)."""
+        return self._completion_from(body, requested_model=requested_model, latency_ms=0)
+
     def _completion_from(self, body: bytes, *, requested_model: str, latency_ms: int) -> Completion:
         """Validate a 200: providers report some failures inside a successful HTTP answer."""
         try:
@@ -426,9 +511,23 @@ def _usage_from(raw: object) -> Usage:
 
     prompt, completion = count("prompt_tokens"), count("completion_tokens")
     cost = usage.get("cost")
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, Mapping) else {}
+
+    def detail(name: str) -> int:
+        value = details.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=count("total_tokens") or prompt + completion,
         cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        cached_tokens=min(detail("cached_tokens"), prompt) if prompt else detail("cached_tokens"),
+        cache_write_tokens=detail("cache_write_tokens"),
     )
+
+
+def usage_from(raw: object) -> Usage:
+    """`Usage` from a chat completion's ``usage`` object (also used for batch output lines)."""
+    return _usage_from(raw)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "migrate": "migrate",
     "produce": "produce",
     "consume": "consume",
+    "pregenerate": "pregenerate",
     "replay": "replay",
     "stats": "stats",
     "prune": "prune",

@@ -167,11 +167,19 @@ class Database:
         cost_usd: float | None,
         ai_ms: int,
         split_ms: int | None,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        ai_calls: int | None = None,
+        mode: str | None = None,
     ) -> bool:
         return bool(
             await self._scalar(
                 "store_generation",
                 {
+                    "cached_tokens": cached_tokens,
+                    "cache_write_tokens": cache_write_tokens,
+                    "ai_calls": ai_calls,
+                    "mode": mode,
                     "msg_id": msg.msg_id,
                     "read_ct": msg.read_ct,
                     "message_id": message_id,

@@ -119,3 +119,66 @@ class ConsumerMetrics:
             registry=r,
         )
         self.tokens = Counter("campaignq_ai_tokens", "AI tokens used", ["kind"], registry=r)
+        # LLM cost (issue 14). Per workspace, not per run: run ids are unbounded label values
+        # (per-run figures are in the campaignq_run_ai_costs view and `campaignq stats`).
+        self.ai_calls = Counter(
+            "campaignq_ai_calls",
+            "AI requests made for messages, by kind (plain, structured, generate, split)",
+            ["kind"],
+            registry=r,
+        )
+        self.structured_output_fallbacks = Counter(
+            "campaignq_structured_output_fallbacks",
+            "Models found to refuse structured output (then generate + split for the process life)",
+            ["model"],
+            registry=r,
+        )
+        self.generated_messages = Counter(
+            "campaignq_ai_generated_messages",
+            "Messages generated, by workspace and mode (plain, structured, generate_split, batch)",
+            ["workspace_id", "mode"],
+            registry=r,
+        )
+        self.workspace_prompt_tokens = Counter(
+            "campaignq_ai_workspace_prompt_tokens", "Prompt tokens by workspace", ["workspace_id"], registry=r
+        )
+        self.workspace_cached_tokens = Counter(
+            "campaignq_ai_workspace_cached_tokens",
+            "Prompt tokens served from the provider's cache, by workspace",
+            ["workspace_id"],
+            registry=r,
+        )
+        # Sampled (observability.QueueSampler) from the 0010 views, for running/paused runs only.
+        self.run_cached_token_share = Gauge(
+            "campaignq_run_ai_cached_token_share",
+            "Share of prompt tokens served from the provider's cache, per active run (sampled)",
+            ["run_id"],
+            registry=r,
+        )
+        self.run_cost_per_1000_usd = Gauge(
+            "campaignq_run_ai_cost_per_1000_messages_usd",
+            "AI cost per 1,000 generated messages, per active run (sampled)",
+            ["run_id"],
+            registry=r,
+        )
+        self.run_budget_exhausted = Gauge(
+            "campaignq_run_budget_exhausted",
+            "1 when the run is paused because a spend cap was reached (sampled)",
+            ["run_id"],
+            registry=r,
+        )
+        self.workspace_cached_token_share = Gauge(
+            "campaignq_workspace_ai_cached_token_share",
+            "Cached share of prompt tokens generated today (UTC), per workspace (sampled)",
+            ["workspace_id"],
+            registry=r,
+        )
+        self.workspace_cost_per_1000_usd = Gauge(
+            "campaignq_workspace_ai_cost_per_1000_messages_usd",
+            "AI cost per 1,000 messages generated today (UTC), per workspace (sampled)",
+            ["workspace_id"],
+            registry=r,
+        )
+        self.workspace_cost_usd = Counter(
+            "campaignq_ai_workspace_cost_usd", "AI cost in USD by workspace", ["workspace_id"], registry=r
+        )

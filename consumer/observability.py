@@ -26,6 +26,8 @@ from .metrics import ConsumerMetrics
 from .sql import query
 
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
+# The LLM cost gauges aggregate the active runs' rows: every 6th sample (30 s) is plenty.
+AI_COST_SAMPLE_EVERY = 6
 # Prometheus scrapes from another host or container: listen on every interface by default.
 DEFAULT_METRICS_HOST = "0.0.0.0"  # noqa: S104 (metrics carry no secrets; deploy behind the network)
 # closed → 0, half-open (one trial call allowed) → 0.5, open → 1, as campaignq_circuit_open says.
@@ -125,6 +127,8 @@ class QueueSampler:
         self.sample_circuits()
         try:
             await self.sample_queues()
+            if self.samples % AI_COST_SAMPLE_EVERY == 0:
+                await self.sample_ai_costs()
         except (psycopg.Error, PoolTimeout, OSError) as exc:
             self.metrics.samples_failed.inc()
             logger.debug("queue metrics sample failed: {}", " ".join(str(exc).split()) or type(exc).__name__)
@@ -141,6 +145,31 @@ class QueueSampler:
             self.metrics.queue_visible.labels(queue=queue_name).set(visible)
             self.metrics.queue_in_flight.labels(queue=queue_name).set(in_flight)
             self.metrics.queue_oldest_age_seconds.labels(queue=queue_name).set(oldest_age_s)
+
+    async def sample_ai_costs(self) -> None:
+        """Per active run and per workspace today: cached-token share, cost per 1,000 messages
+        and the budget pause (issue 14). Labels only for runs still running or paused, and the
+        gauges are cleared first, so finished runs do not linger as series."""
+        async with self.db.pool.connection() as conn:
+            runs = await (await conn.execute(query("sample_run_ai_costs"))).fetchall()
+            workspaces = await (await conn.execute(query("sample_workspace_ai_costs"))).fetchall()
+        m = self.metrics
+        for gauge in (m.run_cached_token_share, m.run_cost_per_1000_usd, m.run_budget_exhausted):
+            gauge.clear()
+        for run_id, share, per_1000, exhausted in runs:
+            labels = {"run_id": str(run_id)}
+            if share is not None:
+                m.run_cached_token_share.labels(**labels).set(float(share))
+            if per_1000 is not None:
+                m.run_cost_per_1000_usd.labels(**labels).set(float(per_1000))
+            m.run_budget_exhausted.labels(**labels).set(1.0 if exhausted else 0.0)
+        m.workspace_cached_token_share.clear()
+        m.workspace_cost_per_1000_usd.clear()
+        for workspace_id, share, per_1000 in workspaces:
+            if share is not None:
+                m.workspace_cached_token_share.labels(workspace_id=str(workspace_id)).set(float(share))
+            if per_1000 is not None:
+                m.workspace_cost_per_1000_usd.labels(workspace_id=str(workspace_id)).set(float(per_1000))
 
     def sample_circuits(self) -> None:
         if self.ai is not None:

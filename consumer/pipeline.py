@@ -21,7 +21,6 @@ from loguru import logger
 
 from . import policy
 from .ai import AIClient
-from .costs import estimate_cost_usd
 from .db import Database, persist
 from .errors import (
     CampaignqError,
@@ -29,18 +28,15 @@ from .errors import (
     FatalError,
     InvalidConfigError,
     LeaseLostError,
-    PermanentError,
     ReconcileUnavailableError,
     SendOutcomeUnknownError,
-    TemporaryError,
     UncertainSendHeldError,
 )
+from .generation import Generator
 from .lease import Lease
 from .metrics import ConsumerMetrics
 from .models import CampaignConfig, MessageContext
-from .prompt import build_user_prompt
 from .settings import Settings
-from .split import parse_split_answer, plan_parts
 from .triage import (
     ArchiveOnly,
     DeadLetterNow,
@@ -51,7 +47,7 @@ from .triage import (
     parts_to_reconcile,
     triage,
 )
-from .validation import normalize_phone, validate_generated_text
+from .validation import normalize_phone
 from .whatsapp import WhatsAppClient, typing_delay_ms
 
 T = TypeVar("T")
@@ -99,9 +95,11 @@ class MessagePipeline:
         metrics: ConsumerMetrics,
         on_fatal: Callable[[FatalError], None],
         rng: random.Random | None = None,
+        generator: Generator | None = None,
     ) -> None:
         self.db = db
         self.ai = ai
+        self.generator = generator or Generator(ai=ai, settings=settings, metrics=metrics)
         self.whatsapp = whatsapp
         self.settings = settings
         self.metrics = metrics
@@ -384,89 +382,44 @@ class MessagePipeline:
         raise ReconcileUnavailableError(f"{decision.why}: {unavailable}")
 
     async def _generate(self, ctx: MessageContext, config: CampaignConfig, attempt: Attempt) -> list[str]:
-        if not config.system_prompt.strip():
-            raise InvalidConfigError("the campaign's system prompt is empty")
-        attempt.stage = "generate"
-        started = time.perf_counter()
-        completion = await self.ai.generate(
-            model=config.ai_model,
-            system_prompt=config.system_prompt,
-            user_prompt=build_user_prompt(lead_name=ctx.lead_name, custom_fields=ctx.custom_fields),
-            max_tokens=config.max_tokens,
+        """Generate (`generation.Generator`: one call per message) and store before any send."""
+
+        def on_stage(stage: str) -> None:
+            attempt.stage = stage
+
+        made = await self.generator.generate(
+            config,
+            lead_name=ctx.lead_name,
+            custom_fields=ctx.custom_fields,
+            on_stage=on_stage,
+            log_id=str(ctx.message_id),
         )
-        attempt.ai_ms = _ms_since(started)
-        self.metrics.stage_seconds.labels(stage="generate").observe(attempt.ai_ms / 1000)
-        attempt.stage = "validate"
-        text = validate_generated_text(completion.content, min_chars=self.settings.min_message_chars)
-        prompt_tokens = completion.usage.prompt_tokens
-        completion_tokens = completion.usage.completion_tokens
-        reported_cost = completion.usage.cost_usd
-        llm_parts: list[str] | None = None
-        if config.split_messages:
-            attempt.stage = "split"
-            started = time.perf_counter()
-            try:
-                answer = await self.ai.split(
-                    model=config.ai_model,
-                    text=text,
-                    max_parts=config.max_parts,
-                    max_chars=self.settings.max_part_chars,
-                    max_tokens=self.settings.split_max_tokens,
-                )
-            except (TemporaryError, PermanentError) as exc:
-                # Splitting is best effort: the deterministic splitter is a fine answer, and
-                # failing here would throw away a generation we already paid for.
-                logger.bind(message_id=str(ctx.message_id), error_class=policy.error_class_of(exc)).info(
-                    "split call failed ({}); using the deterministic splitter", exc
-                )
-            else:
-                llm_parts = parse_split_answer(
-                    answer.content, max_parts=config.max_parts, max_chars=self.settings.max_part_chars
-                )
-                prompt_tokens += answer.usage.prompt_tokens
-                completion_tokens += answer.usage.completion_tokens
-                if answer.usage.cost_usd is not None:
-                    reported_cost = (reported_cost or 0.0) + answer.usage.cost_usd
-            attempt.split_ms = _ms_since(started)
-            self.metrics.stage_seconds.labels(stage="split").observe(attempt.split_ms / 1000)
-        parts = plan_parts(
-            text,
-            split_enabled=config.split_messages,
-            llm_parts=llm_parts,
-            max_parts=config.max_parts,
-            max_chars=self.settings.max_part_chars,
-        )
-        self.metrics.tokens.labels(kind="prompt").inc(prompt_tokens)
-        self.metrics.tokens.labels(kind="completion").inc(completion_tokens)
-        cost = estimate_cost_usd(
-            model=config.ai_model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            reported_cost_usd=reported_cost,
-            prices=self.settings.model_prices,
-        )
+        attempt.ai_ms, attempt.split_ms = made.ai_ms, made.split_ms
         message_id = ctx.require_message_id()
-        ai_ms, split_ms = attempt.ai_ms, attempt.split_ms
         stored = await self._persist(
             lambda: self.db.store_generation(
                 ctx.msg,
                 message_id,
-                text=text,
-                parts=parts,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost_usd=cost,
-                ai_ms=ai_ms,
-                split_ms=split_ms,
+                text=made.text,
+                parts=made.parts,
+                prompt_tokens=made.prompt_tokens,
+                completion_tokens=made.completion_tokens,
+                cost_usd=made.cost_usd,
+                ai_ms=made.ai_ms,
+                split_ms=made.split_ms,
+                cached_tokens=made.cached_tokens,
+                cache_write_tokens=made.cache_write_tokens,
+                ai_calls=made.ai_calls,
+                mode=made.mode,
             ),
             "generation",
         )
         if not stored:
             raise LeaseLostError("could not store the generation: the lease is gone")
-        ctx.generated_message = text
-        ctx.parts = parts
+        ctx.generated_message = made.text
+        ctx.parts = made.parts
         ctx.parts_sent = 0
-        return parts
+        return made.parts
 
     async def _fail(self, ctx: MessageContext, attempt: Attempt, exc: Exception) -> str:
         if isinstance(exc, FatalError):

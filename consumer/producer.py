@@ -27,6 +27,16 @@ def enqueue_due(conn: psycopg.Connection[tuple[object, ...]], limit: int) -> int
     return int(str(row[0])) if row else 0
 
 
+def resume_within_budget(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Resume runs paused for budget whose caps leave room again (0010): a new UTC day
+    frees a workspace's daily cap without anyone touching it."""
+    row = conn.execute(query("resume_within_budget")).fetchone()
+    resumed = int(str(row[0])) if row else 0
+    if resumed:
+        logger.info("resumed {} run(s) paused for budget: their caps leave room again", resumed)
+    return resumed
+
+
 @dataclass
 class ProducerLoop:
     url: str
@@ -57,6 +67,7 @@ class ProducerLoop:
     def _produce_until_stopped(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         while not self.stop_event.is_set():
             started = time.perf_counter()
+            resume_within_budget(conn)
             queued = enqueue_due(conn, self.batch_size)
             self.queued_total += queued
             if queued:

@@ -70,6 +70,31 @@ class Settings(BaseSettings):
     ai_breaker_cooldown_s: float = Field(
         default=30.0, gt=0, description="Open breaker waits this long before one trial call."
     )
+    ai_structured_output: bool = Field(
+        default=True,
+        description="Split messages in ONE call with a strict JSON schema (else generate + split).",
+    )
+    ai_openrouter_fields: bool = Field(
+        default=True,
+        description="Send OpenRouter's provider.require_parameters and session_id (off for strict APIs).",
+    )
+    ai_prompt_cache_key: bool = Field(
+        default=True, description="Send prompt_cache_key, a stable per-campaign key for prompt caching."
+    )
+    ai_batch_price_factor: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Batch price / sync price, for batch results without a reported cost.",
+    )
+    pregen_min_ahead_s: float = Field(
+        default=7200.0, ge=0, description="Pre-generate only messages due at least this far ahead."
+    )
+    pregen_horizon_s: float = Field(default=86_400.0, gt=0, description="…and at most this far ahead.")
+    pregen_batch_size: int = Field(default=1000, ge=1, le=50_000, description="Most requests per batch.")
+    pregen_interval_s: float = Field(
+        default=60.0, gt=0, description="`pregenerate` loop period: submit new batches, poll open ones."
+    )
     model_prices: dict[str, ModelPrice] = Field(
         default_factory=lambda: dict(DEFAULT_MODEL_PRICES),
         description="JSON {model: {prompt_per_million_usd, completion_per_million_usd}} for cost estimates.",

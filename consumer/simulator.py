@@ -11,14 +11,18 @@ It records every send it accepted, in order, so a test can prove "no duplicates"
 counting (`duplicate_sends()`) rather than by trusting the code under test.
 
 Routes:
-    POST {base}/v1/chat/completions                 the LLM (generate, or split when
-                                                     the request has a response_format)
+    POST {base}/v1/chat/completions                 the LLM (generate; split or one-call
+                                                     "structured" parts with a response_format;
+                                                     a model named *no-structured-output*
+                                                     refuses schemas; prompt-cache model)
+    POST {base}/v1/files, GET {base}/v1/files/{id}/content   batch input / output files
+    POST {base}/v1/batches, GET {base}/v1/batches/{id}       the OpenAI batch shape
     GET  {base}/instance/connectionState/{instance}  the gateway's instance state
     POST {base}/message/sendText/{instance}          the gateway's send
     POST {base}/chat/findMessages/{instance}         the chat's messages we sent, newest
                                                      first (how uncertain sends reconcile)
     GET|POST {base}/_sim/faults     read / patch the random faults (JSON object)
-    POST {base}/_sim/fail-next/{ai|send|state|find}  script one-shot faults (kwargs as JSON)
+    POST {base}/_sim/fail-next/{ai|send|state|find|batch}  script one-shot faults (kwargs as JSON)
     GET  {base}/_sim/sends          accepted sends (``?number=`` filters)
     GET  {base}/_sim/stats          counts by outcome, accepted sends, duplicates
     POST {base}/_sim/reset          forget records and scripts (``{"keep_faults": true}``)
@@ -40,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import Annotated, Any, Literal, Self, get_args
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 AIFaultKind = Literal[
@@ -67,6 +71,7 @@ AIFaultKind = Literal[
     "bad_json",  # 200 whose content is not the JSON a split asked for
     "not_json",  # 200 whose body is an HTML page
     "no_usage",  # a good 200 without a usage block (some providers omit it)
+    "too_many_parts",  # a one-call answer with more parts than maxItems (valid JSON, invalid parts)
 ]
 SendFaultKind = Literal[
     "400",
@@ -85,7 +90,8 @@ SendFaultKind = Literal[
 StateFaultKind = Literal["401", "404", "500", "hang", "close", "connecting"]
 FindFaultKind = Literal["500", "hang", "bad_json"]
 RetryAfterForm = Literal["seconds", "http_date", "ms", "none"]
-AIRequestKind = Literal["generate", "split"]
+AIRequestKind = Literal["generate", "split", "structured"]
+BatchFaultKind = Literal["failed", "expired", "item_errors", "late", "500", "429"]
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(ge=0.0)]
@@ -98,6 +104,12 @@ _FIND_PAGE_SIZE = 50
 _UNKNOWN_INSTANCE_PREFIX = "unknown-"
 _AI_RECORDS_KEPT = 10_000  # bounded: a benchmark makes hundreds of thousands of requests
 _PROMPT_PRICE_PER_TOKEN_USD = 0.15e-6
+CACHED_PRICE_FACTOR = 0.5
+"""Cached prompt tokens cost this share of the prompt price (gpt-4o-mini: $0.075 vs $0.15 / M)."""
+BATCH_PRICE_FACTOR = 0.5
+"""Batch requests cost this share of the synchronous price (OpenAI / OpenRouter batch)."""
+NO_STRUCTURED_OUTPUT_MARK = "no-structured-output"
+"""A model whose name contains this refuses ``response_format: json_schema`` (tests the fallback)."""
 _COMPLETION_PRICE_PER_TOKEN_USD = 0.60e-6
 
 
@@ -256,17 +268,24 @@ class Simulator:
         self._send_scripts: list[_Script] = []
         self._state_scripts: list[_Script] = []
         self._find_scripts: list[_Script] = []
+        self._prompt_cache = PromptCacheModel(self._rng)
+        self._batches = BatchStore()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("simulator already started")
-        app = web.Application()
+        # Batch input files are megabytes (OpenAI accepts up to 200 MB); the default cap is 1 MB.
+        app = web.Application(client_max_size=256 * 1024**2)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/instance/connectionState/{instance}", self._connection_state)
         app.router.add_post("/message/sendText/{instance}", self._send_text)
         app.router.add_post("/chat/findMessages/{instance}", self._find_messages)
+        app.router.add_post("/v1/files", self._files_upload)
+        app.router.add_get("/v1/files/{file_id}/content", self._files_content)
+        app.router.add_post("/v1/batches", self._batches_create)
+        app.router.add_get("/v1/batches/{batch_id}", self._batches_get)
         app.router.add_get("/_sim/faults", self._get_faults)
         app.router.add_post("/_sim/faults", self._patch_faults)
         app.router.add_post("/_sim/fail-next/{target}", self._fail_next)
@@ -423,6 +442,8 @@ class Simulator:
     def stats(self) -> dict[str, Any]:
         return {
             "ai": {"requests": self._ai_sequence, "by_outcome": dict(self._counts.ai)},
+            "prompt_cache": self._prompt_cache.stats(),
+            "batch": self._batches.stats(),
             "state": {"requests": self.state_request_count(), "by_instance": dict(self._counts.state)},
             "send": {
                 "requests": sum(self._counts.send.values()),
@@ -444,7 +465,10 @@ class Simulator:
         if body is None or not isinstance(messages, list) or not isinstance(body.get("model"), str):
             self._counts.ai["400_malformed"] += 1
             return _ai_error(400, "body must be a JSON object with 'model' and 'messages'")
-        kind: AIRequestKind = "split" if body.get("response_format") else "generate"
+        kind = _request_kind(body)
+        if (refusal := self._structured_refusal(body)) is not None:
+            self._record_ai(kind, body, "refused_schema")
+            return refusal
         script = self._take_script(self._ai_scripts, lambda s: s.only in (None, kind))
         outcome = script.kind if script else self._random_ai_fault(kind)
         self._record_ai(kind, body, outcome)
@@ -460,7 +484,7 @@ class Simulator:
             ("hang", faults.ai_hang_p),
             ("error_body", faults.ai_error_body_p),
             ("empty", faults.ai_empty_p),
-            ("bad_json", faults.split_bad_json_p if kind == "split" else 0.0),
+            ("bad_json", faults.split_bad_json_p if kind != "generate" else 0.0),
         ]
         return _draw(self._rng, chances)
 
@@ -537,8 +561,16 @@ class Simulator:
             choice_error = {"code": 502, "message": "Provider stream ended unexpectedly"}
         elif kind == "split":
             content = json.dumps({"parts": _split_parts(body)}, ensure_ascii=False)
+        elif outcome == "too_many_parts":
+            message = _personalised_message(self._rng, _lead_name(_last_user_text(body)))
+            words = message.split(" ")
+            chunks = [" ".join(words[i : i + 4]) for i in range(0, len(words), 4)]  # > maxItems bubbles
+            content = json.dumps({"parts": chunks}, ensure_ascii=False)
+        elif kind == "structured":
+            message = _personalised_message(self._rng, _lead_name(_last_user_text(body)))
+            content = json.dumps({"parts": _paragraph_parts(message, _max_items(body))}, ensure_ascii=False)
         else:
-            content = _personalised_message(self._rng, _lead_name(prompt_text))
+            content = _personalised_message(self._rng, _lead_name(_last_user_text(body) or prompt_text))
         if outcome == "finish_error":
             finish_reason = "error"
         if outcome == "no_choices":
@@ -554,6 +586,7 @@ class Simulator:
             choices = [choice]
         prompt_tokens = max(1, math.ceil(len(prompt_text) / 4))
         completion_tokens = math.ceil(len(content) / 4)
+        cached_tokens, cache_write_tokens = self._prompt_cache.lookup(body)
         answer: dict[str, Any] = {
             "id": f"gen-sim-{self._ai_sequence}",
             "object": "chat.completion",
@@ -564,8 +597,12 @@ class Simulator:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {
+                    "cached_tokens": cached_tokens,
+                    "cache_write_tokens": cache_write_tokens,
+                },
                 "cost": round(
-                    prompt_tokens * _PROMPT_PRICE_PER_TOKEN_USD
+                    (prompt_tokens - cached_tokens * (1 - CACHED_PRICE_FACTOR)) * _PROMPT_PRICE_PER_TOKEN_USD
                     + completion_tokens * _COMPLETION_PRICE_PER_TOKEN_USD,
                     10,
                 ),
@@ -773,10 +810,11 @@ class Simulator:
             "send": self.fail_next_send,
             "state": self.fail_next_state,
             "find": self.fail_next_find,
+            "batch": self.fail_next_batch,
         }
         if kwargs is None or target not in scripts:
             return web.json_response(
-                {"error": "POST a JSON object to /_sim/fail-next/{ai|send|state|find}"}, status=400
+                {"error": "POST a JSON object to /_sim/fail-next/{ai|send|state|find|batch}"}, status=400
             )
         try:
             scripts[target](**kwargs)
@@ -796,6 +834,81 @@ class Simulator:
         options = await _json_body(request) if request.can_read_body else {}
         self.reset(keep_faults=bool((options or {}).get("keep_faults", False)))
         return web.json_response({"reset": True})
+
+    # --- structured output and the batch API (issue 14) ------------------------------------
+
+    def _structured_refusal(self, body: Mapping[str, Any]) -> web.Response | None:
+        """What a provider says to a schema it cannot honour (a model named `NO_STRUCTURED_OUTPUT_MARK`).
+
+        With OpenRouter's ``provider.require_parameters`` no endpoint qualifies (404); without
+        it the provider itself refuses the parameter (400), as OpenAI does.
+        """
+        if NO_STRUCTURED_OUTPUT_MARK not in str(body.get("model")) or not body.get("response_format"):
+            return None
+        self._counts.ai["refused_schema"] += 1
+        provider = body.get("provider")
+        if isinstance(provider, Mapping) and provider.get("require_parameters"):
+            return _ai_error(404, "No endpoints found that can handle the requested parameters.")
+        return _ai_error(
+            400,
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+        )
+
+    @property
+    def batches(self) -> BatchStore:
+        """The batch API's state: files, batches, `latency_s`, `release_late()`."""
+        return self._batches
+
+    @property
+    def prompt_cache(self) -> PromptCacheModel:
+        return self._prompt_cache
+
+    def fail_next_batch(self, kind: BatchFaultKind, *, times: int = 1) -> None:
+        """The next `times` batches created end as `kind` (failed, expired, item_errors, late),
+        or the next batch API calls answer 500 / 429."""
+        _check_kind(kind, frozenset(get_args(BatchFaultKind)))
+        self._batches.scripts.append(_Script(kind, times))
+
+    def batch_answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One batch line's chat completion: the synchronous answer at `BATCH_PRICE_FACTOR`."""
+        kind = _request_kind(body)
+        answer = self._completion("ok", kind, body)
+        usage = answer["usage"]
+        usage["cost"] = round(usage["cost"] * BATCH_PRICE_FACTOR, 10)
+        return answer
+
+    async def _files_upload(self, request: web.Request) -> web.StreamResponse:
+        return await self._batches.upload(request, self)
+
+    async def _files_content(self, request: web.Request) -> web.StreamResponse:
+        return await self._batches.content(request, self)
+
+    async def _batches_create(self, request: web.Request) -> web.StreamResponse:
+        return await self._batches.create(request, self)
+
+    async def _batches_get(self, request: web.Request) -> web.StreamResponse:
+        return await self._batches.get(request, self)
+
+    def _batch_api_fault(self, request: web.Request) -> web.Response | None:
+        if not _bearer_ok(request.headers.get("Authorization"), self._ai_api_key):
+            return _ai_error(401, "No auth credentials found")
+        script = self._take_script(self._batches.scripts, lambda s: s.kind in ("500", "429"))
+        kind = (
+            script.kind
+            if script
+            else _draw(
+                self._rng, [("429", self._faults.ai_rate_limited_p), ("500", self._faults.ai_server_error_p)]
+            )
+        )
+        if kind == "429":
+            return _ai_error(
+                429,
+                "Rate limit exceeded",
+                headers=_retry_after_headers(self._faults.ai_retry_after_s, "seconds"),
+            )
+        if kind == "500":
+            return _ai_error(500, "Upstream provider unavailable")
+        return None
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -969,3 +1082,256 @@ def _max_items(body: Mapping[str, Any]) -> int:
     except (KeyError, TypeError):
         return 3
     return value if isinstance(value, int) and value >= 1 else 3
+
+
+# --- issue 14: request kinds, the prompt-cache model, the batch API -----------------------------
+
+_PARTS_SCHEMA_NAME = "whatsapp_message_parts"  # consumer.llmcost.PARTS_SCHEMA_NAME
+
+
+def _request_kind(body: Mapping[str, Any]) -> AIRequestKind:
+    """generate (no schema), structured (the one-call parts schema) or split (the split call)."""
+    response_format = body.get("response_format")
+    if not response_format:
+        return "generate"
+    schema = response_format.get("json_schema") if isinstance(response_format, Mapping) else None
+    name = schema.get("name") if isinstance(schema, Mapping) else None
+    return "structured" if name == _PARTS_SCHEMA_NAME else "split"
+
+
+def _last_user_text(body: Mapping[str, Any]) -> str:
+    texts = [
+        str(message.get("content", ""))
+        for message in body.get("messages", [])
+        if isinstance(message, Mapping) and message.get("role") == "user"
+    ]
+    return texts[-1] if texts else ""
+
+
+def _paragraph_parts(text: str, max_parts: int) -> list[str]:
+    parts = [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
+    if len(parts) > max_parts:
+        parts = [*parts[: max_parts - 1], "\n\n".join(parts[max_parts - 1 :])]
+    return parts or [text]
+
+
+CACHE_MIN_PREFIX_TOKENS = 1024
+CACHE_BLOCK_TOKENS = 128
+SIM_PROVIDERS = 3
+
+
+class PromptCacheModel:
+    """OpenAI-style automatic prefix caching behind an OpenRouter-style router.
+
+    The cacheable prefix is the system message (the campaign's shared text), counted from
+    1,024 tokens in blocks of 128. Each (model, provider) keeps its own cache; a request with
+    a routing key (``session_id`` / ``prompt_cache_key``) always reaches the same provider
+    for that key, one without is routed at random among `SIM_PROVIDERS`, so its hit rate is
+    what routing luck gives. First sight of a prefix on a provider is a cache write.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._seen: set[tuple[str, int, int]] = set()
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, body: Mapping[str, Any]) -> tuple[int, int]:
+        """(cached_tokens, cache_write_tokens) for this request; records the prefix as seen."""
+        messages = body.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages else None
+        if not isinstance(first, Mapping) or first.get("role") != "system":
+            return 0, 0
+        prefix_tokens = math.ceil(len(str(first.get("content", ""))) / 4)
+        cacheable = (prefix_tokens // CACHE_BLOCK_TOKENS) * CACHE_BLOCK_TOKENS
+        if prefix_tokens < CACHE_MIN_PREFIX_TOKENS or cacheable == 0:
+            return 0, 0
+        key = body.get("session_id") or body.get("prompt_cache_key")
+        provider = (
+            int.from_bytes(str(key).encode()[-4:].rjust(4, b"\0"), "big") % SIM_PROVIDERS
+            if key
+            else self._rng.randrange(SIM_PROVIDERS)
+        )
+        entry = (str(body.get("model")), provider, hash(first.get("content")))
+        if entry in self._seen:
+            self.hits += 1
+            return cacheable, 0
+        self._seen.add(entry)
+        self.misses += 1
+        return 0, cacheable
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses}
+
+
+@dataclass
+class _Batch:
+    id: str
+    input_file_id: str
+    created_monotonic_s: float
+    fate: str  # ok, failed, expired, item_errors, late
+    status: str = "validating"
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+@dataclass
+class BatchStore:
+    """The OpenAI batch shape: files in, batch object, output and error files out.
+
+    A batch completes at the first poll `batch_latency_s` after creation (see `latency_s`);
+    ``late`` batches never complete until `release_late` is called (or the test moves on),
+    ``expired`` ones end expired with no output, ``failed`` ones fail validation, and
+    ``item_errors`` ones answer every other request with an error line.
+    """
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, _Batch] = field(default_factory=dict)
+    scripts: list[_Script] = field(default_factory=list)
+    latency_s: float = 0.0
+    sequence: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def stats(self) -> dict[str, Any]:
+        return {"batches": len(self.batches), "by_event": dict(self.counts)}
+
+    def release_late(self) -> None:
+        for batch in self.batches.values():
+            if batch.fate == "late":
+                batch.fate = "ok"
+
+    def _next_id(self, prefix: str) -> str:
+        self.sequence += 1
+        return f"{prefix}-sim-{self.sequence}"
+
+    async def upload(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
+        if (fault := sim._batch_api_fault(request)) is not None:
+            return fault
+        reader = await request.multipart()
+        purpose, content, filename = "", b"", "input.jsonl"
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):  # nested multipart: not for us
+                continue
+            if part.name == "purpose":
+                purpose = (await part.read()).decode()
+            elif part.name == "file":
+                filename = part.filename or filename
+                content = bytes(await part.read())
+        if purpose != "batch" or not content:
+            return _ai_error(400, "multipart needs purpose=batch and a non-empty file")
+        file_id = self._next_id("file")
+        self.files[file_id] = content
+        self.counts["file_uploaded"] += 1
+        return web.json_response(
+            {"id": file_id, "object": "file", "bytes": len(content), "purpose": "batch", "filename": filename}
+        )
+
+    async def content(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
+        if (fault := sim._batch_api_fault(request)) is not None:
+            return fault
+        file_id = request.match_info["file_id"]
+        if file_id not in self.files:
+            return _ai_error(404, f"No such File object: {file_id}")
+        return web.Response(body=self.files[file_id], content_type="application/jsonl")
+
+    async def create(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
+        if (fault := sim._batch_api_fault(request)) is not None:
+            return fault
+        body = await _json_body(request)
+        if (
+            body is None
+            or body.get("input_file_id") not in self.files
+            or body.get("endpoint") != "/v1/chat/completions"
+            or body.get("completion_window") != "24h"
+        ):
+            return _ai_error(400, "need input_file_id (uploaded), endpoint /v1/chat/completions, window 24h")
+        script = Simulator._take_script(self.scripts, lambda s: s.kind not in ("500", "429"))
+        batch = _Batch(
+            id=self._next_id("batch"),
+            input_file_id=str(body["input_file_id"]),
+            created_monotonic_s=time.monotonic(),
+            fate=script.kind if script else "ok",
+        )
+        self.batches[batch.id] = batch
+        self.counts["batch_created"] += 1
+        return web.json_response(self._view(batch))
+
+    async def get(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
+        if (fault := sim._batch_api_fault(request)) is not None:
+            return fault
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return _ai_error(404, "No such batch")
+        self._advance(batch, sim)
+        return web.json_response(self._view(batch))
+
+    def _advance(self, batch: _Batch, sim: Simulator) -> None:
+        if batch.status not in ("validating", "in_progress"):
+            return
+        if batch.fate == "failed":
+            batch.status = "failed"
+            self.counts["batch_failed"] += 1
+            return
+        lines = [line for line in self.files[batch.input_file_id].splitlines() if line.strip()]
+        batch.total = len(lines)
+        if batch.fate == "late" or time.monotonic() - batch.created_monotonic_s < self.latency_s:
+            batch.status = "in_progress"
+            return
+        if batch.fate == "expired":
+            batch.status = "expired"
+            self.counts["batch_expired"] += 1
+            return
+        outputs: list[str] = []
+        errors: list[str] = []
+        for index, line in enumerate(lines):
+            request_line = json.loads(line)
+            custom_id = request_line.get("custom_id")
+            if batch.fate == "item_errors" and index % 2 == 1:
+                errors.append(
+                    json.dumps(
+                        {
+                            "id": f"req-{index}",
+                            "custom_id": custom_id,
+                            "response": None,
+                            "error": {"code": "server_error", "message": "Simulated item failure"},
+                        }
+                    )
+                )
+                continue
+            answer = sim.batch_answer(request_line["body"])
+            outputs.append(
+                json.dumps(
+                    {
+                        "id": f"req-{index}",
+                        "custom_id": custom_id,
+                        "response": {"status_code": 200, "request_id": f"r-{index}", "body": answer},
+                        "error": None,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        batch.completed, batch.failed = len(outputs), len(errors)
+        batch.output_file_id = self._next_id("file")
+        self.files[batch.output_file_id] = ("\n".join(outputs) + "\n").encode()
+        if errors:
+            batch.error_file_id = self._next_id("file")
+            self.files[batch.error_file_id] = ("\n".join(errors) + "\n").encode()
+        batch.status = "completed"
+        self.counts["batch_completed"] += 1
+
+    @staticmethod
+    def _view(batch: _Batch) -> dict[str, Any]:
+        return {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": batch.input_file_id,
+            "completion_window": "24h",
+            "status": batch.status,
+            "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id,
+            "request_counts": {"total": batch.total, "completed": batch.completed, "failed": batch.failed},
+        }

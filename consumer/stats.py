@@ -100,6 +100,39 @@ WORKSPACE_KEYS = (
 )
 DEAD_LETTER_KEYS = ("reason", "error_class", "dead_letters", "runs", "oldest_at", "newest_at")
 DEAD_LETTER_RUN_KEYS = ("run_id", "workspace_id", "reason", "dead_letters", "oldest_at", "newest_at")
+AI_COST_KEYS = (
+    "run_id",
+    "workspace_id",
+    "ai_model",
+    "run_status",
+    "pause_reason",
+    "budget_exhausted",
+    "ai_cost_cap_usd",
+    "generated",
+    "batch_generated",
+    "ai_calls",
+    "ai_calls_per_message",
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "cached_token_share",
+    "cost_usd",
+    "cost_per_1000_messages_usd",
+)
+WORKSPACE_AI_COST_KEYS = (
+    "workspace_id",
+    "day",
+    "generated",
+    "batch_generated",
+    "ai_calls",
+    "prompt_tokens",
+    "cached_tokens",
+    "cached_token_share",
+    "cost_usd",
+    "cost_per_1000_messages_usd",
+    "daily_ai_cost_cap_usd",
+    "runs_budget_exhausted",
+)
 TOP_LEVEL_KEYS = (
     "schema_version",
     "generated_at",
@@ -108,6 +141,8 @@ TOP_LEVEL_KEYS = (
     "workspaces",
     "dead_letters",
     "dead_letters_by_run",
+    "ai_costs",
+    "workspace_ai_costs",
 )
 
 
@@ -132,6 +167,8 @@ def collect_stats(
         unpriced = _rows(conn, "stats_workspace_unpriced", {"workspace_id": workspace_id})
         by_reason = _rows(conn, "stats_dead_letters_by_reason", {})
         by_run = _rows(conn, "stats_dead_letters_by_run", {"run_id": run_id, "limit": runs_limit})
+        ai_costs = _rows(conn, "stats_ai_costs", {"run_id": run_id, "limit": runs_limit})
+        workspace_ai_costs = _rows(conn, "stats_workspace_ai_costs", {"workspace_id": workspace_id})
     for run in runs:
         _price_run(run, prices)
     _price_workspaces(workspaces, unpriced, prices)
@@ -143,6 +180,8 @@ def collect_stats(
         "workspaces": _project(workspaces, WORKSPACE_KEYS),
         "dead_letters": _project(by_reason, DEAD_LETTER_KEYS),
         "dead_letters_by_run": _project(by_run, DEAD_LETTER_RUN_KEYS),
+        "ai_costs": _project(ai_costs, AI_COST_KEYS),
+        "workspace_ai_costs": _project(workspace_ai_costs, WORKSPACE_AI_COST_KEYS),
     }
 
 
@@ -218,6 +257,7 @@ def render_stats(stats: Mapping[str, Any]) -> RenderableType:
         _runs_progress_table(runs),
         _runs_cost_table(runs),
         _workspaces_table(stats["workspaces"]),
+        _ai_costs_table(stats.get("ai_costs", [])),
         _dead_letters_table(stats["dead_letters"]),
     )
 
@@ -329,6 +369,31 @@ def _workspaces_table(workspaces: Sequence[Mapping[str, Any]]) -> Table:
             _cost(w["cost_usd"], w["unpriced_messages"]),
             _pair(w["ai_ms_p50"], w["ai_ms_p95"]),
             _n(w["sent_per_minute"]),
+        )
+    return table
+
+
+def _ai_costs_table(costs: Sequence[Mapping[str, Any]]) -> Table:
+    """Issue 14: calls per message, prompt-cache share, cost per 1,000 and the spend cap."""
+    headers = ("run", "status", "generated", "batch", "calls/msg", "cached %", "cost $", "$/1k msgs", "cap $")
+    table = _table("Runs: LLM cost", headers, left=2)
+    if not costs:
+        table.add_row("-", "no runs", *[""] * (len(headers) - 2))
+    for c in costs:
+        status = str(c["run_status"]) + (f" ({c['pause_reason']})" if c["pause_reason"] else "")
+        share = c["cached_token_share"]
+        table.add_row(
+            str(c["run_id"])[:8],
+            status,
+            _n(c["generated"]),
+            _n(c["batch_generated"]),
+            _n(c["ai_calls_per_message"]),
+            "-" if share is None else f"{100 * float(share):.0f}",
+            f"{float(c['cost_usd'] or 0):.4f}",
+            "-"
+            if c["cost_per_1000_messages_usd"] is None
+            else f"{float(c['cost_per_1000_messages_usd']):.4f}",
+            "-" if c["ai_cost_cap_usd"] is None else f"{float(c['ai_cost_cap_usd']):.4f}",
         )
     return table
 

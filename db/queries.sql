@@ -15,6 +15,10 @@ GRANT USAGE ON SCHEMA public, pgmq TO campaignq_worker;
 GRANT SELECT ON leads, inboxes, campaign_configs, campaign_runs TO campaignq_worker;
 GRANT SELECT, UPDATE ON campaign_messages TO campaignq_worker;
 GRANT UPDATE (status, leads_processed, finished_at, updated_at) ON campaign_runs TO campaignq_worker;
+GRANT UPDATE (pause_reason, ai_cost_spent_usd) ON campaign_runs TO campaignq_worker;
+GRANT SELECT ON workspace_budgets TO campaignq_worker;
+GRANT SELECT, INSERT, UPDATE ON workspace_ai_spend TO campaignq_worker;
+GRANT SELECT ON campaignq_run_ai_costs, campaignq_workspace_ai_costs TO campaignq_worker;
 GRANT SELECT, UPDATE, DELETE ON pgmq.q_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.a_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.q_campaign_messages_dlq TO campaignq_worker;
@@ -103,11 +107,13 @@ SELECT b.msg_id,
 SELECT campaignq_extend_leases(%(msg_ids)s::bigint[], %(read_cts)s::integer[], %(vt_s)s::integer);
 
 -- name: store_generation
-SELECT campaignq_store_generation(
+-- 0010: the 0004 store plus cache figures, call count, mode and the spend-cap check.
+SELECT campaignq_store_ai_generation(
     %(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
     %(text)s::text, %(parts)s::jsonb,
     %(prompt_tokens)s::integer, %(completion_tokens)s::integer, %(cost_usd)s::numeric,
-    %(ai_ms)s::integer, %(split_ms)s::integer);
+    %(ai_ms)s::integer, %(split_ms)s::integer,
+    %(cached_tokens)s::integer, %(cache_write_tokens)s::integer, %(ai_calls)s::integer, %(mode)s::text);
 
 -- name: record_part_uncertain
 SELECT campaignq_record_part_uncertain(%(message_id)s::uuid, %(part)s::integer, %(since)s::timestamptz);
@@ -238,3 +244,96 @@ SELECT 'campaign_messages_dlq', count(*), min(archived_at)
 
 -- name: prune_archive_batch
 SELECT campaignq_prune_archive(%(queue)s::text, %(before)s::timestamptz, %(limit)s::integer);
+
+-- name: resume_within_budget
+-- Runs paused for budget whose caps leave room again (a new UTC day for workspace caps).
+SELECT campaignq_resume_within_budget();
+
+-- name: stats_ai_costs
+SELECT run_id, workspace_id, ai_model, run_status, pause_reason, ai_cost_cap_usd, generated,
+       batch_generated, ai_calls, ai_calls_per_message, prompt_tokens, cached_tokens,
+       cache_write_tokens, cached_token_share, cost_usd, cost_per_1000_messages_usd, budget_exhausted
+  FROM campaignq_run_ai_costs
+ WHERE CASE WHEN %(run_id)s::uuid IS NULL
+            THEN run_status IN ('scheduled', 'running', 'paused') OR generated > 0
+            ELSE run_id = %(run_id)s::uuid END
+ ORDER BY run_id
+ LIMIT %(limit)s::integer;
+
+-- name: stats_workspace_ai_costs
+SELECT workspace_id, day, generated, batch_generated, ai_calls, prompt_tokens, cached_tokens,
+       cached_token_share, cost_usd, cost_per_1000_messages_usd, daily_ai_cost_cap_usd,
+       runs_budget_exhausted
+  FROM campaignq_workspace_ai_costs
+ WHERE day >= (now() AT TIME ZONE 'UTC')::date - 1
+   AND (%(workspace_id)s::uuid IS NULL OR workspace_id = %(workspace_id)s::uuid)
+ ORDER BY workspace_id, day;
+
+-- name: pregen_claim
+SELECT message_id, config_id, lead_name, custom_fields
+  FROM campaignq_claim_for_batch(%(batch_id)s::uuid,
+                                 make_interval(secs => %(min_ahead_s)s::double precision),
+                                 make_interval(secs => %(horizon_s)s::double precision),
+                                 %(limit)s::integer);
+
+-- name: pregen_configs
+SELECT c.id, c.workspace_id, c.ai_model, c.system_prompt, c.split_messages, c.max_parts, c.max_tokens,
+       c.inbox_id, i.instance
+  FROM campaign_configs c JOIN inboxes i ON i.id = c.inbox_id
+ WHERE c.id = ANY (%(config_ids)s::uuid[]);
+
+-- name: pregen_new_batch
+INSERT INTO ai_batches (status) VALUES ('preparing') RETURNING id;
+
+-- name: pregen_submitted
+UPDATE ai_batches
+   SET status = 'submitted', provider_batch_id = %(provider_batch_id)s::text,
+       input_file_id = %(input_file_id)s::text, requests = %(requests)s::integer, submitted_at = now()
+ WHERE id = %(batch_id)s::uuid;
+
+-- name: pregen_abandon
+-- A batch that could not be created: release its rows (never submitted, so nothing to pay)
+-- and mark it failed. The rows may join a later batch.
+WITH released AS (
+    UPDATE campaign_messages SET ai_batch_id = NULL
+     WHERE ai_batch_id = %(batch_id)s::uuid AND parts IS NULL
+    RETURNING id
+)
+UPDATE ai_batches SET status = 'failed', error = %(error)s::text, finished_at = now()
+ WHERE id = %(batch_id)s::uuid AND status = 'preparing';
+
+-- name: pregen_open_batches
+SELECT id, provider_batch_id, status, created_at
+  FROM ai_batches WHERE status IN ('preparing', 'submitted') ORDER BY created_at;
+
+-- name: pregen_store
+SELECT campaignq_store_pregenerated(
+    %(message_id)s::uuid, %(batch_id)s::uuid, %(text)s::text, %(parts)s::jsonb,
+    %(prompt_tokens)s::integer, %(completion_tokens)s::integer, %(cost_usd)s::numeric,
+    %(cached_tokens)s::integer, %(cache_write_tokens)s::integer);
+
+-- name: pregen_finished
+UPDATE ai_batches
+   SET status = %(status)s::text, output_file_id = %(output_file_id)s::text,
+       error_file_id = %(error_file_id)s::text, stored = %(stored)s::integer,
+       failed_items = %(failed_items)s::integer, discarded = %(discarded)s::integer,
+       error = %(error)s::text, finished_at = now()
+ WHERE id = %(batch_id)s::uuid;
+
+-- name: sample_run_ai_costs
+-- The LLM cost gauges (issue 14), runs still running or paused only.
+SELECT run_id, cached_token_share, cost_per_1000_messages_usd, budget_exhausted
+  FROM campaignq_run_ai_costs
+ WHERE run_status IN ('running', 'paused');
+
+-- name: sample_workspace_ai_costs
+SELECT workspace_id, cached_token_share, cost_per_1000_messages_usd
+  FROM campaignq_workspace_ai_costs
+ WHERE day = (now() AT TIME ZONE 'UTC')::date;
+
+-- name: pregen_expire_preparing
+-- A batch left 'preparing' (its process died between claiming rows and recording the
+-- provider's batch id): its rows stay claimed (a provider batch may exist and we would pay
+-- twice), so they are generated synchronously at due time; the batch is marked failed.
+UPDATE ai_batches SET status = 'failed', error = 'abandoned while preparing', finished_at = now()
+ WHERE status = 'preparing' AND created_at < now() - make_interval(secs => %(older_than_s)s::double precision);

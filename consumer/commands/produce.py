@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import threading
 from types import FrameType
 
 from ..durations import parse_duration_s
 from ..migrate import connect
+from ..pregenerate import run_pregenerate
 from ..producer import ProducerLoop, enqueue_due
+from ..settings import Settings
 from ._common import database_url, settings_from
 
 HELP = "move due campaign_messages into the PGMQ queue (once, or every few seconds)"
@@ -24,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         dest="producer_interval_s",
         help="run in a loop, e.g. --every 5s (env CAMPAIGNQ_PRODUCER_INTERVAL_S, default 5s)",
+    )
+    parser.add_argument(
+        "--pregenerate",
+        action="store_true",
+        help="also run the batch pre-generation tick (`campaignq pregenerate`) every "
+        "CAMPAIGNQ_PREGEN_INTERVAL_S in this process",
     )
     parser.add_argument(
         "--limit",
@@ -50,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    pregen_thread = None
+    if args.pregenerate:
+        pregen_thread = threading.Thread(
+            target=pregenerate_until, args=(settings, url, stop_event), name="pregenerate", daemon=True
+        )
+        pregen_thread.start()
     loop = ProducerLoop(
         url=url,
         interval_s=settings.producer_interval_s,
@@ -57,5 +72,25 @@ def run(args: argparse.Namespace) -> int:
         stop_event=stop_event,
     )
     loop.run()
+    if pregen_thread is not None:
+        pregen_thread.join(timeout=30)
     print(f"producer stopped; queued {loop.queued_total} messages")
     return 0
+
+
+def pregenerate_until(settings: Settings, url: str, stop_event: threading.Event) -> None:
+    """The producer's optional pre-generation tick, in its own thread and event loop.
+
+    A failed tick (database or provider down) is logged and retried at the next one: the
+    producer itself must never stop because the Batch API is unavailable.
+    """
+    from loguru import logger
+
+    while not stop_event.is_set():
+        try:
+            asyncio.run(run_pregenerate(settings, url, once=True))
+        except Exception as exc:
+            logger.warning(
+                "pregenerate tick failed ({}); retrying in {:.0f} s", exc, settings.pregen_interval_s
+            )
+        stop_event.wait(settings.pregen_interval_s)

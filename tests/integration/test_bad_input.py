@@ -323,7 +323,10 @@ async def test_emoji_and_right_to_left_text_travel_intact(
     scripted.generate.append(Answer(content=text))
     scripted.split.append(Answer(body='{"parts": ["truncated', status=200))  # unusable: local split
 
-    await run_until_settled(db, seed, scripted, database_url, rtl, good, max_part_chars=300)
+    # The two-call path (generate, then split) that models without structured output use.
+    await run_until_settled(
+        db, seed, scripted, database_url, rtl, good, max_part_chars=300, ai_structured_output=False
+    )
 
     assert_all_sent(seed, rtl)
     prompt = json.dumps(scripted.ai_bodies[0], ensure_ascii=False)
@@ -452,7 +455,7 @@ async def test_5000_chars_without_punctuation_are_split_within_whatsapps_limit(
     scripted.generate.append(Answer(content=text))
     scripted.split.append(Answer(body=json.dumps({"parts": [text]})))  # one 5000-char part: refused
 
-    await run_until_settled(db, seed, scripted, database_url, campaign)
+    await run_until_settled(db, seed, scripted, database_url, campaign, ai_structured_output=False)
 
     row = message_row(db, campaign.message_ids[0])
     assert row["status"] == "sent"

@@ -66,7 +66,9 @@ async def test_success_with_split_sends_every_part_in_order(
         assert row["parts_sent"] == len(row["parts"])
         assert " ".join(row["parts"]).split() == row["generated_message"].split()
         assert row["ai_tokens_used"] and row["ai_tokens_used"] > 0
-        assert row["ai_ms"] is not None and row["split_ms"] is not None and row["send_ms"] is not None
+        assert row["ai_ms"] is not None and row["send_ms"] is not None
+        # One call writes the bubbles (issue 14): no separate split stage.
+        assert row["generation_mode"] == "structured" and row["ai_calls"] == 1 and row["split_ms"] is None
         assert row["sent_at"] is not None and row["retry_count"] == 0
     assert sim.duplicate_sends() == []
     assert queue_count(db) == 0 and queue_count(db, "a_campaign_messages") == 6

@@ -131,7 +131,7 @@ async def test_replay_resets_attempts_keeps_generation_and_a_consumer_finishes_t
     assert run_row(db, campaign.run_id)[:2] == ("completed", 3)
     phone = _phones(db, campaign)[0]
     assert [s.text for s in sim.sends_to(phone)] == parts[1:]  # only the part never acknowledged
-    generated = [r for r in sim.ai_requests if r.kind == "generate"]
+    generated = [r for r in sim.ai_requests if r.kind in ("generate", "structured")]
     assert len(generated) == 2  # the two others were generated; the partial one was not
     assert sim.duplicate_sends() == []
 

@@ -24,6 +24,8 @@ TOP_LEVEL = {
     "workspaces",
     "dead_letters",
     "dead_letters_by_run",
+    "ai_costs",  # issue 14
+    "workspace_ai_costs",
 }
 QUEUE = {
     "queue_name",
