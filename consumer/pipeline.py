@@ -28,11 +28,13 @@ from .errors import (
     InvalidConfigError,
     LeaseLostError,
     PermanentError,
+    SendHeldError,
     TemporaryError,
 )
 from .metrics import ConsumerMetrics
 from .models import CampaignConfig, MessageContext
 from .prompt import build_user_prompt
+from .sender_safety import SenderSafety
 from .settings import Settings
 from .split import parse_split_answer, plan_parts
 from .triage import ArchiveOnly, DeadLetterNow, LeaseLost, Process, ReleaseToPending, Skip, triage
@@ -83,6 +85,7 @@ class MessagePipeline:
         self.metrics = metrics
         self.on_fatal = on_fatal
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not security)
+        self.safety = SenderSafety(db=db, settings=settings, rng=self.rng)  # issue 13
 
     async def handle(self, ctx: MessageContext) -> str:
         """Carry one message to an outcome; returns the outcome's name (for logs and metrics)."""
@@ -90,7 +93,8 @@ class MessagePipeline:
         action = triage(ctx, max_attempts=self.settings.max_attempts)
         try:
             if isinstance(action, Process):
-                outcome = await self._process(ctx, attempt)
+                # issue 13: a paused inbox or a closed send window hands the message back first
+                outcome = await self.safety.hold_if_not_now(ctx) or await self._process(ctx, attempt)
             else:
                 outcome = await _shielded(self._settle_without_processing(ctx, action))
         except asyncio.CancelledError:
@@ -160,6 +164,9 @@ class MessagePipeline:
             self.metrics.leases_lost.inc()
             self._log(ctx, attempt, "lease_lost", str(exc), level="WARNING")
             return "lease_lost"
+        except SendHeldError as held:  # issue 13: pace, daily cap, window — not a failure
+            await _shielded(self._record_progress(ctx))
+            return await _shielded(self.safety.hold(ctx, held))
         except Exception as exc:  # every error becomes a policy decision; nothing escapes
             return await _shielded(self._fail(ctx, attempt, exc))
         message_id = ctx.require_message_id()
@@ -213,6 +220,7 @@ class MessagePipeline:
                     cap_s=self.settings.typing_delay_cap_s,
                 )
             )
+            await self.safety.before_bubble(ctx, index=index, parts=parts, delay_ms=delay_ms)  # issue 13
             started = time.perf_counter()
             await self.whatsapp.send_text(
                 instance=config.instance, number=number, text=parts[index], delay_ms=delay_ms
@@ -317,6 +325,7 @@ class MessagePipeline:
     async def _fail(self, ctx: MessageContext, attempt: Attempt, exc: Exception) -> str:
         if isinstance(exc, FatalError):
             self.on_fatal(exc)
+        await self.safety.after_failure(ctx, exc, stage=attempt.stage)  # issue 13: 429 / ban → inbox
         deferred_for_s = 0.0
         if ctx.first_deferred_at is not None:
             deferred_for_s = max(0.0, (datetime.now(UTC) - ctx.first_deferred_at).total_seconds())
