@@ -608,6 +608,9 @@ class Simulator:
         ):
             self._counts.send["400_malformed"] += 1
             return _evolution_error(400, ["number and text must be non-empty strings, delay an integer"])
+        return await self._answer_send(instance, number, text, delay)
+
+    async def _answer_send(self, instance: str, number: str, text: str, delay: int) -> web.StreamResponse:
         outcome, script = self._send_outcome(instance, number, text)
         if outcome == "accepted":
             outcome, limited_for_s = self._instance_limits(instance)
