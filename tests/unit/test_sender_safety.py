@@ -3,6 +3,7 @@ windows across time zones and midnight, the lead's zone, and the STOP classifier
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from datetime import UTC, datetime, time, timedelta
@@ -58,9 +59,13 @@ def test_a_plan_keeps_bubbles_in_order_with_gaps_at_least_pace_and_typing(
     delays: list[float], per_minute: int | None, expected_min_gaps: list[float]
 ) -> None:
     plan = plan_message(
-        first_index=0, typing_delays_s=delays, max_sends_per_minute=per_minute, jitter=0.3, rng=random.Random(2)
+        first_index=0,
+        typing_delays_s=delays,
+        max_sends_per_minute=per_minute,
+        jitter=0.3,
+        rng=random.Random(2),
     )
-    gaps = [b - a for a, b in zip(plan.offsets_s, plan.offsets_s[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(plan.offsets_s)]
     assert plan.offsets_s[0] == 0.0
     assert all(g >= m - 1e-9 for g, m in zip(gaps, expected_min_gaps, strict=True))
     trailing = plan.span_s - plan.offsets_s[-1]
@@ -98,7 +103,11 @@ def test_a_resumed_message_plans_only_its_remaining_bubbles() -> None:
             80,
         ),
         (InboxSafety(INBOX, warmup_started_at=NOW, warmup_first_day_cap=10), NOW - timedelta(days=2), 10),
-        (InboxSafety(INBOX, warmup_started_at=NOW, warmup_first_day_cap=1), NOW + timedelta(days=10_000), None),
+        (
+            InboxSafety(INBOX, warmup_started_at=NOW, warmup_first_day_cap=1),
+            NOW + timedelta(days=10_000),
+            None,
+        ),
     ],
 )
 def test_daily_cap_with_warm_up(inbox: InboxSafety, now: datetime, expected: int | None) -> None:
@@ -129,9 +138,8 @@ def test_a_held_message_comes_back_a_little_before_its_slot(wait_s: float, expec
 
 
 def test_the_cap_resets_at_utc_midnight() -> None:
-    assert next_utc_midnight(datetime(2026, 11, 29, 23, 59, tzinfo=ZoneInfo("America/Sao_Paulo"))) == datetime(
-        2026, 12, 1, tzinfo=UTC
-    )
+    late_in_sao_paulo = datetime(2026, 11, 29, 23, 59, tzinfo=ZoneInfo("America/Sao_Paulo"))
+    assert next_utc_midnight(late_in_sao_paulo) == datetime(2026, 12, 1, tzinfo=UTC)
     assert next_utc_midnight(NOW) == datetime(2026, 11, 30, tzinfo=UTC)
 
 
