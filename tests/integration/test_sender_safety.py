@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ import pytest
 
 from consumer.simulator import Faults, SentMessage, Simulator
 from tests.chaos.tools import spawn_logged
+from tests.cli import run_cli
 from tests.factories import Campaign, Seeder
 from tests.harness import AI_KEY, subprocess_env, wait_until
 from tests.integration.test_consumer import message_row, produce, terminal
@@ -267,6 +269,11 @@ async def test_a_banned_number_pauses_its_inbox_and_its_messages_wait_until_resu
             what="the banned inbox paused",
         )
         assert str(pause_reason(db, banned)).startswith("banned:")
+        # The reason is in `campaignq stats --json` (and its table), beside the waiting count.
+        result = run_cli("stats", "--json", database_url=database_url)
+        assert result.returncode == 0, result.stderr
+        (entry,) = [i for i in json.loads(result.stdout)["inboxes"] if i["instance"] == "banned"]
+        assert entry["pause_reason"].startswith("banned:") and entry["paused_at"] is not None
         await asyncio.sleep(0)  # the others keep waiting: none fails while the inbox is paused
         assert seed.statuses(banned.run_id).get("failed", 0) == 0
         # The operator fixes the number and resumes the inbox.

@@ -24,6 +24,7 @@ TOP_LEVEL = {
     "workspaces",
     "dead_letters",
     "dead_letters_by_run",
+    "inboxes",  # issue 13
 }
 QUEUE = {
     "queue_name",
