@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "cost": "bench.cost",
     "scaling": "bench.scaling",
     "endtoend": "bench.endtoend",
+    "pacing": "bench.pacing",
 }
 
 
