@@ -612,6 +612,7 @@ class Simulator:
 
     async def _answer_send(self, instance: str, number: str, text: str, delay: int) -> web.StreamResponse:
         outcome, script = self._send_outcome(instance, number, text)
+        limited_for_s = 0.0
         if outcome == "accepted":
             outcome, limited_for_s = self._instance_limits(instance)
         self._counts.send[outcome] += 1
