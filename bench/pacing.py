@@ -210,7 +210,7 @@ def _quiet_hours(sim: fleet.SimulatorProcess, n_each: int) -> dict[str, Any]:
         with common.connect(url) as conn:
             inbox = _inbox(conn, ws, "quiet", max_sends_per_minute=QUIET_PER_MINUTE)
             for prefix, lead_tz, config_tz, zone in (
-                ("+81312", None, "UTC", "Asia/Tokyo"),  # zone from the phone
+                ("+8131", None, "UTC", "Asia/Tokyo"),  # zone from the phone
                 ("+55119", "America/Sao_Paulo", "UTC", "America/Sao_Paulo"),  # lead's own zone
                 ("+7912", None, "Europe/Berlin", "Europe/Berlin"),  # Russia has many zones: campaign's
             ):
@@ -266,7 +266,7 @@ def _cpu_per_message(sim: fleet.SimulatorProcess, n: int, *, checks: bool) -> di
                 conn,
                 inbox_id=inbox,
                 workspace_id=ws,
-                phones=_phones("+4915", n),
+                phones=_phones("+49151", n),
                 window=("00:00:00", "23:59:59") if checks else None,
             )
         consumers = fleet.start_consumers(_env(url, sim), CONSUMERS, label=label)
@@ -298,7 +298,7 @@ def _pure_checks_us() -> float:
         window_start=datetime.min.time(), window_end=datetime.max.time().replace(microsecond=0)
     )
     rng = random.Random(1)
-    phones = _phones("+4915", 2000)
+    phones = _phones("+49151", 2000)
     now = datetime.now(UTC)
     started = time.perf_counter()
     rounds = 10
