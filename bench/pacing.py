@@ -175,7 +175,7 @@ def _paced_beside_free(sim: fleet.SimulatorProcess, n_paced: int, n_free: int) -
             fleet.stop_processes([c.process for c in consumers])
         sends = _sends(sim)
         paced_times = [s["at"] for s in sends if s["instance"] == "paced"]
-        stats = sim.stats()["send"]["by_instance"]
+        stats = sim.stats()["send_by_instance"]
         with common.connect(url) as conn:
             burnt = conn.execute(
                 "SELECT coalesce(sum(retry_count), 0), count(*) FILTER (WHERE held_reason = 'pace') "

@@ -421,7 +421,9 @@ class Simulator:
                 "accepted": len(self._sends),
                 "duplicates": len(self._duplicates),
                 "by_outcome": dict(self._counts.send),
-                "by_instance": {f"{i}:{o}": n for (i, o), n in sorted(self._counts.send_by_instance.items())},
+            },
+            "send_by_instance": {
+                f"{i}:{o}": n for (i, o), n in sorted(self._counts.send_by_instance.items())
             },
         }
 

@@ -13,8 +13,9 @@ import itertools
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,14 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@contextmanager
-def consumers(
+@asynccontextmanager
+async def consumers(
     database_url: str, sim: Simulator, log_dir: Path, n: int = 2, **env: str
-) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`n` consumer processes sharing one database; stopped with SIGTERM, must exit 0."""
+) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+    """`n` consumer processes sharing one database; stopped with SIGTERM, must exit 0.
+
+    Every wait here yields to the event loop: the simulator answers from this same loop, so
+    a blocking wait would stall the consumers' requests (and turn them into timeouts)."""
     defaults = {"CAMPAIGNQ_WINDOW_OPEN_SPREAD_S": "1", "CAMPAIGNQ_PAUSED_INBOX_RECHECK_S": "1"}
     settings = subprocess_env(database_url, sim, **{**defaults, **env})
     processes = [
@@ -49,16 +53,26 @@ def consumers(
         for i in range(n)
     ]
     try:
+        # Started means reading (its signal handlers installed): a SIGTERM before that would
+        # kill a slow starter on a loaded box, not stop it.
+        deadline = time.monotonic() + 90
+        for p in processes:
+            while "consumer started" not in p.log_path.read_text(errors="replace"):
+                assert p.process.poll() is None, p.log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{p.name} did not start"
+                await asyncio.sleep(0.05)
         yield [p.process for p in processes]
     finally:
         for p in processes:
-            p.process.send_signal(signal.SIGTERM)
+            if p.process.poll() is None:
+                p.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while any(p.process.poll() is None for p in processes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         for p in processes:
-            try:
-                code = p.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            if p.process.poll() is None:
                 p.process.kill()
-                raise
+            code = p.process.wait()
             assert code == 0, p.log_path.read_text()[-3000:]
 
 
@@ -104,7 +118,7 @@ async def test_a_paced_inbox_holds_its_pace_across_processes_and_never_delays_an
     sim.set_faults(instance_rate_limits={"paced": per_minute // 6 + 1}, instance_rate_window_s=10.0)
     produce(db)
 
-    with consumers(database_url, sim, tmp_path):
+    async with consumers(database_url, sim, tmp_path):
         await wait_until(
             lambda: terminal(seed, paced) and terminal(seed, free), timeout_s=120, what="all sent"
         )
@@ -166,7 +180,7 @@ async def test_send_windows_in_each_leads_zone_hold_without_burning_and_drain_at
         )
     produce(db)
 
-    with consumers(database_url, sim, tmp_path):
+    async with consumers(database_url, sim, tmp_path):
         await wait_until(
             lambda: (
                 db.execute(
@@ -213,7 +227,7 @@ async def test_opted_out_leads_are_skipped_before_any_ai_call(
     assert message_row(db, later[0])["status"] == "skipped"  # suppressed at once
     assert message_row(db, campaign.message_ids[4])["status"] == "skipped"  # queued one too
 
-    with consumers(database_url, sim, tmp_path):
+    async with consumers(database_url, sim, tmp_path):
         await wait_until(lambda: terminal(seed, campaign), timeout_s=60, what="all terminal")
 
     for message_id in [*campaign.message_ids[:3], campaign.message_ids[4], later[0]]:
@@ -232,7 +246,7 @@ async def test_a_daily_cap_holds_the_rest_for_tomorrow_without_burning_attempts(
     campaign = seed.campaign(8, instance="capped")
     set_inbox(db, campaign, daily_send_cap=3)
     produce(db)
-    with consumers(database_url, sim, tmp_path):
+    async with consumers(database_url, sim, tmp_path):
         await wait_until(
             lambda: (
                 seed.statuses(campaign.run_id) == {"sent": 3, "queued": 5}
@@ -261,7 +275,7 @@ async def test_a_banned_number_pauses_its_inbox_and_its_messages_wait_until_resu
     other = seed.campaign(5, instance="fine")
     sim.set_faults(banned_instances=frozenset({"banned"}))
     produce(db)
-    with consumers(database_url, sim, tmp_path):
+    async with consumers(database_url, sim, tmp_path):
         await wait_until(lambda: terminal(seed, other), timeout_s=60, what="the healthy inbox done")
         await wait_until(
             lambda: pause_reason(db, banned) is not None,
@@ -270,7 +284,7 @@ async def test_a_banned_number_pauses_its_inbox_and_its_messages_wait_until_resu
         )
         assert str(pause_reason(db, banned)).startswith("banned:")
         # The reason is in `campaignq stats --json` (and its table), beside the waiting count.
-        result = run_cli("stats", "--json", database_url=database_url)
+        result = await asyncio.to_thread(run_cli, "stats", "--json", database_url=database_url)
         assert result.returncode == 0, result.stderr
         (entry,) = [i for i in json.loads(result.stdout)["inboxes"] if i["instance"] == "banned"]
         assert entry["pause_reason"].startswith("banned:") and entry["paused_at"] is not None
@@ -291,7 +305,7 @@ async def test_repeated_rate_limits_from_the_gateway_pause_the_inbox(
     campaign = seed.campaign(12, instance="hot")
     sim.set_faults(instance_rate_limits={"hot": 2}, instance_rate_window_s=600.0)
     produce(db)
-    with consumers(database_url, sim, tmp_path, CAMPAIGNQ_PAUSE_AFTER_RATE_LIMITS="3"):
+    async with consumers(database_url, sim, tmp_path, CAMPAIGNQ_PAUSE_AFTER_RATE_LIMITS="3"):
         await wait_until(
             lambda: pause_reason(db, campaign) is not None,
             timeout_s=60,
@@ -301,5 +315,7 @@ async def test_repeated_rate_limits_from_the_gateway_pause_the_inbox(
     assert len(sim.sends) == 2
     statuses = seed.statuses(campaign.run_id)
     assert statuses.get("failed", 0) == 0 and statuses["sent"] == 2
-    rows = db.execute("SELECT retry_count FROM campaign_messages WHERE run_id = %s", (campaign.run_id,))
-    assert all(r == (0,) for r in rows.fetchall())
+    rows = db.execute(
+        "SELECT retry_count, attempt_history FROM campaign_messages WHERE run_id = %s", (campaign.run_id,)
+    ).fetchall()
+    assert all(r[0] == 0 for r in rows), rows
