@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -319,3 +320,75 @@ async def test_repeated_rate_limits_from_the_gateway_pause_the_inbox(
         "SELECT retry_count, attempt_history FROM campaign_messages WHERE run_id = %s", (campaign.run_id,)
     ).fetchall()
     assert all(r[0] == 0 for r in rows), rows
+
+
+# --- the SQL edge on its own (0009): exact, no consumer needed ----------------------------------
+
+
+def test_hold_back_burns_nothing_and_stops_the_deferral_clock_for_the_time_held(
+    db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    campaign = seed.campaign(1)
+    produce(db)
+    read = db.execute("SELECT msg_id, read_ct FROM pgmq.read('campaign_messages', 30, 1)").fetchone()
+    assert read is not None
+    db.execute(
+        "UPDATE campaign_messages SET status = 'generating', retry_count = 1, deferral_count = 2, "
+        "first_deferred_at = now() - interval '1 hour' WHERE id = %s",
+        (campaign.message_ids[0],),
+    )
+    before = message_row(db, campaign.message_ids[0])
+    wrong = db.execute(
+        "SELECT campaignq_hold_back(%s, %s, %s, 600, 'send_window', 'closed')",
+        (read[0], read[1] + 1, campaign.message_ids[0]),
+    ).fetchone()
+    assert wrong == (False,)  # a lease that is not ours changes nothing
+    held = db.execute(
+        "SELECT campaignq_hold_back(%s, %s, %s, 600, 'send_window', 'closed')",
+        (read[0], read[1], campaign.message_ids[0]),
+    ).fetchone()
+    assert held == (True,)
+    after = message_row(db, campaign.message_ids[0])
+    assert (after["status"], after["retry_count"], after["deferral_count"]) == ("queued", 1, 2)
+    assert after["first_deferred_at"] - before["first_deferred_at"] == timedelta(seconds=600)
+    assert after["held_reason"] == "send_window" and after["held_until"] is not None
+    visible = db.execute(
+        "SELECT vt - now() > interval '590 seconds' FROM pgmq.q_campaign_messages WHERE msg_id = %s",
+        (read[0],),
+    ).fetchone()
+    assert visible == (True,)
+
+
+def test_bookings_from_many_connections_never_share_a_slot_and_respect_the_cap(
+    seed: Seeder, database_url: str
+) -> None:
+    import threading
+
+    campaign = seed.campaign(40, instance="booked")
+    slots: list[datetime] = []
+    refused: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def book(message_ids: list[uuid.UUID], cap: int | None) -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for message_id in message_ids:
+                row = conn.execute(
+                    "SELECT booked, slot_at FROM campaignq_book_send_slot(%s, %s, 1.0, %s, true, 1)",
+                    (campaign.inbox_id, message_id, cap),
+                ).fetchone()
+                assert row is not None
+                with lock:
+                    (slots.append(row[1]) if row[0] else refused.append(message_id))
+
+    ids = campaign.message_ids
+    threads = [threading.Thread(target=book, args=(ids[i * 8 : i * 8 + 8], 30)) for i in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(slots) == 30 and len(refused) == 10  # the daily cap, exactly, across connections
+    ordered = sorted(slots)
+    assert all(b - a >= timedelta(seconds=1.0) for a, b in itertools.pairwise(ordered))
+    # A message booked today does not count toward the cap again when it books anew.
+    book(ids[:1], 30)
+    assert len(slots) == 31
