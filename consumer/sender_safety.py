@@ -120,13 +120,19 @@ class SenderSafety:
     async def hold_if_not_now(self, ctx: MessageContext) -> str | None:
         """Hand the message back (returns the outcome) when its inbox is paused or its lead is
         outside the send window; None when it may be processed now."""
-        s = self.settings
-        held = paused_hold(ctx.sender, recheck_s=s.paused_inbox_recheck_s, rng=self.rng) or window_hold(
-            ctx.sender, ctx.phone, self.clock(), spread_s=s.window_open_spread_s, rng=self.rng
-        )
+        held = self._pause_or_window(ctx, self.clock())
         if held is None:
             return None
         return await self.hold(ctx, held)
+
+    def _pause_or_window(self, ctx: MessageContext, now: datetime) -> SendHeldError | None:
+        """A paused inbox holds every message; a closed window only one not started yet (a
+        message with bubbles already delivered is completed, never left half-sent overnight)."""
+        s = self.settings
+        held = paused_hold(ctx.sender, recheck_s=s.paused_inbox_recheck_s, rng=self.rng)
+        if held is None and ctx.parts_sent == 0:
+            held = window_hold(ctx.sender, ctx.phone, now, spread_s=s.window_open_spread_s, rng=self.rng)
+        return held
 
     # --- before each bubble ----------------------------------------------------------------
 
@@ -149,9 +155,7 @@ class SenderSafety:
     async def _plan(self, ctx: MessageContext, *, index: int, parts: list[str]) -> None:
         s, sender = self.settings, ctx.sender
         now = self.clock()
-        held = paused_hold(sender, recheck_s=s.paused_inbox_recheck_s, rng=self.rng) or window_hold(
-            sender, ctx.phone, now, spread_s=s.window_open_spread_s, rng=self.rng
-        )
+        held = self._pause_or_window(ctx, now)
         if held is not None:
             raise held
         inbox = sender.inbox

@@ -293,3 +293,20 @@ def test_is_opt_out_reply(text: str | None, stop: bool) -> None:
 
 def test_normalize_reply() -> None:
     assert normalize_reply("  Não QUERO — mais!! ") == "nao quero mais"
+
+
+def test_a_started_message_is_completed_even_after_its_window_closed() -> None:
+    from consumer.models import MessageContext, QueueMessage
+    from consumer.sender_safety import SenderSafety
+    from consumer.settings import Settings
+
+    sender = SenderContext(window_start=time(9), window_end=time(20), config_timezone="Asia/Tokyo")
+    msg = QueueMessage(msg_id=1, read_ct=1, enqueued_at=NOW, vt=NOW, message={})
+    safety = SenderSafety(db=None, settings=Settings(), rng=random.Random(6), clock=lambda: NOW)  # type: ignore[arg-type]
+    fresh = MessageContext(msg=msg, payload=None, sender=sender)
+    started = MessageContext(msg=msg, payload=None, sender=sender, parts_sent=1)
+    assert safety._pause_or_window(fresh, NOW) is not None  # 21:00 in Tokyo: wait
+    assert safety._pause_or_window(started, NOW) is None  # half-sent: finish it
+    paused = SenderContext(inbox=InboxSafety(INBOX, paused_at=NOW))
+    started_paused = MessageContext(msg=msg, payload=None, sender=paused, parts_sent=1)
+    assert safety._pause_or_window(started_paused, NOW) is not None  # a paused inbox sends nothing
