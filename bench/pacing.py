@@ -19,7 +19,7 @@ How (two `campaignq consume` processes, `campaignq simulate`, a fresh database e
    one more short statement per message). Plus the pure checks alone, timed in-process.
 
 Sizes: BENCH_PACING_PACED (20), BENCH_PACING_FREE (300), BENCH_PACING_QUIET (30),
-BENCH_PACING_OVERHEAD (600). Quick: 6 / 60 / 9 / 100.
+BENCH_PACING_OVERHEAD (1500), BENCH_PACING_PASSES (3). Quick: 6 / 60 / 9 / 100, 2 passes.
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def run(quick: bool) -> dict[str, Any]:
     n_paced = fleet.env_int("BENCH_PACING_PACED", 6 if quick else 20)
     n_free = fleet.env_int("BENCH_PACING_FREE", 60 if quick else 300)
     n_quiet = fleet.env_int("BENCH_PACING_QUIET", 9 if quick else 30) // 3
-    n_cpu = fleet.env_int("BENCH_PACING_OVERHEAD", 100 if quick else 600)
+    n_cpu = fleet.env_int("BENCH_PACING_OVERHEAD", 100 if quick else 1500)
     with fleet.simulator(ai_latency_s=AI_LATENCY_S, send_latency_s=SEND_LATENCY_S, name="sim-pacing") as sim:
         print("  unpaced inbox alone …", flush=True)
         alone_s = _free_alone(sim, n_free)
@@ -332,9 +332,9 @@ def run(quick: bool) -> dict[str, Any]:
         print("  quiet hours across three zones …", flush=True)
         quiet = _quiet_hours(sim, n_quiet)
         print("  overhead …", flush=True)
-        # Interleaved twice (A B C A B C) so a change in the box's load hits every case alike.
+        # Interleaved passes (A B C A B C …) so a change in the box's load hits every case alike.
         samples: dict[str, list[dict[str, Any]]] = {case: [] for case in CPU_CASES}
-        for _ in range(2):
+        for _ in range(fleet.env_int("BENCH_PACING_PASSES", 2 if quick else 3)):
             for case in CPU_CASES:
                 samples[case].append(_cpu_per_message(sim, n_cpu, case=case))
     pure_us = _pure_checks_us()
@@ -405,7 +405,7 @@ def run(quick: bool) -> dict[str, Any]:
             f"{CONSUMERS} consumer processes x concurrency {CONCURRENCY}; AI latency {AI_LATENCY_S} s, "
             f"send latency {SEND_LATENCY_S} s; box load at start {load}",
             "busiest windows count sends the simulator accepted (its clock), per inbox",
-            "CPU per message: mean of two interleaved runs per case; the booking case adds one "
+            "CPU per message: mean of interleaved runs per case (see overhead.samples); the booking case adds one "
             "statement per message (what any paced or capped inbox pays); figures on a shared "
             "2-core box move by several % run to run",
         ],
