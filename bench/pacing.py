@@ -405,8 +405,8 @@ def run(quick: bool) -> dict[str, Any]:
             f"{CONSUMERS} consumer processes x concurrency {CONCURRENCY}; AI latency {AI_LATENCY_S} s, "
             f"send latency {SEND_LATENCY_S} s; box load at start {load}",
             "busiest windows count sends the simulator accepted (its clock), per inbox",
-            "CPU per message: mean of interleaved runs per case (see overhead.samples); the booking case adds one "
-            "statement per message (what any paced or capped inbox pays); figures on a shared "
-            "2-core box move by several % run to run",
+            "CPU per message: mean of interleaved runs per case (see overhead.samples); "
+            "the booking case adds one statement per message (what any paced or capped inbox "
+            "pays); figures on a shared 2-core box move by several % run to run",
         ],
     }
