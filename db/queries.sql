@@ -146,7 +146,8 @@ SELECT campaignq_dead_letter(%(msg_id)s::bigint, %(read_ct)s::integer, %(message
 SELECT campaignq_release_to_pending(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid);
 
 -- name: skip
-SELECT campaignq_skip(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
+-- issue 13: the finalising wrapper (0009), so an opted-out lead's skip can complete its run.
+SELECT campaignq_skip_and_finalize(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
                       %(error_class)s::text, %(error)s::text);
 
 -- name: archive_leased

@@ -181,6 +181,28 @@ BEGIN
 END;
 $$;
 
+-- A skip that also completes the run when it was the run's last open message. 0004's
+-- campaignq_skip served only cancelled / completed runs (nothing to finalise); an opted-out
+-- lead's message is skipped inside a running run, and may be its last. Used by the `skip`
+-- named query for every skip (finalising a run that is not running is a no-op).
+CREATE OR REPLACE FUNCTION campaignq_skip_and_finalize(
+    p_msg_id bigint, p_read_ct integer, p_message_id uuid, p_error_class text, p_error text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run_id uuid;
+BEGIN
+    IF NOT campaignq_skip(p_msg_id, p_read_ct, p_message_id, p_error_class, p_error) THEN
+        RETURN false;
+    END IF;
+    SELECT run_id INTO v_run_id FROM campaign_messages WHERE id = p_message_id;
+    IF v_run_id IS NOT NULL THEN
+        PERFORM finalize_campaign_run_if_complete(v_run_id);
+    END IF;
+    RETURN true;
+END;
+$$;
+
 -- The opt-out ingestion path, extended (same signature as 0006): besides marking the leads,
 -- their messages that are not being worked on right now end `skipped` with error class
 -- `opted_out` at once — pending ones (not in the queue) and queued ones (their queue message,

@@ -241,6 +241,27 @@ async def test_opted_out_leads_are_skipped_before_any_ai_call(
     assert run.fetchone() == ("completed", 7)
 
 
+async def test_a_run_whose_last_messages_are_opted_out_completes(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str, tmp_path: Path
+) -> None:
+    campaign = seed.campaign(3, instance="all-out")
+    produce(db)
+    # Opted out in the table after queueing (not through the function): the consumers skip.
+    db.execute("UPDATE leads SET opted_out_at = now() WHERE id = ANY(%s)", (campaign.lead_ids,))
+    async with consumers(database_url, sim, tmp_path):
+        await wait_until(lambda: terminal(seed, campaign), timeout_s=60, what="all skipped")
+        await wait_until(
+            lambda: (
+                db.execute("SELECT status FROM campaign_runs WHERE id = %s", (campaign.run_id,)).fetchone()
+                == ("completed",)
+            ),
+            timeout_s=30,
+            what="the run completed by the consumer's last skip",
+        )
+    assert seed.statuses(campaign.run_id) == {"skipped": 3}
+    assert sim.ai_request_count == 0 and sim.sends == []
+
+
 async def test_a_daily_cap_holds_the_rest_for_tomorrow_without_burning_attempts(
     db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str, tmp_path: Path
 ) -> None:
