@@ -413,3 +413,38 @@ def test_bookings_from_many_connections_never_share_a_slot_and_respect_the_cap(
     # A message booked today does not count toward the cap again when it books anew.
     book(ids[:1], 30)
     assert len(slots) == 31
+
+
+# --- the gateway's answers (simulator ↔ WhatsAppClient) ----------------------------------------
+
+
+async def test_the_client_reads_the_numbers_own_limit_ban_and_logout_without_blaming_our_key(
+    sim: Simulator,
+) -> None:
+    import aiohttp
+
+    from consumer.errors import FatalError, InboxBannedError, RateLimitedError
+    from consumer.whatsapp import WhatsAppClient
+
+    sim.set_faults(
+        instance_rate_limits={"limited": 2},
+        instance_rate_window_s=60.0,
+        banned_instances=frozenset({"banned"}),
+        logged_out_instances=frozenset({"gone"}),
+    )
+    async with aiohttp.ClientSession() as session:
+        client = WhatsAppClient(session=session, base_url=sim.whatsapp_base_url, api_key="k")
+        for _ in range(2):
+            await client.send_text(instance="limited", number="5511987654321", text="hello there")
+        with pytest.raises(RateLimitedError) as limited:
+            await client.send_text(instance="limited", number="5511987654321", text="third")
+        assert limited.value.retry_after_s is not None and 1 <= limited.value.retry_after_s <= 60
+        assert "130429" in str(limited.value)
+        with pytest.raises(InboxBannedError) as banned:
+            await client.send_text(instance="banned", number="5511987654321", text="hello")
+        assert banned.value.kind == "banned" and not isinstance(banned.value, FatalError)
+        with pytest.raises(InboxBannedError) as gone:
+            await client.send_text(instance="gone", number="5511987654321", text="hello")
+        assert gone.value.kind == "logged_out"
+    assert sim.send_outcomes("limited") == {"accepted": 2, "rate_limited_130429": 1}
+    assert len(sim.sends) == 2
