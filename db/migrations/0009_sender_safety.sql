@@ -22,7 +22,9 @@ ALTER TABLE campaign_messages
     ADD COLUMN held_reason  text,
     ADD COLUMN send_slot_at timestamptz;
 
-CREATE INDEX campaign_messages_held_idx ON campaign_messages (held_reason, held_until)
+-- Only messages waiting right now are in it (a sent or skipped row leaves it), so the
+-- operators' view below counts them without touching the rest of a large table.
+CREATE INDEX campaign_messages_held_idx ON campaign_messages (held_until)
     WHERE status = 'queued' AND held_until IS NOT NULL;
 
 -- One row per paced (or capped) inbox: the next free send time, shared by every consumer
@@ -263,6 +265,27 @@ $$;
 -- shown by `campaignq stats`), pause and why, today's usage, and how many messages wait and
 -- why. `campaignq stats` prints it; the console can show it as is.
 CREATE OR REPLACE VIEW campaignq_inbox_safety AS
+WITH held AS (
+    SELECT c.inbox_id,
+           count(*) AS held,
+           count(*) FILTER (WHERE m.held_reason = 'send_window') AS held_window,
+           count(*) FILTER (WHERE m.held_reason = 'pace') AS held_pace,
+           count(*) FILTER (WHERE m.held_reason = 'daily_cap') AS held_cap,
+           count(*) FILTER (WHERE m.held_reason = 'inbox_paused') AS held_paused
+      FROM campaign_messages m
+      JOIN campaign_runs r ON r.id = m.run_id
+      JOIN campaign_configs c ON c.id = r.config_id
+     WHERE m.status = 'queued' AND m.held_until IS NOT NULL AND m.held_until > now()
+     GROUP BY c.inbox_id
+), opted AS (
+    SELECT c.inbox_id, count(*) AS opted_out
+      FROM campaign_messages m
+      JOIN campaign_runs r ON r.id = m.run_id
+      JOIN campaign_configs c ON c.id = r.config_id
+     WHERE m.finished_at >= now() - interval '1 day'
+       AND m.status = 'skipped' AND m.error_class = 'opted_out'
+     GROUP BY c.inbox_id
+)
 SELECT i.id AS inbox_id,
        i.workspace_id,
        i.name,
@@ -287,23 +310,5 @@ SELECT i.id AS inbox_id,
        coalesce(o.opted_out, 0) AS skipped_opted_out_24h
   FROM inboxes i
   LEFT JOIN inbox_pacing p ON p.inbox_id = i.id
-  LEFT JOIN LATERAL (
-        SELECT count(*) AS held,
-               count(*) FILTER (WHERE m.held_reason = 'send_window') AS held_window,
-               count(*) FILTER (WHERE m.held_reason = 'pace') AS held_pace,
-               count(*) FILTER (WHERE m.held_reason = 'daily_cap') AS held_cap,
-               count(*) FILTER (WHERE m.held_reason = 'inbox_paused') AS held_paused
-          FROM campaign_configs c
-          JOIN campaign_runs r ON r.config_id = c.id
-          JOIN campaign_messages m ON m.run_id = r.id
-         WHERE c.inbox_id = i.id AND m.status = 'queued' AND m.held_until IS NOT NULL
-           AND m.held_until > now()
-  ) h ON true
-  LEFT JOIN LATERAL (
-        SELECT count(*) AS opted_out
-          FROM campaign_configs c
-          JOIN campaign_runs r ON r.config_id = c.id
-          JOIN campaign_messages m ON m.run_id = r.id
-         WHERE c.inbox_id = i.id AND m.status = 'skipped' AND m.error_class = 'opted_out'
-           AND m.finished_at >= now() - interval '1 day'
-  ) o ON true;
+  LEFT JOIN held h ON h.inbox_id = i.id
+  LEFT JOIN opted o ON o.inbox_id = i.id;
