@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "scaling": "bench.scaling",
     "endtoend": "bench.endtoend",
     "llmcost": "bench.llmcost",
+    "pacing": "bench.pacing",
 }
 
 

@@ -283,6 +283,70 @@ class Database:
         params = {"msg_id": msg.msg_id, "read_ct": msg.read_ct, "message_id": message_id}
         return bool(await self._scalar("release_now", params))
 
+    # --- sender safety (issue 13) ---------------------------------------------------------
+
+    async def book_send_slot(
+        self,
+        *,
+        inbox_id: uuid.UUID,
+        message_id: uuid.UUID,
+        span_s: float,
+        daily_cap: int | None,
+        first_bubble: bool,
+        bubbles: int,
+    ) -> tuple[bool, float | None]:
+        """(booked, seconds until the slot); booked is False when today's cap is reached."""
+        self.statements["book_send_slot"] += 1
+        params = {
+            "inbox_id": inbox_id,
+            "message_id": message_id,
+            "span_s": span_s,
+            "daily_cap": daily_cap,
+            "first_bubble": first_bubble,
+            "bubbles": bubbles,
+        }
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("book_send_slot"), params)
+            row = await cur.fetchone()
+        if row is None or not row[0]:
+            return False, None
+        return True, float(row[1])
+
+    async def hold_back(
+        self, msg: QueueMessage, message_id: uuid.UUID, *, delay_s: float, reason: str, detail: str
+    ) -> bool:
+        params = {
+            "msg_id": msg.msg_id,
+            "read_ct": msg.read_ct,
+            "message_id": message_id,
+            "delay_s": delay_s,
+            "reason": reason,
+            "detail": detail,
+        }
+        return bool(await self._scalar("hold_back", params))
+
+    async def report_inbox_trouble(
+        self,
+        *,
+        inbox_id: uuid.UUID,
+        kind: str,
+        detail: str,
+        retry_after_s: float | None,
+        threshold: int,
+        window_s: float,
+    ) -> str | None:
+        """The pause reason when this report paused the inbox, else None."""
+        params = {
+            "inbox_id": inbox_id,
+            "kind": kind,
+            "detail": detail,
+            "retry_after_s": retry_after_s,
+            "threshold": threshold,
+            "window_s": window_s,
+        }
+        value = await self._scalar("report_inbox_trouble", params)
+        return str(value) if value is not None else None
+
 
 async def listen_connection(url: str) -> psycopg.AsyncConnection[Any]:
     """A dedicated connection LISTENing for new-message notifications (the pool's are shared)."""

@@ -55,6 +55,12 @@ from .settings import Settings, secret_value
 from .stats import collect_stats, render_stats
 
 DEMO_CAMPAIGN = "campaignq demo"
+# Issue 13: a second inbox paced at DEMO_PACED_PER_MINUTE beside the demo's unpaced one, to
+# show the pace held across the consumers while the unpaced campaign runs at full speed.
+DEMO_PACED_CAMPAIGN = "campaignq demo, paced inbox"
+DEMO_PACED_LEADS = 8
+DEMO_PACED_PER_MINUTE = 60
+PACED_WAIT_S = 90.0
 DEMO_MODEL = "openai/gpt-4o-mini"
 DEMO_PROMPT = (
     "You write short, warm WhatsApp messages for a small gym chain. Greet the lead by name, "
@@ -129,6 +135,7 @@ class Seeded:
     paused_run_id: uuid.UUID
     total: int  # rows of the running run: every one must end sent, failed or skipped
     rejected_phones: list[str] = field(default_factory=list)
+    paced_run_id: uuid.UUID | None = None  # issue 13
 
 
 @dataclass
@@ -192,7 +199,8 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         base_url = _start_simulator(options, log_dir, children)
         with connect(database_url) as conn:
             seeded = _seed(conn, options, rng)
-            leftovers = _other_open_work(conn, seeded.run_id)
+            seeded.paced_run_id = _seed_paced(conn, seeded.workspace_id, rng)  # issue 13
+            leftovers = _other_open_work(conn, seeded.run_id, seeded.paced_run_id)
         if options.faults != "none":
             _patch_simulator_faults(base_url, {"reject_phones": seeded.rejected_phones})
         console.print(
@@ -216,6 +224,8 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         with connect(database_url) as conn:
             counts = _follow(conn, seeded, children, console, started)
         elapsed_s = time.monotonic() - started
+        with connect(database_url) as conn:
+            paced = _wait_paced(conn, seeded, console)  # issue 13
         sim_stats = _simulator_stats(base_url)
         exit_codes = _stop_children(children)
         children = []
@@ -234,6 +244,7 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
             sim_stats=sim_stats,
             exit_codes=exit_codes,
             log_dir=log_dir,
+            paced=paced,
         )
         _print_database_help(console, database_url, settings, embedded, seeded.run_id, options.keep_server)
         if options.serve:
@@ -587,14 +598,66 @@ def _insert_messages(
     )
 
 
-def _other_open_work(conn: psycopg.Connection[Any], run_id: uuid.UUID) -> int:
+def _seed_paced(conn: psycopg.Connection[Any], workspace_id: uuid.UUID, rng: random.Random) -> uuid.UUID:
+    """A small campaign through its own inbox paced at DEMO_PACED_PER_MINUTE (issue 13)."""
+    with conn.transaction():
+        inbox_id = _returning_id(
+            conn,
+            "INSERT INTO inboxes (workspace_id, name, provider, instance, max_sends_per_minute) "
+            "VALUES (%s, 'Demo WhatsApp (paced)', 'evolution', %s, %s) RETURNING id",
+            (workspace_id, f"demo-paced-{workspace_id.hex[:8]}", DEMO_PACED_PER_MINUTE),
+        )
+        config_id = _returning_id(
+            conn,
+            "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
+            "split_messages, max_parts) VALUES (%s, %s, %s, %s, %s, false, 1) RETURNING id",
+            (workspace_id, DEMO_PACED_CAMPAIGN, DEMO_MODEL, DEMO_PROMPT, inbox_id),
+        )
+        run_id = _returning_id(
+            conn,
+            "INSERT INTO campaign_runs (config_id, status, leads_total, leads_processed, started_at) "
+            "VALUES (%s, 'running', %s, 0, now()) RETURNING id",
+            (config_id, DEMO_PACED_LEADS),
+        )
+        lead_ids = _insert_leads(conn, workspace_id, [_fake_lead(rng) for _ in range(DEMO_PACED_LEADS)])
+        _insert_messages(conn, run_id, lead_ids, "-1 minute")
+    return run_id
+
+
+def _wait_paced(conn: psycopg.Connection[Any], seeded: Seeded, console: Console) -> dict[str, Any]:
+    """Let the paced campaign finish (it cannot go faster than its pace), then measure it."""
+    if seeded.paced_run_id is None:
+        return {}
+    deadline = time.monotonic() + PACED_WAIT_S
+    with console.status(f"the paced inbox sends at most {DEMO_PACED_PER_MINUTE}/min; finishing…"):
+        while time.monotonic() < deadline:
+            if (
+                _count_status(conn, seeded.paced_run_id, "sent")
+                + _count_status(conn, seeded.paced_run_id, "failed")
+                >= DEMO_PACED_LEADS
+            ):
+                break
+            time.sleep(POLL_S)
+    rows = conn.execute(
+        "SELECT extract(epoch FROM sent_at)::double precision FROM campaign_messages "
+        "WHERE run_id = %s AND status = 'sent' ORDER BY sent_at",
+        (seeded.paced_run_id,),
+    ).fetchall()
+    times = [float(r[0]) for r in rows]
+    busiest = 0
+    for i, t in enumerate(times):
+        busiest = max(busiest, sum(1 for u in times[i:] if u < t + 10.0))
+    return {"sent": len(times), "busiest_10s": busiest, "limit_10s": DEMO_PACED_PER_MINUTE // 6}
+
+
+def _other_open_work(conn: psycopg.Connection[Any], run_id: uuid.UUID, *also_ours: uuid.UUID | None) -> int:
     """Messages of other running runs that the consumers will also process (an earlier
     interrupted demo, replayed dead letters): said up front so the numbers add up."""
     row = conn.execute(
         "SELECT count(*) FROM campaign_messages m JOIN campaign_runs r ON r.id = m.run_id "
-        "WHERE r.status = 'running' AND m.run_id <> %s "
+        "WHERE r.status = 'running' AND m.run_id <> ALL(%s) "
         "AND m.status IN ('pending', 'queued', 'generating', 'sending') AND m.scheduled_at <= now()",
-        (run_id,),
+        ([run_id, *(r for r in also_ours if r is not None)],),
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -715,6 +778,7 @@ def _print_summary(
     sim_stats: Mapping[str, Any],
     exit_codes: Mapping[str, int | None],
     log_dir: Path,
+    paced: Mapping[str, Any] | None = None,
 ) -> None:
     table = Table(title="Demo summary", title_justify="left", title_style="bold", show_header=False)
     table.add_column("what", style="bold")
@@ -740,6 +804,13 @@ def _print_summary(
         "paused run",
         f"{seeded.paused_run_id}: {paused_pending} messages stay pending (the producer skips it)",
     )
+    if paced:
+        table.add_row(
+            "paced inbox",
+            f"{paced['sent']} of {DEMO_PACED_LEADS} sent through an inbox paced at "
+            f"{DEMO_PACED_PER_MINUTE}/min (busiest 10 s: {paced['busiest_10s']}, limit "
+            f"{paced['limit_10s']}), beside the unpaced one above, which did not wait for it",
+        )
     if sim_stats:
         send = sim_stats.get("send", {})
         table.add_row(

@@ -101,6 +101,30 @@ class ReconcileUnavailableError(DeferralError):
     error_class = "reconcile_unavailable"
 
 
+class InboxBannedError(InboxUnavailableError):
+    """The gateway says the number was banned or logged out: the inbox is paused for an
+    operator (issue 13); its messages wait in the queue without burning attempts."""
+
+    error_class = "inbox_banned"
+
+    def __init__(self, message: str | None = None, *, kind: str = "banned") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class SendHeldError(CampaignqError):
+    """Not now, and not a failure: the inbox's pace or daily cap, a paused inbox or the lead's
+    send window says later. The message goes back to the queue until `delay_s` has passed,
+    burning no attempt and not running the `deferred_too_long` clock (issue 13)."""
+
+    error_class = "held"
+
+    def __init__(self, message: str | None = None, *, reason: str, delay_s: float) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
 class PermanentError(CampaignqError):
     """Retrying cannot help: dead-letter at once."""
 

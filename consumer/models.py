@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .pacing import InboxSafety, SendPlan
 
 PAYLOAD_VERSION = 1
 
@@ -63,6 +65,26 @@ class CampaignConfig:
 
 
 @dataclass
+class SenderContext:
+    """Sender-safety facts of one message (issue 13), read fresh with every batch: the lead's
+    opt-out and zone, the campaign's send window, the inbox's pace/cap/pause, the message's
+    pace booking (`slot_wait_s`: seconds until it, in the database's clock; negative = late)."""
+
+    opted_out_at: datetime | None = None
+    lead_timezone: str | None = None
+    config_timezone: str | None = None
+    window_start: time | None = None
+    window_end: time | None = None
+    inbox: InboxSafety | None = None
+    slot_wait_s: float | None = None
+    read_monotonic: float = 0.0
+    # State of the attempt in progress (set by sender_safety.before_bubble):
+    checked: bool = False
+    plan: SendPlan | None = None
+    slot_monotonic: float | None = None
+
+
+@dataclass
 class MessageContext:
     """What the batch query knows about one queue message, before any work is done.
 
@@ -97,6 +119,7 @@ class MessageContext:
     config_id: uuid.UUID | None = None
     config: CampaignConfig | None = None
     last_error_class: str | None = None
+    sender: SenderContext = field(default_factory=SenderContext)  # issue 13
 
     @property
     def message_id(self) -> uuid.UUID | None:

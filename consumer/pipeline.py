@@ -29,6 +29,7 @@ from .errors import (
     InvalidConfigError,
     LeaseLostError,
     ReconcileUnavailableError,
+    SendHeldError,
     SendOutcomeUnknownError,
     UncertainSendHeldError,
 )
@@ -36,6 +37,7 @@ from .generation import Generator
 from .lease import Lease
 from .metrics import ConsumerMetrics
 from .models import CampaignConfig, MessageContext
+from .sender_safety import SenderSafety
 from .settings import Settings
 from .triage import (
     ArchiveOnly,
@@ -105,6 +107,7 @@ class MessagePipeline:
         self.metrics = metrics
         self.on_fatal = on_fatal
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not security)
+        self.safety = SenderSafety(db=db, settings=settings, rng=self.rng)  # issue 13
 
     async def handle(self, ctx: MessageContext, lease: Lease) -> str:
         """Carry one message to an outcome; returns the outcome's name (for logs and metrics)."""
@@ -114,7 +117,8 @@ class MessagePipeline:
         action = triage(ctx, max_attempts=self.settings.max_attempts)
         try:
             if isinstance(action, Process):
-                outcome = await self._process(ctx, attempt, lease)
+                # issue 13: a paused inbox or a closed send window hands the message back first
+                outcome = await self.safety.hold_if_not_now(ctx) or await self._process(ctx, attempt, lease)
             else:
                 outcome = await _shielded(self._settle_without_processing(ctx, action))
         except asyncio.CancelledError:
@@ -197,6 +201,9 @@ class MessagePipeline:
             self.metrics.leases_lost.inc()
             self._log(ctx, attempt, "lease_lost", str(exc), level="WARNING")
             return "lease_lost"
+        except SendHeldError as held:  # issue 13: pace, daily cap, window — not a failure
+            await _shielded(self._record_progress(ctx))
+            return await _shielded(self.safety.hold(ctx, held))
         except Exception as exc:  # every error becomes a policy decision; nothing escapes
             return await _shielded(self._fail(ctx, attempt, exc))
         message_id = ctx.require_message_id()
@@ -277,9 +284,12 @@ class MessagePipeline:
                     cap_s=self.settings.typing_delay_cap_s,
                 )
             )
+            # issue 13: the inbox's pace (may wait a moment for the booked slot, or hand back).
+            await self.safety.before_bubble(ctx, index=index, parts=parts, delay_ms=delay_ms)
             # The whole send must fit in the lease: its timeout (which includes the typing
             # delay) plus a margin to record the answer. Otherwise stop here; the next holder
-            # carries on from `parts_sent` once the lease has really ended.
+            # carries on from `parts_sent` once the lease has really ended. Checked after the
+            # pace wait, which spends lease time.
             needed_s = self.settings.send_timeout_s + delay_ms / 1000 + self.settings.lease_margin_s
             await lease.ensure_room(needed_s)
             started = time.perf_counter()
@@ -430,6 +440,7 @@ class MessagePipeline:
         # the database still refuses, this raises and the row stays `sending`, which makes
         # the next holder reconcile that part with the gateway first.
         await self._record_facts(ctx, attempt)
+        await self.safety.after_failure(ctx, exc, stage=attempt.stage)  # issue 13: 429 / ban → inbox
         deferred_for_s = 0.0
         if ctx.first_deferred_at is not None:
             deferred_for_s = max(0.0, (datetime.now(UTC) - ctx.first_deferred_at).total_seconds())

@@ -163,6 +163,29 @@ class Settings(BaseSettings):
     )
     max_part_chars: int = Field(default=4096, ge=16, le=4096, description="Longest WhatsApp bubble.")
 
+    # --- sender safety (issue 13): per-inbox pacing, send windows, automatic pause --------
+    pace_jitter: float = Field(
+        default=0.3, ge=0, le=3, description="Pace gaps are stretched by a random 0..this fraction."
+    )
+    pace_max_wait_s: float = Field(
+        default=3.0, ge=0, description="Wait this long in-process for a pace slot; longer waits queue."
+    )
+    pace_late_tolerance_s: float = Field(
+        default=1.0, ge=0, description="A booked pace slot this late is still used, not rebooked."
+    )
+    window_open_spread_s: float = Field(
+        default=60.0, ge=0, description="Held messages return at a window opening plus 0..this."
+    )
+    paused_inbox_recheck_s: float = Field(
+        default=120.0, gt=0, description="Messages of a paused inbox look again after about this."
+    )
+    pause_after_rate_limits: int = Field(
+        default=5, ge=1, description="Gateway 429s within the window below that pause an inbox."
+    )
+    rate_limit_pause_window_s: float = Field(
+        default=300.0, gt=0, description="Window in which those 429s are counted."
+    )
+
     # --- producer ------------------------------------------------------------------------
     producer_batch_size: int = Field(default=5000, ge=1, description="Most rows one producer call queues.")
     producer_interval_s: float = Field(

@@ -143,6 +143,14 @@ class Faults(BaseModel):
     reject_phones: frozenset[str] = frozenset()
     disconnected_instances: frozenset[str] = frozenset()
     dead_socket_instances: frozenset[str] = frozenset()
+    # Issue 13: a number's own limits, as the Cloud API enforces them. Above
+    # `instance_rate_limits[instance]` accepted sends within `instance_rate_window_s`, a send
+    # answers 429 with error code 130429 and a Retry-After; a banned instance answers 403
+    # "banned", a logged-out one 500 "logged out" (Baileys' loggedOut).
+    instance_rate_limits: dict[str, int] = Field(default_factory=dict)
+    instance_rate_window_s: Annotated[float, Field(gt=0.0)] = 60.0
+    banned_instances: frozenset[str] = frozenset()
+    logged_out_instances: frozenset[str] = frozenset()
     seed: int | None = None
 
 
@@ -227,6 +235,7 @@ class _Counts:
     state: Counter[str] = field(default_factory=Counter)
     send: Counter[str] = field(default_factory=Counter)
     find: Counter[str] = field(default_factory=Counter)
+    send_by_instance: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Simulator:
@@ -270,6 +279,7 @@ class Simulator:
         self._find_scripts: list[_Script] = []
         self._prompt_cache = PromptCacheModel(self._rng)
         self._batches = BatchStore()
+        self._recent_accepts: dict[str, deque[float]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -452,7 +462,14 @@ class Simulator:
                 "by_outcome": dict(self._counts.send),
             },
             "find": {"requests": sum(self._counts.find.values()), "by_outcome": dict(self._counts.find)},
+            "send_by_instance": {
+                f"{i}:{o}": n for (i, o), n in sorted(self._counts.send_by_instance.items())
+            },
         }
+
+    def send_outcomes(self, instance: str) -> dict[str, int]:
+        """Send answers given to one instance, by outcome (accepted, rate_limited_130429, …)."""
+        return {o: n for (i, o), n in self._counts.send_by_instance.items() if i == instance}
 
     # --- the LLM ------------------------------------------------------------------------------
 
@@ -649,8 +666,18 @@ class Simulator:
         ):
             self._counts.send["400_malformed"] += 1
             return _evolution_error(400, ["number and text must be non-empty strings, delay an integer"])
+        return await self._answer_send(instance, number, text, delay)
+
+    async def _answer_send(self, instance: str, number: str, text: str, delay: int) -> web.StreamResponse:
         outcome, script = self._send_outcome(instance, number, text)
+        limited_for_s = 0.0
+        if outcome == "accepted":
+            outcome, limited_for_s = self._instance_limits(instance)
         self._counts.send[outcome] += 1
+        self._counts.send_by_instance[(instance, outcome)] += 1
+        refusal = _number_refusal(outcome, limited_for_s)
+        if refusal is not None:
+            return refusal
         if outcome == "404":
             return _evolution_error(404, [f'The "{instance}" instance does not exist'])
         if outcome in ("400", "401", "403", "422"):
@@ -710,6 +737,26 @@ class Simulator:
             ("hang_after_accept", faults.send_hang_after_accept_p),
         ]
         return _draw(self._rng, chances, default="accepted"), None
+
+    def _instance_limits(self, instance: str) -> tuple[str, float]:
+        """("accepted", 0) or the number's own refusal: banned, logged out, or over its rate."""
+        faults = self._faults
+        if instance in faults.banned_instances:
+            return "banned", 0.0
+        if instance in faults.logged_out_instances:
+            return "logged_out", 0.0
+        limit = faults.instance_rate_limits.get(instance)
+        if limit is None:
+            return "accepted", 0.0
+        now = time.monotonic()
+        recent = self._recent_accepts.setdefault(instance, deque())
+        while recent and recent[0] <= now - faults.instance_rate_window_s:
+            recent.popleft()
+        if len(recent) >= limit:
+            return "rate_limited_130429", recent[0] + faults.instance_rate_window_s - now
+        # Counted when let through (before the typing delay), as a gateway's limiter would.
+        recent.append(now)
+        return "accepted", 0.0
 
     def _accept(self, instance: str, number: str, text: str, delay_ms: int) -> SentMessage:
         sequence = len(self._sends) + 1
@@ -995,6 +1042,30 @@ def _ai_error(
 
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 422: "Unprocessable"}
+
+
+def _number_refusal(outcome: str, limited_for_s: float) -> web.Response | None:
+    if outcome == "rate_limited_130429":
+        return _cloud_rate_limited(limited_for_s)
+    if outcome == "banned":
+        return _evolution_error(403, ["This WhatsApp account has been banned (account locked, 131031)"])
+    if outcome == "logged_out":
+        return _evolution_error(500, ["Error: logged out (the session was closed by WhatsApp)"])
+    return None
+
+
+def _cloud_rate_limited(retry_after_s: float) -> web.Response:
+    """The Cloud API's answer above a number's throughput (error 130429), with a Retry-After."""
+    body = {
+        "error": {
+            "message": "(#130429) Rate limit hit",
+            "type": "OAuthException",
+            "code": 130429,
+            "error_data": {"details": "Cloud API message throughput has been reached."},
+        }
+    }
+    headers = _retry_after_headers(max(1.0, math.ceil(retry_after_s)), "seconds")
+    return web.json_response(body, status=429, headers=headers)
 
 
 def _evolution_error(status: int, message: Any, *, headers: Mapping[str, str] | None = None) -> web.Response:

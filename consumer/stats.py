@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .costs import estimate_cost_usd
+from .pacing import InboxSafety, daily_cap
 from .settings import ModelPrice
 from .sql import query
 
@@ -133,6 +134,30 @@ WORKSPACE_AI_COST_KEYS = (
     "daily_ai_cost_cap_usd",
     "runs_budget_exhausted",
 )
+# Issue 13 (sender safety): inboxes that are paced, capped, warming up, paused, or have
+# messages waiting (held) or skipped for opt-out; view `campaignq_inbox_safety` (0009).
+INBOX_KEYS = (
+    "inbox_id",
+    "workspace_id",
+    "name",
+    "instance",
+    "max_sends_per_minute",
+    "daily_send_cap",
+    "daily_cap_today",
+    "messages_today",
+    "bubbles_booked",
+    "next_slot_at",
+    "paused_at",
+    "pause_reason",
+    "rate_limited_recent",
+    "last_rate_limited_at",
+    "held",
+    "held_send_window",
+    "held_pace",
+    "held_daily_cap",
+    "held_inbox_paused",
+    "skipped_opted_out_24h",
+)
 TOP_LEVEL_KEYS = (
     "schema_version",
     "generated_at",
@@ -143,6 +168,7 @@ TOP_LEVEL_KEYS = (
     "dead_letters_by_run",
     "ai_costs",
     "workspace_ai_costs",
+    "inboxes",
 )
 
 
@@ -169,6 +195,9 @@ def collect_stats(
         by_run = _rows(conn, "stats_dead_letters_by_run", {"run_id": run_id, "limit": runs_limit})
         ai_costs = _rows(conn, "stats_ai_costs", {"run_id": run_id, "limit": runs_limit})
         workspace_ai_costs = _rows(conn, "stats_workspace_ai_costs", {"workspace_id": workspace_id})
+        inboxes = _rows(conn, "stats_inboxes", {"limit": 100})
+    for inbox in inboxes:
+        inbox["daily_cap_today"] = _cap_today(inbox, generated_at)
     for run in runs:
         _price_run(run, prices)
     _price_workspaces(workspaces, unpriced, prices)
@@ -182,7 +211,20 @@ def collect_stats(
         "dead_letters_by_run": _project(by_run, DEAD_LETTER_RUN_KEYS),
         "ai_costs": _project(ai_costs, AI_COST_KEYS),
         "workspace_ai_costs": _project(workspace_ai_costs, WORKSPACE_AI_COST_KEYS),
+        "inboxes": _project(inboxes, INBOX_KEYS),
     }
+
+
+def _cap_today(inbox: Mapping[str, Any], now: datetime | None) -> int | None:
+    """Today's cap with the warm-up curve applied (the same maths the consumer uses)."""
+    safety = InboxSafety(
+        inbox_id=inbox["inbox_id"],
+        daily_send_cap=inbox["daily_send_cap"],
+        warmup_started_at=inbox["warmup_started_at"],
+        warmup_first_day_cap=inbox["warmup_first_day_cap"],
+        warmup_daily_growth=float(inbox["warmup_daily_growth"] or 1.5),
+    )
+    return daily_cap(safety, now or datetime.now(UTC))
 
 
 def _rows(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -259,6 +301,7 @@ def render_stats(stats: Mapping[str, Any]) -> RenderableType:
         _workspaces_table(stats["workspaces"]),
         _ai_costs_table(stats.get("ai_costs", [])),
         _dead_letters_table(stats["dead_letters"]),
+        _inboxes_table(stats.get("inboxes", [])),
     )
 
 
@@ -412,6 +455,30 @@ def _dead_letters_table(letters: Sequence[Mapping[str, Any]]) -> Table:
             _n(d["runs"]),
             _when(d["oldest_at"]),
             _when(d["newest_at"]),
+        )
+    return table
+
+
+def _inboxes_table(inboxes: Sequence[Mapping[str, Any]]) -> Table:
+    table = _table(
+        "Inboxes (sender safety)",
+        ("inbox", "paused", "pace/min", "today/cap", "held: window", "pace", "cap", "paused", "opted out"),
+        left=2,
+    )
+    if not inboxes:
+        table.add_row("none paced, capped or paused", "", "", "", "", "", "", "", "")
+    for i in inboxes:
+        cap = i["daily_cap_today"]
+        table.add_row(
+            str(i["name"] or i["instance"]),
+            str(i["pause_reason"] or "paused") if i["paused_at"] else "-",
+            _n(i["max_sends_per_minute"]),
+            f"{_n(i['messages_today'])}/{_n(cap)}",
+            _n(i["held_send_window"]),
+            _n(i["held_pace"]),
+            _n(i["held_daily_cap"]),
+            _n(i["held_inbox_paused"]),
+            _n(i["skipped_opted_out_24h"]),
         )
     return table
 

@@ -86,6 +86,8 @@ def triage(ctx: MessageContext, *, max_attempts: int) -> Action:
         return ReleaseToPending(f"run is {ctx.run_status}, row was {ctx.previous_status}")
     if not ctx.claimed:
         return LeaseLost()
+    if ctx.sender.opted_out_at is not None:  # issue 13: before any AI spend
+        return Skip("opted_out", "the lead opted out")
     if ctx.previous_status in IN_FLIGHT_STATUSES and ctx.retry_count >= max_attempts:
         return DeadLetterNow(
             "max_attempts",

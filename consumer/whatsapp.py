@@ -24,6 +24,7 @@ from .ai import parse_retry_after_s
 from .breaker import CircuitBreaker
 from .errors import (
     FatalError,
+    InboxBannedError,
     InboxUnavailableError,
     InvalidConfigError,
     InvalidLeadError,
@@ -41,6 +42,11 @@ from .settings import Settings
 CONNECTED_STATE = "open"
 # Evolution's answer when Baileys' socket is gone although connectionState still says "open".
 DEAD_SOCKET_MARKER = "connection closed"
+# Issue 13: answers that mean the number itself is in trouble (WhatsApp banned or locked it,
+# or closed its session). Not our API key's fault, so never fatal for the process: the inbox
+# is paused for an operator and its messages wait.
+BAN_MARKERS = ("banned", "account locked", "131031", "temporarily blocked")
+LOGOUT_MARKERS = ("logged out", "loggedout", "logout")
 _PROVIDER_TEXT_MAX_CHARS = 300
 # Reconciliation reads at most this many pages of a chat (newest first), and allows this much
 # clock difference between us and the gateway when comparing a record's time with the attempt's.
@@ -342,6 +348,11 @@ class WhatsAppClient:
     ) -> Exception:
         data = _json_object(body)
         message = self._provider_text(data, body)
+        lowered = message.lower()
+        if status != 429 and any(marker in lowered for marker in BAN_MARKERS):  # issue 13
+            return InboxBannedError(f"inbox {instance!r} is banned: {message}", kind="banned")
+        if status != 429 and any(marker in lowered for marker in LOGOUT_MARKERS):  # issue 13
+            return InboxBannedError(f"inbox {instance!r} was logged out: {message}", kind="logged_out")
         if status in (401, 403):
             return FatalError(f"WhatsApp gateway refused our API key ({status})")
         if status == 429:

@@ -32,6 +32,7 @@ from .models import (
     parse_payload,
 )
 from .pipeline import MessagePipeline
+from .sender_safety import sender_context_from_row
 from .settings import Settings
 from .whatsapp import WhatsAppClient
 
@@ -240,6 +241,7 @@ class Worker:
         ctx.custom_fields = row["custom_fields"]
         ctx.config_id = row["config_id"]
         ctx.config = self._config_for(row)
+        ctx.sender = sender_context_from_row(row)  # issue 13
 
     def _config_for(self, row: dict[str, Any]) -> CampaignConfig | None:
         config_id = row["config_id"]

@@ -22,6 +22,9 @@ GRANT SELECT ON campaignq_run_ai_costs, campaignq_workspace_ai_costs TO campaign
 GRANT SELECT, UPDATE, DELETE ON pgmq.q_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.a_campaign_messages TO campaignq_worker;
 GRANT SELECT, INSERT ON pgmq.q_campaign_messages_dlq TO campaignq_worker;
+-- issue 13 (sender safety): the shared pacing rows, and the automatic pause of an inbox.
+GRANT SELECT, INSERT, UPDATE ON inbox_pacing TO campaignq_worker;
+GRANT UPDATE (paused_at, pause_reason) ON inboxes TO campaignq_worker;
 
 -- name: read_messages
 SELECT msg_id, read_ct, enqueued_at, vt, message
@@ -92,7 +95,22 @@ SELECT b.msg_id,
        cf.max_tokens,
        cf.inbox_id,
        i.instance,
-       i.uncertain_send_policy
+       i.uncertain_send_policy,
+       -- issue 13 (sender safety), read fresh with every batch (never from the config cache):
+       l.opted_out_at,
+       l.timezone                    AS lead_timezone,
+       sc.timezone                   AS config_timezone,
+       sc.send_window_start,
+       sc.send_window_end,
+       sc.inbox_id                   AS safety_inbox_id,
+       si.max_sends_per_minute,
+       si.daily_send_cap,
+       si.paused_at                  AS inbox_paused_at,
+       si.pause_reason               AS inbox_pause_reason,
+       si.warmup_started_at,
+       si.warmup_first_day_cap,
+       si.warmup_daily_growth,
+       extract(epoch FROM m.send_slot_at - clock_timestamp())::double precision AS send_slot_wait_s
   FROM batch b
   LEFT JOIN campaign_messages m ON m.id = b.message_id
   LEFT JOIN claimed c ON c.id = b.message_id
@@ -101,6 +119,8 @@ SELECT b.msg_id,
   LEFT JOIN campaign_configs cf
          ON cf.id = r.config_id AND NOT (cf.id = ANY (%(cached_config_ids)s::uuid[]))
   LEFT JOIN inboxes i ON i.id = cf.inbox_id
+  LEFT JOIN campaign_configs sc ON sc.id = r.config_id   -- issue 13
+  LEFT JOIN inboxes si ON si.id = sc.inbox_id            -- issue 13
  ORDER BY b.ord;
 
 -- name: extend_leases
@@ -139,7 +159,8 @@ SELECT campaignq_dead_letter(%(msg_id)s::bigint, %(read_ct)s::integer, %(message
 SELECT campaignq_release_to_pending(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid);
 
 -- name: skip
-SELECT campaignq_skip(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
+-- issue 13: the finalising wrapper (0009), so an opted-out lead's skip can complete its run.
+SELECT campaignq_skip_and_finalize(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
                       %(error_class)s::text, %(error)s::text);
 
 -- name: archive_leased
@@ -147,6 +168,32 @@ SELECT campaignq_archive_leased(%(msg_id)s::bigint, %(read_ct)s::integer);
 
 -- name: release_now
 SELECT campaignq_release_now(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid);
+
+-- name: book_send_slot
+-- Issue 13: book the next free span of a paced or capped inbox (0009_sender_safety.sql).
+SELECT booked, wait_s, messages_today
+  FROM campaignq_book_send_slot(%(inbox_id)s::uuid, %(message_id)s::uuid, %(span_s)s::double precision,
+                                %(daily_cap)s::integer, %(first_bubble)s::boolean, %(bubbles)s::integer);
+
+-- name: hold_back
+SELECT campaignq_hold_back(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
+                           %(delay_s)s::double precision, %(reason)s::text, %(detail)s::text);
+
+-- name: report_inbox_trouble
+SELECT campaignq_report_inbox_trouble(%(inbox_id)s::uuid, %(kind)s::text, %(detail)s::text,
+                                      %(retry_after_s)s::double precision, %(threshold)s::integer,
+                                      %(window_s)s::double precision);
+
+-- name: stats_inboxes
+SELECT inbox_id, workspace_id, name, instance, max_sends_per_minute, daily_send_cap,
+       warmup_started_at, warmup_first_day_cap, warmup_daily_growth, paused_at, pause_reason,
+       next_slot_at, messages_today, bubbles_booked, rate_limited_recent, last_rate_limited_at,
+       held, held_send_window, held_pace, held_daily_cap, held_inbox_paused, skipped_opted_out_24h
+  FROM campaignq_inbox_safety
+ WHERE max_sends_per_minute IS NOT NULL OR daily_send_cap IS NOT NULL OR paused_at IS NOT NULL
+    OR warmup_started_at IS NOT NULL OR held > 0 OR skipped_opted_out_24h > 0
+ ORDER BY paused_at IS NULL, name, inbox_id
+ LIMIT %(limit)s::integer;
 
 -- name: replay_dead_letters
 -- Operating it (issue 4): replay, stats, prune and the metrics sampler below; their views and

@@ -26,6 +26,7 @@ TOP_LEVEL = {
     "dead_letters_by_run",
     "ai_costs",  # issue 14
     "workspace_ai_costs",
+    "inboxes",  # issue 13
 }
 QUEUE = {
     "queue_name",
