@@ -133,7 +133,7 @@ class QueueSampler:
         return True
 
     async def sample_queues(self) -> None:
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             cur = await conn.execute(query("sample_queues"))
             rows = await cur.fetchall()
         for queue_name, depth, visible, in_flight, oldest_age_s in rows:

@@ -78,6 +78,7 @@ async def running_worker(
         settings.database_url,
         max_size=settings.db_pool_max_size,
         statement_timeout_ms=settings.db_statement_timeout_ms,
+        transaction_pooled=settings.transaction_pooled(),
     )
     try:
         async with aiohttp.ClientSession() as session:
