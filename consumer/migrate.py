@@ -48,14 +48,15 @@ WORKER_ROLE = "campaignq_worker"
 # below and on the columns msg_id, read_ct, vt, message and archived_at, present since 1.0.
 PGMQ_MIN_VERSION = (1, 4, 4)
 PGMQ_MAX_MAJOR = 1
-# Every PGMQ function campaignq calls, with the signature it calls (all exist in 1.4.4).
+# Every PGMQ function campaignq calls, as the signatures that accept our call (the first
+# one is 1.5+'s; the second, with a defaulted trailing `delay`, is 1.4.4's).
 PGMQ_FUNCTIONS = (
     "pgmq.create(text)",
-    "pgmq.read(text,integer,integer)",
+    "pgmq.read(text,integer,integer)|pgmq.read(text,integer,integer,jsonb)",
     "pgmq.archive(text,bigint)",
     "pgmq.archive(text,bigint[])",
-    "pgmq.send(text,jsonb)",
-    "pgmq.send_batch(text,jsonb[])",
+    "pgmq.send(text,jsonb)|pgmq.send(text,jsonb,integer)",
+    "pgmq.send_batch(text,jsonb[])|pgmq.send_batch(text,jsonb[],integer)",
     "pgmq.list_queues()",
     "pgmq.metrics(text)",
 )
@@ -189,7 +190,8 @@ def _inspect_pgmq(conn: psycopg.Connection[tuple[object, ...]]) -> PgmqFound:
         missing = tuple(
             str(r[0])
             for r in conn.execute(
-                "SELECT f FROM unnest(%s::text[]) AS f WHERE to_regprocedure(f) IS NULL",
+                "SELECT split_part(f, '|', 1) FROM unnest(%s::text[]) AS f WHERE NOT EXISTS "
+                "(SELECT 1 FROM unnest(string_to_array(f, '|')) AS s WHERE to_regprocedure(s) IS NOT NULL)",
                 (list(PGMQ_FUNCTIONS),),
             )
         )

@@ -27,19 +27,18 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
 def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database of its own for this test."""
     name = pg.clone_template(pg_admin_url, template_db)
-    yield pg.with_dbname(pg_admin_url, name)
+    yield pg.as_app_role(pg.with_dbname(pg_admin_url, name))
     pg.drop_database(pg_admin_url, name)
 
 
 @pytest.fixture
 def empty_database_url(pg_admin_url: str) -> Iterator[str]:
-    """A database with nothing in it (not even PGMQ)."""
+    """A database with nothing in it (not even PGMQ); owned by the app role under the matrix."""
     import uuid
 
     name = f"cq_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg.with_dbname(pg_admin_url, name)
+    pg.create_app_database(pg_admin_url, name)
+    yield pg.as_app_role(pg.with_dbname(pg_admin_url, name))
     pg.drop_database(pg_admin_url, name)
 
 
