@@ -39,6 +39,21 @@ FOREIGN_QUEUE = "other_app_jobs"
 FOREIGN_MESSAGE = {"other_app": "keep me"}
 
 
+POOLER_ENV = "CAMPAIGNQ_TEST_PGBOUNCER_PORT"
+
+
+def pgbouncer_port() -> str | None:
+    """PgBouncer's port (pool_mode = transaction, in front of the test server) when `.ci/run`
+    started one; consumers, producer, replay and stats then connect through it."""
+    return os.environ.get(POOLER_ENV) or None
+
+
+def through_pooler(url: str) -> str:
+    """`url` through the test PgBouncer when there is one; unchanged otherwise."""
+    port = pgbouncer_port()
+    return make_conninfo(url, host="127.0.0.1", port=port) if port else url
+
+
 def pgmq_matrix() -> tuple[str, str | None] | None:
     """(version created, version updated to) when the PGMQ matrix is on, else None."""
     value = os.environ.get(PGMQ_MATRIX_ENV, "").strip()
