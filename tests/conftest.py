@@ -10,6 +10,17 @@ from tests import pg
 from tests.factories import Seeder
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (visibly, in the summary's "deselected" count) the PgBouncer tests when no
+    PgBouncer runs: `.ci/run` starts one and sets CAMPAIGNQ_TEST_PGBOUNCER_PORT."""
+    if pg.pgbouncer_port():
+        return
+    deselected = [item for item in items if item.get_closest_marker("pgbouncer")]
+    if deselected:
+        items[:] = [item for item in items if not item.get_closest_marker("pgbouncer")]
+        config.hook.pytest_deselected(items=deselected)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with pg.admin_url(Path(tmp_path_factory.mktemp("pg"))) as url:
