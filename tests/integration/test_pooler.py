@@ -114,6 +114,35 @@ async def test_sigterm_drains_two_pooled_consumer_processes(
     assert sim.duplicate_sends() == []
 
 
+async def test_the_producer_loop_keeps_running_through_pgbouncer(
+    db: psycopg.Connection[Any], seed: Seeder, database_url: str
+) -> None:
+    """Many ticks of one statement: psycopg would prepare it server-side after 5, which a
+    transaction pooler cannot keep (the next tick may run on another server connection — here
+    a fresh one, after the pooler's connections are cut); the loop must go on queueing."""
+    first = seed.campaign(1)
+    process = spawn_cli("produce", "--every", "0.1s", database_url=database_url)
+    try:
+        await wait_until(lambda: seed.statuses(first.run_id) == {"queued": 1}, what="the producer running")
+        await asyncio.sleep(1.5)  # ~15 more ticks of the same statement
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        later = seed.campaign(3)
+        await wait_until(
+            lambda: seed.statuses(later.run_id) == {"queued": 3}, what="rows queued after the cut"
+        )
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 30)
+    finally:
+        process.kill()
+        _, err = process.communicate()
+    assert code == 0, err
+    assert "lost the database" not in err and "prepared statement" not in err, err
+    assert queue_count(db) == 4
+
+
 def test_migrate_through_pgbouncer_is_refused_in_one_line(database_url: str) -> None:
     result = run_cli(
         "migrate", database_url=pg.through_pooler(database_url), env={"CAMPAIGNQ_DB_POOLER": "transaction"}
