@@ -93,9 +93,9 @@ def test_another_apps_queue_and_functions_survive_migrate_roles_and_consumers(
 def test_a_lost_lease_cannot_archive_through_pgmq_archive(db: psycopg.Connection[Any], seed: Seeder) -> None:
     seed.campaign(1)
     produce(db)
-    msg_id, read_ct = db.execute(
-        "SELECT msg_id, read_ct FROM pgmq.read('campaign_messages', 0, 1)"
-    ).fetchone()
+    row = db.execute("SELECT msg_id, read_ct FROM pgmq.read('campaign_messages', 0, 1)").fetchone()
+    assert row is not None
+    msg_id, read_ct = row
     again = db.execute("SELECT read_ct FROM pgmq.read('campaign_messages', 30, 1)").fetchone()  # next holder
     assert again == (read_ct + 1,)
 
