@@ -26,6 +26,7 @@ would not hold, so a pooled URL is refused in one line before connecting.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,6 +72,9 @@ SUPERSEDED_CHECKSUMS: dict[int, dict[str, str]] = {
     },
 }
 
+BUNDLED_NOTE = "PGMQ {} (SQL bundled in the pgmq Python package, installed by campaignq migrate)"
+BUNDLED_COMMENT = re.compile(r"^PGMQ (?P<version>[0-9][0-9.]*) \(SQL bundled")
+
 PgmqAction = Literal["use", "create-extension", "bundled-sql"]
 
 
@@ -82,6 +86,7 @@ class PgmqFound:
     schema_exists: bool
     missing_functions: tuple[str, ...]  # of PGMQ_FUNCTIONS, when the schema exists
     available_default: str | None  # pg_available_extensions.default_version
+    bundled_version: str | None = None  # what our COMMENT ON SCHEMA pgmq records of a bundled install
 
 
 def decide_pgmq(found: PgmqFound) -> PgmqAction:
@@ -99,6 +104,11 @@ def decide_pgmq(found: PgmqFound) -> PgmqAction:
             )
         return "use"
     if found.schema_exists:
+        if found.bundled_version is not None and not _supported(found.bundled_version):
+            raise ConfigurationError(
+                f"schema pgmq holds PGMQ {found.bundled_version} (bundled SQL) but campaignq needs 1.4.4 or "
+                "newer (1.x): update that PGMQ install, then migrate again"
+            )
         if found.missing_functions:
             raise ConfigurationError(
                 f"schema pgmq exists without the extension and lacks {', '.join(found.missing_functions)} "
@@ -195,6 +205,11 @@ def _inspect_pgmq(conn: psycopg.Connection[tuple[object, ...]]) -> PgmqFound:
                 (list(PGMQ_FUNCTIONS),),
             )
         )
+    comment = conn.execute(
+        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'pgmq'"
+    )
+    note = comment.fetchone()
+    bundled = BUNDLED_COMMENT.match(str(note[0])) if note and note[0] else None
     available = conn.execute(
         "SELECT default_version FROM pg_available_extensions WHERE name = 'pgmq'"
     ).fetchone()
@@ -203,6 +218,7 @@ def _inspect_pgmq(conn: psycopg.Connection[tuple[object, ...]]) -> PgmqFound:
         schema_exists=schema,
         missing_functions=missing,
         available_default=str(available[0]) if available and available[0] is not None else None,
+        bundled_version=bundled["version"] if bundled else None,
     )
 
 
@@ -228,9 +244,15 @@ def _ensure_pgmq(conn: psycopg.Connection[tuple[object, ...]], action: PgmqActio
         return "extension"
     from pgmq.install import get_embedded_install_sql, get_embedded_sql_version
 
+    version = get_embedded_sql_version()
     with conn.transaction():
         conn.execute(sqlfiles.cast_literal(get_embedded_install_sql()))
-    logger.info("installed PGMQ {} from the SQL bundled in the pgmq package", get_embedded_sql_version())
+        # The bundled SQL records no version of its own (an extension has pg_extension): keep
+        # one where the next migrate reads it.
+        conn.execute(
+            sql.SQL("COMMENT ON SCHEMA pgmq IS {}").format(sql.Literal(BUNDLED_NOTE.format(version)))
+        )
+    logger.info("installed PGMQ {} from the SQL bundled in the pgmq package", version)
     return "bundled-sql"
 
 

@@ -139,6 +139,21 @@ def test_a_database_migrated_with_the_old_0004_is_brought_up_to_date(database_ur
     assert migrate(database_url).reapplied == []
 
 
+def test_a_bundled_install_records_its_version_where_the_next_migrate_reads_it(
+    empty_database_url: str,
+) -> None:
+    from consumer.migrate import _ensure_pgmq, _inspect_pgmq
+
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert _ensure_pgmq(conn, "bundled-sql") == "bundled-sql"
+        found = _inspect_pgmq(conn)
+    from pgmq.install import get_embedded_sql_version
+
+    assert found.extension_version is None and found.missing_functions == ()
+    assert found.bundled_version == get_embedded_sql_version()
+    assert migrate(empty_database_url).pgmq_installed_by is None
+
+
 def test_a_half_migrated_database_is_completed(empty_database_url: str) -> None:
     """What the old runner left on PGMQ 1.4.4: 0001-0003 applied, 0004 rolled back."""
     first_three = [m for m in sqlfiles.migrations() if m.version <= 3]

@@ -20,6 +20,7 @@ ALL_THERE: tuple[str, ...] = ()
         (PgmqFound("1.5.1", True, ALL_THERE, "1.5.1"), "use"),
         (PgmqFound("1.13.0", True, ALL_THERE, None), "use"),
         (PgmqFound(None, True, ALL_THERE, None), "use"),  # bundled SQL with every function
+        (PgmqFound(None, True, ALL_THERE, None, bundled_version="1.13.0"), "use"),
         (PgmqFound(None, False, ALL_THERE, "1.4.4"), "create-extension"),
         (PgmqFound(None, False, ALL_THERE, "1.5.1"), "create-extension"),
         (PgmqFound(None, False, ALL_THERE, "1.3.3"), "bundled-sql"),  # never an old default
@@ -38,6 +39,7 @@ def test_supported_or_absent_pgmq_is_used_or_installed(found: PgmqFound, action:
         (PgmqFound("2.0.0", True, ALL_THERE, None), "1.4.4 or newer (1.x)"),
         (PgmqFound("1.5.1", True, ("pgmq.archive(text,bigint)",), None), "lacks pgmq.archive"),
         (PgmqFound(None, True, ("pgmq.read(text,integer,integer)",), "1.5.1"), "lacks pgmq.read"),
+        (PgmqFound(None, True, ALL_THERE, None, bundled_version="1.3.0"), "PGMQ 1.3.0 (bundled SQL)"),
     ],
 )
 def test_unsupported_pgmq_stops_with_one_line_saying_what_is_needed(found: PgmqFound, needs: str) -> None:
