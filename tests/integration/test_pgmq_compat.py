@@ -197,6 +197,23 @@ def test_a_pgmq_older_than_1_4_4_stops_migrate_before_anything_changes(empty_dat
         assert _public_tables(conn) == before == []
 
 
+def test_a_migration_that_fails_is_one_line_and_rolled_back(empty_database_url: str) -> None:
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE leads (id integer)")  # someone else's table in the way of 0001
+
+    result = run_cli("migrate", database_url=empty_database_url)
+
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("campaignq: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors[0].endswith(
+        'migration 0001_schema failed and was rolled back: relation "leads" already exists'
+    )
+    with psycopg.connect(empty_database_url) as conn:
+        assert _public_tables(conn) == ["campaignq_schema_migrations", "leads"]
+        assert conn.execute("SELECT count(*) FROM campaignq_schema_migrations").fetchone() == (0,)
+
+
 @pytest.mark.parametrize(
     ("env", "port"),
     [({"CAMPAIGNQ_DB_POOLER": "transaction"}, None), ({}, "6543")],
