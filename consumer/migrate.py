@@ -162,23 +162,35 @@ def migrate(
             "use the database's direct connection string (Supabase: port 5432)"
         )
     report = MigrationReport()
-    with connect(url) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
-            # Everything that can refuse runs before the first change: a database this
-            # migrate cannot finish is left exactly as it was.
-            action = decide_pgmq(_inspect_pgmq(conn))
-            reapply = _check_history(conn)
-            _ensure_history_table(conn)
-            report.pgmq_installed_by = _ensure_pgmq(conn, action)
-            report.reapplied = _reapply_superseded(conn, reapply)
-            report.applied = _apply_pending(conn)
-            if create_roles:
-                report.roles_created = _create_worker_role(conn)
-            if schedule_producer:
-                report.cron_job_id = _schedule_producer(conn, producer_interval_s, producer_batch_size)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    try:
+        with connect(url) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+            try:
+                # Everything that can refuse runs before the first change: a database this
+                # migrate cannot finish is left exactly as it was.
+                action = decide_pgmq(_inspect_pgmq(conn))
+                reapply = _check_history(conn)
+                _ensure_history_table(conn)
+                report.pgmq_installed_by = _ensure_pgmq(conn, action)
+                report.reapplied = _reapply_superseded(conn, reapply)
+                report.applied = _apply_pending(conn)
+                if create_roles:
+                    report.roles_created = _create_worker_role(conn)
+                if schedule_producer:
+                    report.cron_job_id = _schedule_producer(conn, producer_interval_s, producer_batch_size)
+            finally:
+                if not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    # What the steps above do not translate themselves, as one line (the CLI prints it).
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigurationError(
+            f"migrate lacks a privilege ({exc.diag.message_primary}): run it as the role that owns "
+            "the database and its campaignq objects (on Supabase: postgres)"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(f"lost the database during migrate: {_one_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise ConfigurationError(f"migrate failed: {exc.diag.message_primary or _one_line(exc)}") from exc
     return report
 
 

@@ -7,6 +7,7 @@ state it needs itself, so none skips.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,21 @@ def test_a_migration_that_fails_is_one_line_and_rolled_back(empty_database_url: 
     with psycopg.connect(empty_database_url) as conn:
         assert _public_tables(conn) == ["campaignq_schema_migrations", "leads"]
         assert conn.execute("SELECT count(*) FROM campaignq_schema_migrations").fetchone() == (0,)
+
+
+def test_migrate_as_a_role_that_does_not_own_the_database_is_one_line(
+    pg_admin_url: str, database_url: str
+) -> None:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cq_stranger'").fetchone():
+            with contextlib.suppress(psycopg.errors.DuplicateObject):
+                conn.execute("CREATE ROLE cq_stranger LOGIN")
+
+    result = run_cli("migrate", database_url=psycopg.conninfo.make_conninfo(database_url, user="cq_stranger"))
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "migrate lacks a privilege" in lines[0], result.stderr
 
 
 @pytest.mark.parametrize(
