@@ -84,6 +84,11 @@ async def test_two_consumers_through_pgbouncer_record_every_outcome(
     replay = run_cli("replay", database_url=database_url)
     assert replay.returncode == 0, replay.stderr
     assert queue_count(db) == 1 and queue_count(db, "q_campaign_messages_dlq") == 0
+    archived = queue_count(db, "a_campaign_messages")
+    assert archived >= 8
+    pruned = run_cli("prune", "--older-than", "0s", database_url=database_url)
+    assert pruned.returncode == 0, pruned.stderr
+    assert queue_count(db, "a_campaign_messages") == 0
 
 
 async def test_sigterm_drains_two_pooled_consumer_processes(
