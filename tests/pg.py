@@ -154,10 +154,22 @@ def create_template(url: str) -> str:
     if matrix:
         prepare_like_supabase(with_dbname(url, name), matrix[0])
     migrate(as_app_role(with_dbname(url, name)))
-    if matrix and matrix[1]:
+    if matrix:
         with psycopg.connect(as_app_role(with_dbname(url, name)), autocommit=True) as conn:
-            conn.execute(f"ALTER EXTENSION pgmq UPDATE TO '{matrix[1]}'")
+            if matrix[1]:
+                conn.execute(f"ALTER EXTENSION pgmq UPDATE TO '{matrix[1]}'")
+            check_like_supabase(conn, matrix[1] or matrix[0])
     return name
+
+
+def check_like_supabase(conn: psycopg.Connection[tuple[object, ...]], version: str) -> None:
+    """Fails the whole session loudly when the matrix database is not what it claims: PGMQ at
+    `version`, the other application's message untouched (still unread) and its function there."""
+    found = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pgmq'").fetchone()
+    assert found == (version,), f"PGMQ {found} instead of {version}"
+    rows = conn.execute(f"SELECT read_ct, message FROM pgmq.q_{FOREIGN_QUEUE}").fetchall()
+    assert rows == [(0, FOREIGN_MESSAGE)], f"the other application's queue changed: {rows}"
+    assert conn.execute("SELECT pgmq.other_app_hello()").fetchone() == ("hello",)
 
 
 def drop_database(url: str, name: str) -> None:
