@@ -7,7 +7,7 @@ once queue up, the second finds nothing to do), one transaction per migration, a
 sha256 per applied file so an edited released migration is refused instead of ignored.
 
 Before it changes anything, `migrate` reads which PGMQ the database has and decides
-(`decide_pgmq`, the table in docs/supabase.md and the README):
+(`decide_pgmq`; the same table is in docs/supabase.md):
 
 ===================================  =============================================
 PGMQ found                           what migrate does
@@ -46,7 +46,7 @@ WORKER_ROLE = "campaignq_worker"
 # Supported PGMQ: 1.4.4 (what Supabase shipped for a long time) up to the 1.x line. Tested
 # in CI at 1.4.4, 1.5.1, 1.4.4 updated to 1.5.1 under a migrated database, and the bundled
 # SQL (1.13). Nothing we run depends on a queue table's column list, only on the functions
-# below and on the columns msg_id, read_ct, vt, message and archived_at, present since 1.0.
+# below and on the columns msg_id, read_ct, vt, message and archived_at (all in 1.4.4).
 PGMQ_MIN_VERSION = (1, 4, 4)
 PGMQ_MAX_MAJOR = 1
 # Every PGMQ function campaignq calls, as the signatures that accept our call (the first
