@@ -49,8 +49,9 @@ WORKER_ROLE = "campaignq_worker"
 # below and on the columns msg_id, read_ct, vt, message and archived_at (all in 1.4.4).
 PGMQ_MIN_VERSION = (1, 4, 4)
 PGMQ_MAX_MAJOR = 1
-# Every PGMQ function campaignq calls, as the signatures that accept our call (the first
-# one is 1.5+'s; the second, with a defaulted trailing `delay`, is 1.4.4's).
+# Every PGMQ function campaignq calls, as the signatures (any one suffices) that accept our
+# call: 1.4.4's send/send_batch end with a defaulted `delay`, 1.5's read with a defaulted
+# `conditional`. Checked with to_regprocedure; all of them exist in pgmq--1.4.4.sql.
 PGMQ_FUNCTIONS = (
     "pgmq.create(text)",
     "pgmq.read(text,integer,integer)|pgmq.read(text,integer,integer,jsonb)",
