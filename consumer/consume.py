@@ -33,6 +33,7 @@ async def run_consumer(
             database_url,
             max_size=settings.db_pool_max_size,
             statement_timeout_ms=settings.db_statement_timeout_ms,
+            transaction_pooled=settings.transaction_pooled(database_url),
         )
     except PoolTimeout as exc:
         raise DatabaseUnavailableError("cannot connect to the database (pool did not open in time)") from exc

@@ -10,7 +10,8 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -82,17 +83,40 @@ async def persist(call: Callable[[], Awaitable[T]], *, what: str, within_s: floa
 
 
 class Database:
-    def __init__(self, *, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool[Any],
+        transaction_pooled: bool = False,
+        statement_timeout_ms: int = 0,
+    ) -> None:
         self.pool = pool
+        # Behind a transaction-mode pooler (consumer/pooler.py) a session setting would leak to
+        # whichever client gets the server connection next, so the statement timeout is set
+        # per transaction instead of once per connection.
+        self.transaction_pooled = transaction_pooled
+        self.statement_timeout_ms = statement_timeout_ms
         # Statements sent, by query name: how tests (and curious operators) can see that a
         # batch costs one context query, not one per message.
         self.statements: Counter[str] = Counter()
 
     @classmethod
     async def open(
-        cls, url: str, *, max_size: int = 8, statement_timeout_ms: int = 15_000, timeout_s: float = 10.0
+        cls,
+        url: str,
+        *,
+        max_size: int = 8,
+        statement_timeout_ms: int = 15_000,
+        timeout_s: float = 10.0,
+        transaction_pooled: bool = False,
     ) -> Database:
-        options = f"-c statement_timeout={int(statement_timeout_ms)}"
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+        if transaction_pooled:
+            # No server-side prepared statements (they stay on one server connection, the next
+            # transaction may run on another) and no startup `options` (PgBouncer refuses them).
+            kwargs["prepare_threshold"] = None
+        else:
+            kwargs["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -100,25 +124,41 @@ class Database:
             open=False,
             timeout=timeout_s,
             reconnect_timeout=POOL_RECONNECT_TIMEOUT_S,
-            kwargs={"autocommit": True, "options": options, "connect_timeout": 10},
+            kwargs=kwargs,
             name="campaignq",
         )
         await pool.open(wait=True, timeout=timeout_s)
-        return cls(pool=pool)
+        return cls(
+            pool=pool, transaction_pooled=transaction_pooled, statement_timeout_ms=statement_timeout_ms
+        )
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; behind a transaction pooler, inside a transaction that carries
+        the statement timeout as `SET LOCAL` (two extra round trips: BEGIN and the setting)."""
+        async with self.pool.connection() as conn:
+            if not self.transaction_pooled:
+                yield conn
+                return
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", (str(int(self.statement_timeout_ms)),)
+                )
+                yield conn
 
     async def close(self) -> None:
         await self.pool.close()
 
     async def _scalar(self, name: str, params: dict[str, Any]) -> Any:
         self.statements[name] += 1
-        async with self.pool.connection() as conn:
+        async with self.connection() as conn:
             cur = await conn.execute(query(name), params)
             row = await cur.fetchone()
         return row[0] if row else None
 
     async def read(self, *, qty: int, vt_s: int) -> list[QueueMessage]:
         self.statements["read_messages"] += 1
-        async with self.pool.connection() as conn:
+        async with self.connection() as conn:
             cur = await conn.execute(query("read_messages"), {"qty": qty, "vt_s": vt_s})
             rows = await cur.fetchall()
         return [
@@ -140,7 +180,7 @@ class Database:
             "lead_ids": [p.lead_id for _, p in leases],
             "cached_config_ids": list(cached_config_ids),
         }
-        async with self.pool.connection() as conn:
+        async with self.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query("claim_batch"), params)
                 rows: list[dict[str, Any]] = await cur.fetchall()
@@ -151,7 +191,7 @@ class Database:
             return set()
         self.statements["extend_leases"] += 1
         params = {"msg_ids": [m for m, _ in leases], "read_cts": [r for _, r in leases], "vt_s": vt_s}
-        async with self.pool.connection() as conn:
+        async with self.connection() as conn:
             cur = await conn.execute(query("extend_leases"), params)
             return {int(r[0]) for r in await cur.fetchall()}
 
@@ -305,7 +345,7 @@ class Database:
             "first_bubble": first_bubble,
             "bubbles": bubbles,
         }
-        async with self.pool.connection() as conn:
+        async with self.connection() as conn:
             cur = await conn.execute(query("book_send_slot"), params)
             row = await cur.fetchone()
         if row is None or not row[0]:
@@ -349,7 +389,10 @@ class Database:
 
 
 async def listen_connection(url: str) -> psycopg.AsyncConnection[Any]:
-    """A dedicated connection LISTENing for new-message notifications (the pool's are shared)."""
+    """A dedicated connection LISTENing for new-message notifications (the pool's are shared).
+
+    Never behind a transaction pooler: the LISTEN would stay on a server connection other
+    clients then use, and this client would hear nothing (the worker polls instead)."""
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
     try:
         await conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(NOTIFY_CHANNEL)))

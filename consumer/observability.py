@@ -137,7 +137,7 @@ class QueueSampler:
         return True
 
     async def sample_queues(self) -> None:
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             cur = await conn.execute(query("sample_queues"))
             rows = await cur.fetchall()
         for queue_name, depth, visible, in_flight, oldest_age_s in rows:
@@ -150,7 +150,7 @@ class QueueSampler:
         """Per active run and per workspace today: cached-token share, cost per 1,000 messages
         and the budget pause (issue 14). Labels only for runs still running or paused, and the
         gauges are cleared first, so finished runs do not linger as series."""
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             runs = await (await conn.execute(query("sample_run_ai_costs"))).fetchall()
             workspaces = await (await conn.execute(query("sample_workspace_ai_costs"))).fetchall()
         m = self.metrics

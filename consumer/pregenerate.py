@@ -160,7 +160,7 @@ class Pregenerator:
 
     async def submit(self, report: TickReport) -> None:
         batch_id = uuid.uuid4()
-        async with self.db.pool.connection() as conn, conn.transaction():
+        async with self.db.connection() as conn, conn.transaction():
             await conn.execute("INSERT INTO ai_batches (id, status) VALUES (%s, 'preparing')", (batch_id,))
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -223,7 +223,7 @@ class Pregenerator:
 
     async def poll(self, report: TickReport) -> None:
         await self._execute("pregen_expire_preparing", {"older_than_s": PREPARING_ABANDONED_AFTER_S})
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(query("pregen_open_batches"))
             open_batches = await cur.fetchall()
@@ -355,7 +355,7 @@ class Pregenerator:
         )
 
     async def _configs(self, config_ids: set[uuid.UUID]) -> dict[uuid.UUID, CampaignConfig]:
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(query("pregen_configs"), {"config_ids": list(config_ids)})
             rows = await cur.fetchall()
@@ -375,7 +375,7 @@ class Pregenerator:
         }
 
     async def _configs_by_message(self, batch_id: uuid.UUID) -> dict[str, CampaignConfig]:
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             cur = await conn.execute(
                 "SELECT m.id, r.config_id FROM campaign_messages m JOIN campaign_runs r ON r.id = m.run_id "
                 "WHERE m.ai_batch_id = %s",
@@ -388,13 +388,13 @@ class Pregenerator:
         }
 
     async def _scalar(self, name: str, params: dict[str, Any]) -> Any:
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             cur = await conn.execute(query(name), params)
             row = await cur.fetchone()
         return row[0] if row else None
 
     async def _execute(self, name: str, params: dict[str, Any]) -> None:
-        async with self.db.pool.connection() as conn:
+        async with self.db.connection() as conn:
             await conn.execute(query(name), params)
 
 
@@ -403,7 +403,12 @@ async def run_pregenerate(
 ) -> int:
     """The `campaignq pregenerate` loop: a tick every `pregen_interval_s` until stopped."""
     stop = stop or asyncio.Event()
-    db = await Database.open(url, max_size=2, statement_timeout_ms=settings.db_statement_timeout_ms)
+    db = await Database.open(
+        url,
+        max_size=2,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        transaction_pooled=settings.transaction_pooled(url),
+    )
     try:
         async with aiohttp.ClientSession() as session:
             pregenerator = Pregenerator(

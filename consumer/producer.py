@@ -49,7 +49,12 @@ class ProducerLoop:
         reconnect_delay_s = 0.0
         while not self.stop_event.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                # prepare_threshold=None: this loop runs the same statement forever, which psycopg
+                # would prepare server-side after 5 runs, and behind a transaction pooler the next
+                # run may land on a server connection that does not have it.
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=10, prepare_threshold=None
+                ) as conn:
                     if reconnect_delay_s:
                         logger.info("producer reconnected to the database")
                     reconnect_delay_s = 0.0

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .pooler import PoolerMode, uses_transaction_pooler
+
 
 class ModelPrice(BaseModel):
     """USD per million tokens, used when the provider does not report `usage.cost`."""
@@ -43,6 +45,18 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=8, ge=1, le=200, description="Connections per consumer process.")
     db_statement_timeout_ms: int = Field(
         default=15_000, ge=0, description="Server-side cap on any one statement (0 = none)."
+    )
+    db_pooler: PoolerMode = Field(
+        default="auto",
+        description=(
+            "`transaction` behind a transaction-mode pooler (PgBouncer, Supabase port 6543): no "
+            "prepared statements or LISTEN; `none`; `auto` = transaction on port 6543."
+        ),
+    )
+    pooled_poll_interval_s: float = Field(
+        default=0.2,
+        gt=0,
+        description="Idle poll behind a transaction pooler, where LISTEN cannot wake the consumer.",
     )
 
     # --- AI provider (OpenAI-compatible chat completions) --------------------------------
@@ -232,6 +246,11 @@ class Settings(BaseSettings):
                 f"typing_delay_cap_s + lease_margin_s ({one_send_s:g}): a lease must fit a whole send"
             )
         return self
+
+    def transaction_pooled(self, url: str | None = None) -> bool:
+        """Whether connections to `url` (default: DATABASE_URL) go through a transaction pooler."""
+        target = url if url is not None else self.database_url
+        return bool(target) and uses_transaction_pooler(self.db_pooler, str(target))
 
     def ai_key(self) -> str:
         return self.ai_api_key.get_secret_value() if self.ai_api_key else ""

@@ -91,15 +91,17 @@ class Worker:
         return len(self._leases)
 
     async def run(self) -> int:
-        side_tasks = [
-            asyncio.create_task(self._heartbeat(), name="campaignq-heartbeat"),
-            asyncio.create_task(self._listen(), name="campaignq-listener"),
-        ]
+        side_tasks = [asyncio.create_task(self._heartbeat(), name="campaignq-heartbeat")]
+        if not self.db.transaction_pooled:
+            side_tasks.append(asyncio.create_task(self._listen(), name="campaignq-listener"))
         logger.info(
-            "consumer started: concurrency {}, batch {}, visibility timeout {} s",
+            "consumer started: concurrency {}, batch {}, visibility timeout {} s{}",
             self.settings.concurrency,
             self.settings.batch_size,
             self.settings.visibility_timeout_s,
+            f", behind a transaction pooler (polling every {self._idle_poll_s()} s instead of LISTEN)"
+            if self.db.transaction_pooled
+            else "",
         )
         try:
             await self._read_loop()
@@ -145,9 +147,17 @@ class Worker:
                 continue
             self.metrics.batch_fill_ratio.observe(len(messages) / qty)
             if not messages:
-                await self._wait_any(self._wake.wait(), asyncio.sleep(self.settings.poll_interval_s))
+                await self._wait_any(self._wake.wait(), asyncio.sleep(self._idle_poll_s()))
                 continue
             await self._start(messages, asked_at=asked_at)
+
+    def _idle_poll_s(self) -> float:
+        """How long an idle worker waits before reading again. With LISTEN a new message wakes
+        it at once; behind a transaction pooler (no LISTEN) it polls at the pooled interval,
+        so a new message still waits a fraction of a second, not a full idle poll."""
+        if self.db.transaction_pooled:
+            return min(self.settings.poll_interval_s, self.settings.pooled_poll_interval_s)
+        return self.settings.poll_interval_s
 
     async def _wait_any(self, *waits: Awaitable[Any]) -> None:
         tasks = [asyncio.ensure_future(w) for w in (*waits, self._stop.wait())]

@@ -8,9 +8,27 @@ SELECT enqueue_due_campaign_messages(%(limit)s::integer);
 -- Least privilege for `campaignq consume`: read context, update its messages and their
 -- runs, and drive the two queues. No DDL, no DELETE on business tables, no sequences (PGMQ's
 -- ids are identity columns), and the archive can only be added to. Everything is revoked
--- first, so re-running gives exactly this set (tests/integration/test_roles.py).
-REVOKE ALL ON ALL TABLES IN SCHEMA public, pgmq FROM campaignq_worker;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA public, pgmq FROM campaignq_worker;
+-- first, so re-running gives exactly this set (tests/integration/test_roles.py) — but only
+-- on what is ours: our own tables and sequences in public, our four queue tables in pgmq.
+-- Other applications' objects (Supabase projects share both schemas) are never touched, and
+-- a non-owner's REVOKE on them would fail outright anyway.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel, c.relkind
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                AND ((n.nspname = 'public' AND pg_has_role(c.relowner, 'USAGE'))
+                     OR (n.nspname = 'pgmq' AND c.relname IN ('q_campaign_messages', 'a_campaign_messages',
+                                                              'q_campaign_messages_dlq',
+                                                              'a_campaign_messages_dlq')))
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s %s FROM campaignq_worker',
+                       CASE WHEN r.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.rel);
+    END LOOP;
+END;
+$$;
 GRANT USAGE ON SCHEMA public, pgmq TO campaignq_worker;
 GRANT SELECT ON leads, inboxes, campaign_configs, campaign_runs TO campaignq_worker;
 GRANT SELECT, UPDATE ON campaign_messages TO campaignq_worker;

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping
 
 from consumer.demo import child_env
+from tests import pg
 
 
 def campaignq_env(database_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -14,10 +15,18 @@ def campaignq_env(database_url: str | None = None, **extra: str) -> dict[str, st
     return child_env({"DATABASE_URL": database_url, **extra} if database_url else extra)
 
 
+def _pooled(args: tuple[str, ...], database_url: str | None) -> tuple[str | None, dict[str, str]]:
+    """Every command but migrate goes through the test PgBouncer when `.ci/run` runs one."""
+    if database_url is None or not pg.pgbouncer_port() or (args and args[0] == "migrate"):
+        return database_url, {}
+    return pg.through_pooler(database_url), {"CAMPAIGNQ_DB_POOLER": "transaction"}
+
+
 def run_cli(
     *args: str, database_url: str | None = None, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    full_env = campaignq_env(database_url, **(env or {}))
+    database_url, pooled = _pooled(args, database_url)
+    full_env = campaignq_env(database_url, **pooled, **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "consumer.cli", *args],
         env=full_env,
@@ -31,7 +40,8 @@ def run_cli(
 def spawn_cli(
     *args: str, database_url: str | None = None, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[str]:
-    full_env = campaignq_env(database_url, **(env or {}))
+    database_url, pooled = _pooled(args, database_url)
+    full_env = campaignq_env(database_url, **pooled, **(env or {}))
     return subprocess.Popen(
         [sys.executable, "-m", "consumer.cli", *args],
         env=full_env,

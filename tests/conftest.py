@@ -10,6 +10,17 @@ from tests import pg
 from tests.factories import Seeder
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (visibly, in the summary's "deselected" count) the PgBouncer tests when no
+    PgBouncer runs: `.ci/run` starts one and sets CAMPAIGNQ_TEST_PGBOUNCER_PORT."""
+    if pg.pgbouncer_port():
+        return
+    deselected = [item for item in items if item.get_closest_marker("pgbouncer")]
+    if deselected:
+        items[:] = [item for item in items if not item.get_closest_marker("pgbouncer")]
+        config.hook.pytest_deselected(items=deselected)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with pg.admin_url(Path(tmp_path_factory.mktemp("pg"))) as url:
@@ -27,19 +38,18 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
 def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database of its own for this test."""
     name = pg.clone_template(pg_admin_url, template_db)
-    yield pg.with_dbname(pg_admin_url, name)
+    yield pg.as_app_role(pg.with_dbname(pg_admin_url, name))
     pg.drop_database(pg_admin_url, name)
 
 
 @pytest.fixture
 def empty_database_url(pg_admin_url: str) -> Iterator[str]:
-    """A database with nothing in it (not even PGMQ)."""
+    """A database with nothing in it (not even PGMQ); owned by the app role under the matrix."""
     import uuid
 
     name = f"cq_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg.with_dbname(pg_admin_url, name)
+    pg.create_app_database(pg_admin_url, name)
+    yield pg.as_app_role(pg.with_dbname(pg_admin_url, name))
     pg.drop_database(pg_admin_url, name)
 
 

@@ -17,6 +17,7 @@ from consumer.settings import Settings
 from consumer.simulator import Simulator
 from consumer.whatsapp import WhatsAppClient
 from consumer.worker import Worker
+from tests import pg
 
 AI_KEY = "sk-test-0123456789abcdef"
 WHATSAPP_KEY = "wa-test-key-0123456789"
@@ -33,8 +34,10 @@ FAST_TEST_SETTINGS: dict[str, Any] = {
 
 
 def consumer_settings(database_url: str, sim: Simulator, **overrides: Any) -> Settings:
+    """A consumer's settings; through the test PgBouncer (tests/pg.py) when `.ci/run` runs one."""
     values: dict[str, Any] = {
-        "database_url": database_url,
+        "database_url": pg.through_pooler(database_url),
+        **({"db_pooler": "transaction"} if pg.pgbouncer_port() else {}),
         "ai_base_url": sim.ai_base_url,
         "whatsapp_base_url": sim.whatsapp_base_url,
         "ai_api_key": AI_KEY,
@@ -47,7 +50,8 @@ def consumer_settings(database_url: str, sim: Simulator, **overrides: Any) -> Se
 
 def subprocess_env(database_url: str, sim: Simulator, **overrides: str) -> dict[str, str]:
     env = {
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": pg.through_pooler(database_url),
+        **({"CAMPAIGNQ_DB_POOLER": "transaction"} if pg.pgbouncer_port() else {}),
         "CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url,
         "CAMPAIGNQ_WHATSAPP_BASE_URL": sim.whatsapp_base_url,
         "CAMPAIGNQ_AI_API_KEY": AI_KEY,
@@ -79,6 +83,7 @@ async def running_worker(
         settings.database_url,
         max_size=settings.db_pool_max_size,
         statement_timeout_ms=settings.db_statement_timeout_ms,
+        transaction_pooled=settings.transaction_pooled(),
     )
     try:
         async with aiohttp.ClientSession() as session:

@@ -31,9 +31,12 @@ def run(args: argparse.Namespace) -> int:
         producer_interval_s=settings.producer_interval_s,
         producer_batch_size=settings.producer_batch_size,
         create_roles=args.create_roles,
+        pooler=settings.db_pooler,
     )
     applied = ", ".join(report.applied) if report.applied else "none (up to date)"
     print(f"migrations applied: {applied}")
+    if report.reapplied:
+        print(f"migrations re-applied (superseded text): {', '.join(report.reapplied)}")
     if report.pgmq_installed_by:
         print(f"pgmq installed ({report.pgmq_installed_by})")
     if report.roles_created:

@@ -18,19 +18,24 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Guarded archive: true when this lease still held the message and it is now archived.
+-- The row is locked first (a reader skips locked rows and nobody can bump read_ct until we
+-- commit), then PGMQ's own pgmq.archive moves it: no queue column is named here, so this
+-- works with every PGMQ from 1.4.4 (no `headers`) to the newest (`last_read_at`, …), and
+-- across an ALTER EXTENSION pgmq UPDATE. (Edited after release, issue 10: the first text
+-- copied the columns itself and needed PGMQ 1.10; consumer/migrate.py re-applies this file
+-- on databases that ran the old one.)
 CREATE OR REPLACE FUNCTION campaignq_archive_leased(p_msg_id bigint, p_read_ct integer)
 RETURNS boolean
-LANGUAGE sql AS $$
-    WITH acked AS (
-        DELETE FROM pgmq.q_campaign_messages
-         WHERE msg_id = p_msg_id AND read_ct = p_read_ct
-        RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers
-    ), archived AS (
-        INSERT INTO pgmq.a_campaign_messages (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-        SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM acked
-        RETURNING msg_id
-    )
-    SELECT EXISTS (SELECT 1 FROM archived);
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM pgmq.q_campaign_messages
+     WHERE msg_id = p_msg_id AND read_ct = p_read_ct
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    RETURN pgmq.archive('campaign_messages', p_msg_id);
+END;
 $$;
 
 -- Heartbeat: push out the visibility timeout of every message still held; returns the
