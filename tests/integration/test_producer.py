@@ -92,6 +92,9 @@ def test_two_producers_racing_queue_each_row_exactly_once(database_url: str, see
 
     def producer() -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
+            # Just-in-time queueing (0008) would stop at the target depth with no consumer
+            # draining: turn it off, this test is about SKIP LOCKED between two producers.
+            conn.execute("SET campaignq.queue_horizon_s = 0")
             start.wait()
             while (n := conn.execute("SELECT enqueue_due_campaign_messages(700)").fetchone()[0]) > 0:  # type: ignore[index]
                 counts.append(n)
