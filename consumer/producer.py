@@ -20,6 +20,18 @@ from .sql import query
 RECONNECT_DELAY_MAX_S = 30.0
 
 
+def configure_fair_share(
+    conn: psycopg.Connection[tuple[object, ...]], *, horizon_s: float, min_depth: int
+) -> None:
+    """Session values of the producer's just-in-time target (see db/migrations/0008).
+
+    The SQL function reads them with `current_setting`, so pg_cron (no environment) uses the
+    database's defaults (`ALTER DATABASE … SET campaignq.queue_horizon_s = …`) or 0008's.
+    """
+    conn.execute("SELECT set_config('campaignq.queue_horizon_s', %s, false)", (str(horizon_s),))
+    conn.execute("SELECT set_config('campaignq.queue_min_depth', %s, false)", (str(min_depth),))
+
+
 def enqueue_due(conn: psycopg.Connection[tuple[object, ...]], limit: int) -> int:
     """One producer call in its own transaction; returns how many messages it queued."""
     with conn.transaction():
@@ -33,6 +45,8 @@ class ProducerLoop:
     interval_s: float
     batch_size: int
     stop_event: threading.Event
+    queue_horizon_s: float = 15.0
+    queue_min_depth: int = 500
     queued_total: int = 0
 
     def run(self) -> None:
@@ -55,6 +69,7 @@ class ProducerLoop:
                 self.stop_event.wait(delay_s)
 
     def _produce_until_stopped(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        configure_fair_share(conn, horizon_s=self.queue_horizon_s, min_depth=self.queue_min_depth)
         while not self.stop_event.is_set():
             started = time.perf_counter()
             queued = enqueue_due(conn, self.batch_size)

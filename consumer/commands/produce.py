@@ -9,7 +9,7 @@ from types import FrameType
 
 from ..durations import parse_duration_s
 from ..migrate import connect
-from ..producer import ProducerLoop, enqueue_due
+from ..producer import ProducerLoop, configure_fair_share, enqueue_due
 from ._common import database_url, settings_from
 
 HELP = "move due campaign_messages into the PGMQ queue (once, or every few seconds)"
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(settings)
     if args.once:
         with connect(url) as conn:
+            configure_fair_share(conn, horizon_s=settings.queue_horizon_s, min_depth=settings.queue_min_depth)
             print(enqueue_due(conn, settings.producer_batch_size))
         return 0
     stop_event = threading.Event()
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         interval_s=settings.producer_interval_s,
         batch_size=settings.producer_batch_size,
         stop_event=stop_event,
+        queue_horizon_s=settings.queue_horizon_s,
+        queue_min_depth=settings.queue_min_depth,
     )
     loop.run()
     print(f"producer stopped; queued {loop.queued_total} messages")

@@ -26,10 +26,16 @@ ROOM = 30
 
 @pytest.mark.parametrize(("total", "weights", "demands", "rotation", "expected"), FAIR_SPLIT_TABLE)
 def test_sql_fair_split_agrees_with_the_python_core(
-    db: psycopg.Connection[Any], total: int, weights: list[int], demands: list[int], rotation: int, expected: list[int]
+    db: psycopg.Connection[Any],
+    total: int,
+    weights: list[int],
+    demands: list[int],
+    rotation: int,
+    expected: list[int],
 ) -> None:
     row = db.execute(
-        "SELECT campaignq_fair_split(%s, %s::numeric[], %s::integer[], %s)", (total, weights, demands, rotation)
+        "SELECT campaignq_fair_split(%s, %s::numeric[], %s::integer[], %s)",
+        (total, weights, demands, rotation),
     ).fetchone()
     assert row is not None
     assert list(row[0]) == expected == fair_split(total, weights, demands, rotation=rotation)
@@ -82,7 +88,9 @@ def test_a_tick_is_queued_interleaved_so_fifo_reads_serve_every_workspace(
 
 def test_weights_change_the_share(jit_db: psycopg.Connection[Any], seed: Seeder) -> None:
     heavy, light = seed.campaign(500), seed.campaign(500)
-    jit_db.execute("INSERT INTO workspace_weights (workspace_id, weight) VALUES (%s, 2)", (heavy.workspace_id,))
+    jit_db.execute(
+        "INSERT INTO workspace_weights (workspace_id, weight) VALUES (%s, 2)", (heavy.workspace_id,)
+    )
     counts: Counter[str] = Counter()
     for _ in range(5):
         counts += _by_run(_tick(jit_db)[1])

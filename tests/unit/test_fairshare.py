@@ -27,7 +27,9 @@ FAIR_SPLIT_TABLE = [
 
 
 @pytest.mark.parametrize(("total", "weights", "demands", "rotation", "expected"), FAIR_SPLIT_TABLE)
-def test_fair_split(total: int, weights: list[int], demands: list[int], rotation: int, expected: list[int]) -> None:
+def test_fair_split(
+    total: int, weights: list[int], demands: list[int], rotation: int, expected: list[int]
+) -> None:
     got = fair_split(total, weights, demands, rotation=rotation)
     assert got == expected
     assert sum(got) == min(total, sum(demands))
