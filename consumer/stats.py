@@ -100,6 +100,29 @@ WORKSPACE_KEYS = (
 )
 DEAD_LETTER_KEYS = ("reason", "error_class", "dead_letters", "runs", "oldest_at", "newest_at")
 DEAD_LETTER_RUN_KEYS = ("run_id", "workspace_id", "reason", "dead_letters", "oldest_at", "newest_at")
+# Fair share and the shared AI budget (issue 12, views in db/migrations/0008).
+BUDGET_KEYS = (
+    "name",
+    "requests_per_minute",
+    "holders",
+    "granted_rpm",
+    "wanted_rpm",
+    "used_rpm",
+    "used_pct",
+    "cooldown_until",
+)
+BUDGET_HOLDER_KEYS = (
+    "name",
+    "holder",
+    "host",
+    "pid",
+    "cap_rpm",
+    "wanted_rpm",
+    "granted_rpm",
+    "used_rpm",
+    "seen_at",
+)
+FAIR_SHARE_KEYS = ("workspace_id", "weight", "running_runs", "due", "in_queue", "share_pct")
 TOP_LEVEL_KEYS = (
     "schema_version",
     "generated_at",
@@ -108,6 +131,9 @@ TOP_LEVEL_KEYS = (
     "workspaces",
     "dead_letters",
     "dead_letters_by_run",
+    "budgets",
+    "budget_holders",
+    "fair_share",
 )
 
 
@@ -132,6 +158,9 @@ def collect_stats(
         unpriced = _rows(conn, "stats_workspace_unpriced", {"workspace_id": workspace_id})
         by_reason = _rows(conn, "stats_dead_letters_by_reason", {})
         by_run = _rows(conn, "stats_dead_letters_by_run", {"run_id": run_id, "limit": runs_limit})
+        budgets = _rows(conn, "limits_usage", {})
+        holders = _rows(conn, "limits_holders", {})
+        fair_share = _rows(conn, "stats_fair_share", {})
     for run in runs:
         _price_run(run, prices)
     _price_workspaces(workspaces, unpriced, prices)
@@ -143,6 +172,9 @@ def collect_stats(
         "workspaces": _project(workspaces, WORKSPACE_KEYS),
         "dead_letters": _project(by_reason, DEAD_LETTER_KEYS),
         "dead_letters_by_run": _project(by_run, DEAD_LETTER_RUN_KEYS),
+        "budgets": _project(budgets, BUDGET_KEYS),
+        "budget_holders": _project(holders, BUDGET_HOLDER_KEYS),
+        "fair_share": _project(fair_share, FAIR_SHARE_KEYS),
     }
 
 
@@ -219,7 +251,51 @@ def render_stats(stats: Mapping[str, Any]) -> RenderableType:
         _runs_cost_table(runs),
         _workspaces_table(stats["workspaces"]),
         _dead_letters_table(stats["dead_letters"]),
+        _budgets_table(stats.get("budgets", []), stats.get("budget_holders", [])),
+        _fair_share_table(stats.get("fair_share", [])),
     )
+
+
+def _budgets_table(budgets: Sequence[Mapping[str, Any]], holders: Sequence[Mapping[str, Any]]) -> Table:
+    table = _table(
+        "Shared budgets (rpm)", ("budget / holder", "budget", "granted", "wanted", "used", "used %")
+    )
+    if not budgets:
+        table.add_row("none: each process keeps its own cap", "", "", "", "", "")
+    for b in budgets:
+        cooling = " (cooling down)" if b.get("cooldown_until") else ""
+        table.add_row(
+            f"{b['name']}{cooling}",
+            _n(b["requests_per_minute"]),
+            _n(b["granted_rpm"]),
+            _n(b["wanted_rpm"]),
+            _n(b["used_rpm"]),
+            f"{b['used_pct']}",
+        )
+        for h in holders:
+            if h["name"] == b["name"]:
+                table.add_row(
+                    f"  {h['holder']}", "", _n(h["granted_rpm"]), _n(h["wanted_rpm"]), _n(h["used_rpm"]), ""
+                )
+    return table
+
+
+def _fair_share_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    table = _table(
+        "Fair share (running workspaces)", ("workspace", "weight", "runs", "due", "in queue", "share %")
+    )
+    if not rows:
+        table.add_row("none running", "", "", "", "", "")
+    for r in rows:
+        table.add_row(
+            str(r["workspace_id"]),
+            _n(r["weight"]),
+            _n(r["running_runs"]),
+            _n(r["due"]),
+            _n(r["in_queue"]),
+            f"{r['share_pct']}",
+        )
+    return table
 
 
 def _table(title: str, headers: Sequence[str], *, left: int = 1) -> Table:

@@ -24,6 +24,9 @@ TOP_LEVEL = {
     "workspaces",
     "dead_letters",
     "dead_letters_by_run",
+    "budgets",
+    "budget_holders",
+    "fair_share",
 }
 QUEUE = {
     "queue_name",
