@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, str] = {
     "cost": "bench.cost",
     "scaling": "bench.scaling",
     "endtoend": "bench.endtoend",
+    "fairness": "bench.fairness",
+    "budget": "bench.budget",
 }
 
 

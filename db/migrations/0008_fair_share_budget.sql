@@ -122,7 +122,6 @@ DECLARE
     v_run_weights   numeric[];
     v_run_demands   integer[];
     v_run_allocs    integer[] := ARRAY[]::integer[];
-    v_run_ws_allocs integer[] := ARRAY[]::integer[];
     v_ws_weights    numeric[] := ARRAY[]::numeric[];
     v_ws_demands    integer[] := ARRAY[]::integer[];
     v_ws_first      integer[] := ARRAY[]::integer[];
@@ -240,17 +239,18 @@ BEGIN
             v_run_demands[v_ws_first[j]:v_last],
             v_rotation);
         v_run_allocs := v_run_allocs || v_part;
-        v_run_ws_allocs := v_run_ws_allocs || array_fill(v_ws_allocs[j], ARRAY[v_last - v_ws_first[j] + 1]);
     END LOOP;
 
     -- Selection: each run's share through campaign_messages_pending_due_idx, oldest first,
-    -- claimed with SKIP LOCKED; queued interleaved so a FIFO read serves the shares together.
+    -- claimed with SKIP LOCKED; queued round robin (workspace by workspace, `weight` messages
+    -- a turn; runs in turn within a workspace), so a FIFO read serves every workspace from
+    -- the first message on and a small workspace's part is done first, not spread over the tick.
     WITH alloc AS (
-        SELECT a.run_id, a.n, a.ws, a.ws_n
-          FROM unnest(v_run_ids, v_run_allocs, v_run_ws, v_run_ws_allocs) AS a(run_id, n, ws, ws_n)
+        SELECT a.run_id, a.n, a.ws, a.w
+          FROM unnest(v_run_ids, v_run_allocs, v_run_ws, v_run_weights) AS a(run_id, n, ws, w)
          WHERE a.n > 0
     ), picked AS (
-        SELECT due.id, alloc.ws, alloc.ws_n
+        SELECT due.id, alloc.ws, alloc.w
           FROM alloc
           CROSS JOIN LATERAL (
                 SELECT m.id
@@ -268,7 +268,7 @@ BEGIN
            SET status = 'queued', queued_at = v_now
           FROM picked
          WHERE m.id = picked.id
-        RETURNING m.id, m.run_id, m.lead_id, picked.ws, picked.ws_n
+        RETURNING m.id, m.run_id, m.lead_id, picked.ws, picked.w
     ), by_run AS (
         SELECT marked.*, row_number() OVER (PARTITION BY marked.run_id ORDER BY marked.id) AS rn_run
           FROM marked
@@ -279,7 +279,7 @@ BEGIN
     SELECT array_agg(jsonb_build_object(
                'v', 1, 'campaign_message_id', by_ws.id,
                'run_id', by_ws.run_id, 'lead_id', by_ws.lead_id)
-             ORDER BY (by_ws.rn_ws - 0.5) / by_ws.ws_n, by_ws.ws)
+             ORDER BY by_ws.rn_ws / by_ws.w, by_ws.ws)
       INTO v_msgs
       FROM by_ws;
 

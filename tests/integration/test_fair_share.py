@@ -80,10 +80,13 @@ def test_three_workspaces_biggest_first_share_each_tick_equally(
 def test_a_tick_is_queued_interleaved_so_fifo_reads_serve_every_workspace(
     jit_db: psycopg.Connection[Any], seed: Seeder
 ) -> None:
-    campaigns = [seed.campaign(100) for _ in range(3)]
+    campaigns = [seed.campaign(n) for n in (100, 100, 5)]
     _, payloads = _tick(jit_db)
-    first_six = {p["run_id"] for p in payloads[:6]}
-    assert first_six == {str(c.run_id) for c in campaigns}
+    # Round robin: one of each workspace per turn; the small one's part is queued first.
+    assert [{p["run_id"] for p in payloads[i : i + 3]} for i in (0, 3, 6, 9, 12)] == [
+        {str(c.run_id) for c in campaigns}
+    ] * 5
+    assert str(campaigns[2].run_id) not in {p["run_id"] for p in payloads[15:]}
 
 
 def test_weights_change_the_share(jit_db: psycopg.Connection[Any], seed: Seeder) -> None:
@@ -164,7 +167,6 @@ def _statement(pattern: str, campaign: Campaign, room: int) -> str:
         .replace("v_room", str(room))
         .replace("v_run_ids", f"ARRAY['{campaign.run_id}']::uuid[]")
         .replace("v_run_allocs", f"ARRAY[{room}]")
-        .replace("v_run_ws_allocs", f"ARRAY[{room}]")
         .replace("v_run_ws", f"ARRAY['{campaign.workspace_id}']::uuid[]")
     )
 
@@ -193,8 +195,8 @@ def test_demand_and_selection_use_the_pending_index_and_no_seq_scan_on_200k_rows
     selection = (
         "WITH alloc AS (SELECT * FROM unnest("
         f"ARRAY['{campaign.run_id}']::uuid[], ARRAY[5000], ARRAY['{campaign.workspace_id}']::uuid[], "
-        "ARRAY[5000]) AS a(run_id, n, ws, ws_n)) "
-        + _statement(r"SELECT due\.id, alloc\.ws, alloc\.ws_n.*?\) due", campaign, 5000)
+        "ARRAY[1]) AS a(run_id, n, ws, w)) "
+        + _statement(r"SELECT due\.id, alloc\.ws, alloc\.w.*?\) due", campaign, 5000)
     )
     for statement, rows in ((demand, 1), (selection, 3000)):
         with db.transaction():
