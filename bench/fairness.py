@@ -11,8 +11,8 @@ by side in one run:
 One consumer process, the AI budget fixed by a `rate_limits` row (the binding limit), the
 producer loop ticking every second. For each workspace: when its last message finished,
 against its *equal-share time* — when it would finish if every workspace with work got an
-equal part of the measured throughput (water-filling: 100 → 3×100 done, 1,000 → 300 +
-2×900, 10,000 → all). Ratio 1.0 = perfectly fair.
+equal part of the measured throughput (water-filling: 100 → 3 x 100 done, 1,000 → 300 +
+2 x 900, 10,000 → all). Ratio 1.0 = perfectly fair.
 
 Also measured here, on identical data (clones of one seed from bench/producer.py): the
 producer's raw rows/s, 0002 vs 0008 with just-in-time off (batch 5,000) — the issue's
@@ -56,8 +56,10 @@ def _seed_workspace(conn: Any, messages: int, run_id: uuid.UUID) -> None:
         (workspace_id, f"bench-{workspace_id.hex[:8]}"),
     ).fetchone()
     config = conn.execute(
-        "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, split_messages, "
-        "max_parts) VALUES (%s, 'bench', 'openai/gpt-4o-mini', 'Short friendly messages.', %s, false, 1) "
+        "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
+        "split_messages, "
+        "max_parts) VALUES (%s, 'bench', 'openai/gpt-4o-mini', 'Short friendly messages.', %s, "
+        "false, 1) "
         "RETURNING id",
         (workspace_id, inbox[0]),
     ).fetchone()
@@ -101,7 +103,9 @@ def _one_side(label: str, sizes: tuple[int, ...], sim: fleet.SimulatorProcess) -
         with common.connect(url) as conn, conn.transaction():
             for size, run_id in zip(sizes, run_ids, strict=True):
                 _seed_workspace(conn, size, run_id)
-            conn.execute("INSERT INTO rate_limits (name, requests_per_minute) VALUES ('ai', %s)", (BUDGET_RPM,))
+            conn.execute(
+                "INSERT INTO rate_limits (name, requests_per_minute) VALUES ('ai', %s)", (BUDGET_RPM,)
+            )
             conn.execute("ANALYZE")
         sim.reset()
         env = fleet.consumer_env(
