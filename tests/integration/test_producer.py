@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import threading
 import time
@@ -14,7 +13,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumer import sql as sqlfiles
 from tests.cli import run_cli, spawn_cli
 from tests.factories import Seeder
 
@@ -115,9 +113,23 @@ def test_two_producers_racing_queue_each_row_exactly_once(database_url: str, see
     assert seed.statuses(campaign.run_id) == {"queued": 10_000}
 
 
-def _seed_large(db: psycopg.Connection[Any], seed: Seeder, total: int, due: int) -> None:
+def _seed_large(
+    db: psycopg.Connection[Any], seed: Seeder, total: int, due: int, *, pending_elsewhere: int = 0
+) -> uuid.UUID:
+    """`total` leads with one message each: `due` pending and due in one running run, the
+    rest `sent` in 2,000 finished runs, except `pending_elsewhere` rows that stay pending in
+    a paused run (scheduled two hours ago: stale if that run were running). Enough runs
+    that the planner has a reason to use the running-runs index."""
     campaign = seed.campaign(0)
-    other_runs = [seed.run(campaign.config_id, status="completed") for _ in range(20)]
+    other_runs = [
+        r[0]
+        for r in db.execute(
+            "INSERT INTO campaign_runs (config_id, status, leads_total) "
+            "SELECT %s, 'completed', 0 FROM generate_series(1, 2000) RETURNING id",
+            (campaign.config_id,),
+        ).fetchall()
+    ]
+    paused = seed.run(campaign.config_id, status="paused")
     db.execute(
         """
         INSERT INTO leads (workspace_id, name, phone, custom_fields)
@@ -128,75 +140,102 @@ def _seed_large(db: psycopg.Connection[Any], seed: Seeder, total: int, due: int)
     db.execute(
         """
         INSERT INTO campaign_messages (run_id, lead_id, status, scheduled_at)
-        SELECT CASE WHEN row_number() OVER () <= %(due)s THEN %(run)s
-                    ELSE (%(others)s::uuid[])[1 + (random() * 19)::int] END,
+        SELECT CASE WHEN n <= %(due)s THEN %(run)s
+                    WHEN n <= %(due)s + %(elsewhere)s THEN %(paused)s
+                    ELSE (%(others)s::uuid[])[1 + ((n * 7919) %% 2000)] END,
                id,
-               CASE WHEN row_number() OVER () <= %(due)s THEN 'pending' ELSE 'sent' END,
-               now() - interval '5 minutes'
-          FROM leads
+               CASE WHEN n <= %(due)s + %(elsewhere)s THEN 'pending' ELSE 'sent' END,
+               CASE WHEN n <= %(due)s THEN now() - interval '5 minutes' ELSE now() - interval '2 hours' END
+          FROM (SELECT id, row_number() OVER () AS n FROM leads) l
         """,
-        {"due": due, "run": campaign.run_id, "others": other_runs},
+        {
+            "due": due,
+            "elsewhere": pending_elsewhere,
+            "run": campaign.run_id,
+            "paused": paused,
+            "others": other_runs,
+        },
     )
     db.execute("ANALYZE")
+    return campaign.run_id
 
 
-def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [plan]
-    for child in plan.get("Plans", []):
-        nodes.extend(_plan_nodes(child))
-    return nodes
+def _scan_counts(db: psycopg.Connection[Any]) -> dict[str, int]:
+    """Index and sequential scans so far on the producer's tables, as the server counted them.
+
+    `pg_stat_force_next_flush()` makes this backend publish its pending counters before it
+    answers, so the figures include every statement this connection ran before.
+    """
+    db.execute("SELECT pg_stat_force_next_flush()")
+    counts: dict[str, int] = {}
+    for name, scans in db.execute(
+        "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes "
+        "WHERE relname IN ('campaign_messages', 'campaign_runs')"
+    ):
+        counts[str(name)] = int(scans)
+    for name, scans in db.execute(
+        "SELECT relname, seq_scan FROM pg_stat_user_tables "
+        "WHERE relname IN ('campaign_messages', 'campaign_runs')"
+    ):
+        counts[f"seq:{name}"] = int(scans)
+    return counts
 
 
-def _selection_statement() -> str:
-    """The producer's selection exactly as written in the migration, with its variables bound."""
-    source = next(m.sql for m in sqlfiles.migrations() if m.name == "producer")
-    selection = re.search(r"WITH picked AS \(.*?\n    \), marked AS", source, re.DOTALL)
-    assert selection is not None, "the producer's selection CTE moved; update this test"
-    body = selection.group(0)[len("WITH picked AS (") : -len("), marked AS")]
-    return (
-        body.replace("v_now", "now()")
-        .replace("v_cutoff", "(now() - interval '1 hour')")
-        .replace("p_limit", "5000")
-    )
+def _scans_during(db: psycopg.Connection[Any], statement: str) -> tuple[Any, dict[str, int]]:
+    """Run `statement` (a real call of the function) and return its result and the scans it made."""
+    before = _scan_counts(db)
+    row = db.execute(statement).fetchone()  # type: ignore[call-overload]
+    after = _scan_counts(db)
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    return (row[0] if row else None), delta
 
 
-def test_selection_uses_the_partial_index_and_no_seq_scan_on_200k_rows(
+AUDIT_INDEXES = ("campaign_runs_running_idx", "campaign_messages_pending_due_idx")
+
+
+def test_producer_call_uses_both_audit_indexes_and_no_seq_scan_on_200k_rows(
     db: psycopg.Connection[Any], seed: Seeder
 ) -> None:
-    _seed_large(db, seed, total=200_000, due=3_000)
+    _seed_large(db, seed, total=200_000, due=3_000, pending_elsewhere=20_000)
 
-    with db.transaction():
-        row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + _selection_statement()).fetchone()  # type: ignore[operator]
-    assert row is not None
-    nodes = _plan_nodes(row[0][0]["Plan"])
-    on_messages = [n for n in nodes if n.get("Relation Name") == "campaign_messages"]
-    assert on_messages, json.dumps(row[0], indent=1)[:2000]
-    assert all(n["Node Type"] != "Seq Scan" for n in on_messages)
-    used = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
-    assert any(n.get("Index Name") == "campaign_messages_pending_due_idx" for n in nodes), str(used)
-    limit_rows = nodes[0]["Actual Rows"]
-    assert limit_rows == 3_000
+    queued, scans = _scans_during(db, "SELECT enqueue_due_campaign_messages(5000)")
+
+    assert queued == 3_000
+    assert scans.get("seq:campaign_messages", 0) == 0, scans
+    for index in AUDIT_INDEXES:
+        assert scans.get(index, 0) >= 1, scans
 
 
-def test_stale_sweep_does_no_work_when_nothing_is_stale(db: psycopg.Connection[Any], seed: Seeder) -> None:
-    _seed_large(db, seed, total=50_000, due=0)
-    source = next(m.sql for m in sqlfiles.migrations() if m.name == "producer")
-    stale = re.search(
-        r"SELECT m\.id\s+FROM campaign_messages m\s+WHERE m\.status = 'pending'\s+"
-        r"AND m\.scheduled_at < v_cutoff.*?SKIP LOCKED",
-        source,
-        re.DOTALL,
+def test_stale_sweep_probes_the_audit_indexes_and_skips_nothing_fresh(
+    db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    # 20,000 pending rows in the partial index: 5,000 due and fresh in the running run,
+    # 15,000 two hours old in a paused run (stale only if that run were running).
+    _seed_large(db, seed, total=50_000, due=5_000, pending_elsewhere=15_000)
+
+    skipped, scans = _scans_during(db, "SELECT campaignq_sweep_stale_pending()")
+
+    assert skipped == 0
+    assert scans.get("seq:campaign_messages", 0) == 0, scans
+    for index in AUDIT_INDEXES:
+        assert scans.get(index, 0) >= 1, scans
+    assert seed.statuses() == {"pending": 20_000, "sent": 30_000}
+
+
+def test_stale_sweep_skips_exactly_the_stale_rows(db: psycopg.Connection[Any], seed: Seeder) -> None:
+    run_id = _seed_large(db, seed, total=20_000, due=1_000, pending_elsewhere=0)
+    db.execute(
+        "UPDATE campaign_messages SET scheduled_at = now() - interval '3 hours' "
+        "WHERE id IN (SELECT id FROM campaign_messages WHERE run_id = %s LIMIT 400)",
+        (run_id,),
     )
-    assert stale is not None
-    statement = stale.group(0).replace("v_cutoff", "(now() - interval '1 hour')")
+    db.execute("ANALYZE campaign_messages")
 
-    with db.transaction():
-        row = db.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement).fetchone()  # type: ignore[operator]
-    assert row is not None
-    nodes = _plan_nodes(row[0][0]["Plan"])
-    assert all(n["Node Type"] != "Seq Scan" for n in nodes if n.get("Relation Name") == "campaign_messages")
-    assert any(n.get("Index Name") == "campaign_messages_pending_due_idx" for n in nodes)
-    assert nodes[0]["Actual Rows"] == 0
+    skipped, scans = _scans_during(db, "SELECT campaignq_sweep_stale_pending()")
+
+    assert skipped == 400
+    assert scans.get("seq:campaign_messages", 0) == 0, scans
+    assert seed.statuses(run_id) == {"pending": 600, "skipped": 400}
 
 
 def test_finalize_completes_a_run_only_when_every_message_is_terminal(
@@ -259,3 +298,52 @@ def test_produce_every_loop_queues_new_rows_and_stops_cleanly(database_url: str,
         out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert "queued 5 messages" in out
+
+
+def test_a_half_sent_row_is_never_skipped_as_stale_and_is_queued(
+    db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    """Issue 9 defect 4: part 1 of 3 went out, the row went back to pending (run paused),
+    and hours passed. The lead must get parts 2 and 3, not be left half-sent."""
+    campaign = seed.campaign(2, scheduled_offset=timedelta(hours=-3))
+    half_sent, untouched = campaign.message_ids
+    db.execute(
+        "UPDATE campaign_messages SET parts = %s, generated_message = 'a b c', parts_sent = 1 WHERE id = %s",
+        (json.dumps(["part one", "part two", "part three"]), half_sent),
+    )
+
+    queued = db.execute("SELECT enqueue_due_campaign_messages(100)").fetchone()
+
+    assert queued == (1,)
+    assert _status(db, half_sent) == "queued"
+    assert _status(db, untouched) == "skipped"
+    assert [p["campaign_message_id"] for p in _queue_payloads(db)] == [str(half_sent)]
+
+
+def test_a_resume_restarts_the_stale_clock(db: psycopg.Connection[Any], seed: Seeder) -> None:
+    """A run paused overnight and resumed: its messages (scheduled 10 h ago) are queued, not
+    skipped; the window counts from the later of scheduled_at and the last resume."""
+    campaign = seed.campaign(3, run_status="paused", scheduled_offset=timedelta(hours=-10))
+    assert db.execute("SELECT enqueue_due_campaign_messages(100)").fetchone() == (0,)
+
+    db.execute("UPDATE campaign_runs SET status = 'running' WHERE id = %s", (campaign.run_id,))
+    resumed = db.execute("SELECT resumed_at IS NOT NULL FROM campaign_runs WHERE id = %s", (campaign.run_id,))
+    assert resumed.fetchone() == (True,)
+
+    assert db.execute("SELECT enqueue_due_campaign_messages(100)").fetchone() == (3,)
+    assert seed.statuses(campaign.run_id) == {"queued": 3}
+
+
+def test_a_resume_more_than_the_window_ago_no_longer_protects_the_rows(
+    db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    campaign = seed.campaign(2, run_status="paused", scheduled_offset=timedelta(hours=-10))
+    db.execute("UPDATE campaign_runs SET status = 'running' WHERE id = %s", (campaign.run_id,))
+    # The resume happened 61 minutes ago and the rows were never queued since.
+    db.execute(
+        "UPDATE campaign_runs SET resumed_at = now() - interval '61 minutes' WHERE id = %s",
+        (campaign.run_id,),
+    )
+
+    assert db.execute("SELECT campaignq_sweep_stale_pending()").fetchone() == (2,)
+    assert seed.statuses(campaign.run_id) == {"skipped": 2}
