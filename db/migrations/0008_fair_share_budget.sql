@@ -90,8 +90,10 @@ BEGIN
 END;
 $$;
 
--- The producer, fair and just in time (issue 12). Same signature and contract as 0002: one
--- transaction, one PGMQ message per queued row, SKIP LOCKED, the stale rule, index-only paths.
+-- The producer, fair and just in time (issue 12). Same signature and contract as 0002/0007:
+-- one transaction, one PGMQ message per queued row, SKIP LOCKED, index-only paths, and 0007's
+-- stale rule (its sweep function; its selection bound: a half-sent row or a row of a run
+-- resumed within the hour is queued whatever its schedule).
 -- What changed:
 -- 1. Just in time: it keeps the queue's *visible* depth near what the consumers take in the
 --    next `campaignq.queue_horizon_s` seconds (default 15; measured from the archive's last
@@ -132,7 +134,6 @@ DECLARE
     j               integer;
     k               integer;
     v_msgs          jsonb[];
-    v_run_id        uuid;
 BEGIN
     IF p_limit IS NULL OR p_limit < 1 THEN
         RAISE EXCEPTION 'enqueue_due_campaign_messages: p_limit must be a positive integer, got %',
@@ -140,37 +141,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- Stale sweep: unchanged from 0002 (one statement; issue 9 moves it into its own function
-    -- in 0007 — swap this block for that call when both are merged).
-    FOR v_run_id IN
-        WITH stale AS (
-            SELECT m.id
-              FROM campaign_messages m
-             WHERE m.status = 'pending'
-               AND m.scheduled_at < v_cutoff
-               AND EXISTS (SELECT 1 FROM campaign_runs r
-                            WHERE r.id = m.run_id AND r.status = 'running')
-               FOR UPDATE OF m SKIP LOCKED
-        ), swept AS (
-            UPDATE campaign_messages m
-               SET status = 'skipped',
-                   error_class = 'stale',
-                   error_message = 'scheduled more than 1 hour before it could be queued',
-                   finished_at = v_now
-              FROM stale
-             WHERE m.id = stale.id
-            RETURNING m.run_id
-        ), per_run AS (
-            SELECT run_id, count(*)::integer AS n FROM swept GROUP BY run_id
-        )
-        UPDATE campaign_runs r
-           SET leads_processed = r.leads_processed + per_run.n
-          FROM per_run
-         WHERE r.id = per_run.run_id
-        RETURNING r.id
-    LOOP
-        PERFORM finalize_campaign_run_if_complete(v_run_id);
-    END LOOP;
+    -- Stale sweep: issue 9's function (0007), as 0007's producer calls it.
+    PERFORM campaignq_sweep_stale_pending();
 
     -- Room in the queue. Both counts are bounded: the archive's last 10 s through its
     -- archived_at index, the visible messages through the vt index, stopping at the target.
@@ -208,7 +180,7 @@ BEGIN
                              WHERE m.run_id = r.id
                                AND m.status = 'pending'
                                AND m.scheduled_at <= v_now
-                               AND m.scheduled_at >= v_cutoff
+                               AND (m.scheduled_at >= v_cutoff OR m.parts_sent > 0 OR r.resumed_at >= v_cutoff)
                              LIMIT v_room) AS capped
               ) due
              WHERE r.status = 'running'
@@ -252,13 +224,14 @@ BEGIN
     ), picked AS (
         SELECT due.id, alloc.ws, alloc.w
           FROM alloc
+          JOIN campaign_runs r ON r.id = alloc.run_id
           CROSS JOIN LATERAL (
                 SELECT m.id
                   FROM campaign_messages m
                  WHERE m.run_id = alloc.run_id
                    AND m.status = 'pending'
                    AND m.scheduled_at <= v_now
-                   AND m.scheduled_at >= v_cutoff
+                   AND (m.scheduled_at >= v_cutoff OR m.parts_sent > 0 OR r.resumed_at >= v_cutoff)
                  ORDER BY m.scheduled_at
                  LIMIT alloc.n
                    FOR UPDATE OF m SKIP LOCKED
