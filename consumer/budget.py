@@ -94,6 +94,15 @@ class SharedBudget:
     async def acquire(self) -> None:
         """Wait for one request's worth of the shared budget (no-op without a budget row)."""
         await self._known.wait()
+        state = self.state
+        if state is None or state.budget_rpm is None:
+            self._count_request()
+            return
+        if not self._turn.locked() and self._clock() < self._lease_valid_until:
+            # Fast path, no waiter ahead of us: one bucket check, no lock.
+            if self._bucket.try_take(self._clock()) <= 0:
+                self._count_request()
+                return
         async with self._turn:
             while True:
                 state = self.state
@@ -108,6 +117,9 @@ class SharedBudget:
                     break
                 self._saturated = True
                 await asyncio.sleep(min(wait_s, MAX_WAIT_STEP_S))
+        self._count_request()
+
+    def _count_request(self) -> None:
         self._requests_total += 1
         if self.metrics is not None:
             self.metrics.ai_budget_requests.inc()
@@ -161,9 +173,11 @@ class SharedBudget:
         elapsed_s = max(1e-3, now - self._last_refresh)
         used = self._requests_total - self._requests_at_refresh
         used_rpm = used * 60.0 / elapsed_s
-        wanted = wanted_rpm(
-            cap_rpm=self.cap_rpm, used_rpm=used_rpm, saturated=self._saturated or self._turn.locked()
-        )
+        # A process that never held a slice asks for its whole cap: the grant rule already keeps
+        # it to what the others have handed back, and asking little would stall its start.
+        never_held = self.state is None or self.state.granted_rpm is None
+        saturated = self._saturated or self._turn.locked() or never_held
+        wanted = wanted_rpm(cap_rpm=self.cap_rpm, used_rpm=used_rpm, saturated=saturated)
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 query("lease_rate_limit"),
