@@ -248,24 +248,36 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     labels = [f"{row['workspace due']:,} due" for row in result["sides"]["after"]["rows"]]
     width = 0.27
     xs = range(len(labels))
-    for offset, (key, name) in enumerate((("before", "before (0002)"), ("after", "after (0008, fair)"))):
+    sides = (("before", "before (0002)"), ("after", "after (0008, fair)"))
+    for offset, (key, name) in enumerate(sides):
         ax.bar(
             [x + (offset - 1) * width for x in xs],
             [row["finished s"] for row in result["sides"][key]["rows"]],
             width,
             label=name,
         )
+        ratio_ax.bar(
+            [x + (offset - 0.5) * width for x in xs],
+            [row["finish / equal share"] for row in result["sides"][key]["rows"]],
+            width,
+            label=f"{name}, {result['sides'][key]['msg_per_s']} msg/s",
+        )
     ax.bar(
         [x + width for x in xs],
         [row["equal-share s"] for row in result["sides"]["after"]["rows"]],
         width,
-        label="equal-share time",
+        label="equal-share time (after)",
         color="grey",
     )
+    ratio_ax.axhline(1.0, color="grey", linestyle="--")
+    ratio_ax.set_yscale("log")
+    ratio_ax.set_xticks(list(xs), labels)
+    ratio_ax.set_ylabel("finish time / its side's equal-share time")
+    ratio_ax.legend(fontsize=8)
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("seconds until the workspace's last message")
     ax.set_title(result["title"], fontsize=10)
