@@ -142,6 +142,30 @@ def overhead_run(quick: bool, sim: fleet.SimulatorProcess) -> list[dict[str, Any
     return rows
 
 
+def gate_cost_us(requests: int = 200_000) -> dict[str, float]:
+    """CPU per request of the shared-budget gate alone (in process, no I/O), vs no budget row.
+
+    The end-to-end overhead runs above sit inside the shared box's noise; this isolates what
+    the gate adds to each AI request (the once-a-second refresh is one statement on top).
+    """
+    import asyncio
+
+    from consumer.budget import LeaseState, SharedBudget
+
+    async def measure(budget_rpm: int | None) -> float:
+        gate = SharedBudget(pool=None, cap_rpm=10**9)
+        gate._apply(LeaseState(budget_rpm, budget_rpm, 1, None), time.monotonic())
+        started = time.process_time()
+        for _ in range(requests):
+            await gate.acquire()
+        return (time.process_time() - started) / requests * 1e6
+
+    return {
+        "no budget row us/request": round(asyncio.run(measure(None)), 3),
+        "budget row us/request": round(asyncio.run(measure(10**9)), 3),
+    }
+
+
 def _mean(rows: list[dict[str, Any]], variant: str, key: str) -> float:
     values = [float(r[key]) for r in rows if r["variant"] == variant]
     return sum(values) / len(values)
@@ -152,6 +176,7 @@ def run(quick: bool) -> dict[str, Any]:
     with fleet.simulator(ai_latency_s=0.05, send_latency_s=0.01, name="budget-sim") as sim:
         budget = budget_run(quick, sim)
         overhead = overhead_run(quick, sim)
+    gate = gate_cost_us()
     off, on = "no budget row", "budget row (not binding)"
     rate_ratio = _mean(overhead, on, "msg/s") / _mean(overhead, off, "msg/s")
     cpu_ratio = _mean(overhead, on, "consumer CPU ms/msg") / _mean(overhead, off, "consumer CPU ms/msg")
@@ -174,12 +199,14 @@ def run(quick: bool) -> dict[str, Any]:
         "more_tables": [{"title": "Overhead, one process, limit not binding (same run)", "rows": overhead}],
         "budget": budget,
         "overhead": overhead,
+        "gate_cpu_us_per_request": gate,
         "overhead_msg_per_s_ratio": round(rate_ratio, 3),
         "overhead_cpu_per_msg_ratio": round(cpu_ratio, 3),
         "load_at_start": load,
         "notes": [
             f"box load at start: {load}",
             f"with/without budget row: msg/s x{rate_ratio:.3f}, consumer CPU/msg x{cpu_ratio:.3f}",
+            f"gate alone, CPU per AI request: {gate}",
         ],
     }
 
