@@ -52,3 +52,20 @@ def test_limits_bad_input_is_one_line_and_non_zero(database_url: str) -> None:
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().count("\n") <= 1 or "usage:" in result.stderr
+
+
+def test_stats_shows_budgets_holders_and_fair_share(db: psycopg.Connection[Any], database_url: str) -> None:
+    db.execute("INSERT INTO rate_limits (name, requests_per_minute) VALUES ('ai', 600)")
+    db.execute(
+        "INSERT INTO rate_limit_slices (name, holder, host, pid, cap_rpm, wanted_rpm, granted_rpm, used_rpm, "
+        "expires_at) VALUES ('ai', 'h:1:x', 'h', 1, 600, 600, 600, 540, now() + interval '1 hour')"
+    )
+    result = run_cli("stats", "--json", database_url=database_url)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert [(b["name"], b["holders"], b["used_pct"]) for b in stats["budgets"]] == [("ai", 1, 90.0)]
+    assert [h["holder"] for h in stats["budget_holders"]] == ["h:1:x"]
+    assert stats["fair_share"] == []
+    table = run_cli("stats", database_url=database_url)
+    assert table.returncode == 0, table.stderr
+    assert "Shared budgets" in table.stdout and "h:1:x" in table.stdout
