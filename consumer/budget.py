@@ -88,6 +88,7 @@ class SharedBudget:
         self._last_refresh = clock()
         self._saturated = False
         self._cooldown_written_until = 0.0
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- the request path ------------------------------------------------------------------
 
@@ -140,7 +141,9 @@ class SharedBudget:
         task = asyncio.get_running_loop().create_task(
             self._write_cooldown(seconds, reason), name="campaignq-ai-cooldown"
         )
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        # The loop keeps only a weak reference to a task: hold it until it is done.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _write_cooldown(self, seconds: float, reason: str) -> None:
         if self._pool is None:
