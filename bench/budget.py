@@ -5,7 +5,8 @@ the provider's budget by hand, a dead process's share was wasted and a new one o
 With `rate_limits` row 'ai' every process leases a slice (db/migrations/0008, consumer/budget.py).
 
 Budget run: a backlog far larger than the budget allows in the run, 3 consumers (own cap 600
-rpm each, so the shared row is what binds), one SIGKILLed after `KILL_AT_S`. From the
+rpm each, so the shared row is what binds), one SIGKILLed after `KILL_AT_S`, a new one
+started at `JOIN_AT_S` (it must join without overshoot). From the
 simulator's own arrival times of AI requests:
 * the busiest 5-second window against the budget (bound: 5 s of budget + 1 s of burst);
 * the share of the budget used while the backlog waits (goal ≥ 95%), over the whole run
@@ -29,8 +30,10 @@ BUDGET_RPM = 600
 PROCESSES = 3
 RUN_S = 45.0
 KILL_AT_S = 18.0
+JOIN_AT_S = 30.0
 QUICK_RUN_S = 16.0
 QUICK_KILL_AT_S = 7.0
+QUICK_JOIN_AT_S = 11.0
 OVERHEAD_MESSAGES = 3000
 QUICK_OVERHEAD_MESSAGES = 600
 WINDOW_S = 5.0
@@ -55,7 +58,9 @@ def used_share(times: list[float], start: float, end: float, budget_rpm: int) ->
 
 
 def budget_run(quick: bool, sim: fleet.SimulatorProcess) -> dict[str, Any]:
-    run_s, kill_at_s = (QUICK_RUN_S, QUICK_KILL_AT_S) if quick else (RUN_S, KILL_AT_S)
+    run_s, kill_at_s, join_at_s = (
+        (QUICK_RUN_S, QUICK_KILL_AT_S, QUICK_JOIN_AT_S) if quick else (RUN_S, KILL_AT_S, JOIN_AT_S)
+    )
     backlog = int(BUDGET_RPM / 60 * run_s * 2)
     with common.fresh_database("budget") as url:
         seeded = fleet.seed_run(url, backlog, split=False)
@@ -80,6 +85,9 @@ def budget_run(quick: bool, sim: fleet.SimulatorProcess) -> dict[str, Any]:
             time.sleep(kill_at_s)
             killed_at = time.monotonic()
             consumers[0].process.send_signal(signal.SIGKILL)
+            time.sleep(max(0.0, started + join_at_s - time.monotonic()))
+            joined_at = time.monotonic()
+            consumers += fleet.start_consumers(env, 1, label="budget-join")
             time.sleep(max(0.0, started + run_s - time.monotonic()))
             ended = time.monotonic()
             with common.connect(url) as conn:
@@ -105,6 +113,12 @@ def budget_run(quick: bool, sim: fleet.SimulatorProcess) -> dict[str, Any]:
         "used_share_before_kill": round(used_share(times, steady_from, killed_at, BUDGET_RPM), 3),
         "used_share_after_kill": round(used_share(times, killed_at, ended, BUDGET_RPM), 3),
         "used_share_first_5s_after_kill": round(used_share(times, killed_at, killed_at + 5, BUDGET_RPM), 3),
+        "join_at_s": round(joined_at - started, 1),
+        "busiest_5s_around_join": busiest(
+            [t for t in times if joined_at - 5 <= t < joined_at + 10], WINDOW_S
+        ),
+        "used_share_after_join": round(used_share(times, joined_at, ended, BUDGET_RPM), 3),
+        "joined_at_offset_s": round(joined_at - first, 2),
         "holders_at_end": int(holders[0]) if holders else None,
         "per_second": per_second,
         "first_request_s": round(first - started, 2),
@@ -191,7 +205,12 @@ def run(quick: bool) -> dict[str, Any]:
             "measure": "share used, first 5 s after the kill",
             "value": budget["used_share_first_5s_after_kill"],
         },
-        {"measure": "slice holders at the end", "value": budget["holders_at_end"]},
+        {
+            "measure": "busiest 5 s window around a new process joining",
+            "value": budget["busiest_5s_around_join"],
+        },
+        {"measure": "share used after the join", "value": budget["used_share_after_join"]},
+        {"measure": "slice holders at the end (3 - 1 killed + 1 joined)", "value": budget["holders_at_end"]},
     ]
     return {
         "title": f"Shared AI budget: {PROCESSES} processes, {BUDGET_RPM} rpm, one SIGKILLed",
@@ -225,6 +244,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         budget["budget_rpm"] / 60, color="red", linestyle="--", label=f"budget {budget['budget_rpm']} rpm"
     )
     ax.axvline(budget["killed_at_offset_s"], color="black", linestyle=":", label="one process SIGKILLed")
+    if "joined_at_offset_s" in budget:
+        ax.axvline(budget["joined_at_offset_s"], color="green", linestyle=":", label="a new process joins")
     ax.set_xlabel("seconds since the first request")
     ax.set_ylabel("requests / s")
     ax.set_title(
