@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "endtoend": "bench.endtoend",
     "fairness": "bench.fairness",
     "budget": "bench.budget",
+    "grouped": "bench.grouped",
 }
 
 
