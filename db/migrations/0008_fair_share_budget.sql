@@ -91,9 +91,14 @@ END;
 $$;
 
 -- The producer, fair and just in time (issue 12). Same signature and contract as 0002/0007:
--- one transaction, one PGMQ message per queued row, SKIP LOCKED, index-only paths, and 0007's
--- stale rule (its sweep function; its selection bound: a half-sent row or a row of a run
--- resumed within the hour is queued whatever its schedule).
+-- one transaction, one PGMQ message per queued row, SKIP LOCKED, index-only paths, and the
+-- stale rule — which lives in ONE place, 0007's campaignq_sweep_stale_pending: it runs first,
+-- in this transaction, and skips every stale row, so whatever is still pending and due
+-- afterwards is queued, however old its schedule (a half-sent row, an uncertain one, a row of
+-- a just-resumed run: whatever the sweep's rule protects). The selection therefore has no
+-- lower bound of its own to keep in step with 0007. (A stale row the sweep could not lock
+-- is locked by another transaction, and FOR UPDATE SKIP LOCKED below skips it too, or
+-- re-checks its committed status.)
 -- What changed:
 -- 1. Just in time: it keeps the queue's *visible* depth near what the consumers take in the
 --    next `campaignq.queue_horizon_s` seconds (default 15; measured from the archive's last
@@ -111,7 +116,6 @@ RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now           timestamptz := now();
-    v_cutoff        timestamptz := now() - interval '1 hour';
     v_horizon_s     numeric := coalesce(nullif(current_setting('campaignq.queue_horizon_s', true), '')::numeric, 15);
     v_min_depth     integer := coalesce(nullif(current_setting('campaignq.queue_min_depth', true), '')::integer, 500);
     v_rate_per_s    numeric;
@@ -180,7 +184,6 @@ BEGIN
                              WHERE m.run_id = r.id
                                AND m.status = 'pending'
                                AND m.scheduled_at <= v_now
-                               AND (m.scheduled_at >= v_cutoff OR m.parts_sent > 0 OR r.resumed_at >= v_cutoff)
                              LIMIT v_room) AS capped
               ) due
              WHERE r.status = 'running'
@@ -224,14 +227,12 @@ BEGIN
     ), picked AS (
         SELECT due.id, alloc.ws, alloc.w
           FROM alloc
-          JOIN campaign_runs r ON r.id = alloc.run_id
           CROSS JOIN LATERAL (
                 SELECT m.id
                   FROM campaign_messages m
                  WHERE m.run_id = alloc.run_id
                    AND m.status = 'pending'
                    AND m.scheduled_at <= v_now
-                   AND (m.scheduled_at >= v_cutoff OR m.parts_sent > 0 OR r.resumed_at >= v_cutoff)
                  ORDER BY m.scheduled_at
                  LIMIT alloc.n
                    FOR UPDATE OF m SKIP LOCKED
