@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "replay": "replay",
     "stats": "stats",
     "prune": "prune",
+    "limits": "limits",
     "demo": "demo",
     "simulate": "simulate",
     "bench": "bench",
