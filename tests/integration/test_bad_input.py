@@ -312,8 +312,8 @@ async def test_ten_megabytes_of_custom_fields_make_a_bounded_prompt(
 async def test_emoji_and_right_to_left_text_travel_intact(
     db: psycopg.Connection[Any], seed: Seeder, scripted: ScriptedProvider, database_url: str
 ) -> None:
+    # Alone: the scripted answers are consumed in arrival order, so no other campaign may race it.
     rtl = seed.campaign(1, split=True, max_parts=3)
-    good = seed.campaign(1)
     db.execute(
         "UPDATE leads SET name = %s, custom_fields = %s WHERE id = %s",
         ("مريم 👩🏽‍💻", Jsonb({"עיר": "תל אביב", "note": "🎉🔥 שלום"}), rtl.lead_ids[0]),
@@ -325,13 +325,12 @@ async def test_emoji_and_right_to_left_text_travel_intact(
 
     # The two-call path (generate, then split) that models without structured output use.
     await run_until_settled(
-        db, seed, scripted, database_url, rtl, good, max_part_chars=300, ai_structured_output=False
+        db, seed, scripted, database_url, rtl, max_part_chars=300, ai_structured_output=False
     )
 
     assert_all_sent(seed, rtl)
-    # The two campaigns run concurrently: find the rtl lead's request, whichever came first.
-    prompts = [json.dumps(body, ensure_ascii=False) for body in scripted.ai_bodies]
-    assert any("مريم 👩🏽‍💻" in p and "תל אביב" in p and "🎉🔥 שלום" in p for p in prompts), prompts
+    prompt = json.dumps(scripted.ai_bodies[0], ensure_ascii=False)
+    assert "مريم 👩🏽‍💻" in prompt and "תל אביב" in prompt and "🎉🔥 שלום" in prompt
     row = message_row(db, rtl.message_ids[0])
     parts = row["parts"]
     assert row["generated_message"] == text
@@ -342,7 +341,6 @@ async def test_emoji_and_right_to_left_text_travel_intact(
         assert part.count(family) * len(family) <= len(part)
     sent = [t for n, t in scripted.sends if t in parts]
     assert sent == parts
-    assert_all_sent(seed, good)
 
 
 # --- campaign configs -----------------------------------------------------------------------------
