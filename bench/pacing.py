@@ -128,7 +128,7 @@ def _env(url: str, sim: fleet.SimulatorProcess, **settings: Any) -> dict[str, st
 
 
 def _sends(sim: fleet.SimulatorProcess) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = sim._request("/_sim/sends")["sends"]
+    result: list[dict[str, Any]] = sim.request("/_sim/sends")["sends"]
     return result
 
 
@@ -146,13 +146,13 @@ def _free_alone(sim: fleet.SimulatorProcess, n_free: int) -> float:
             fleet.enqueue_all(url)
             fleet.wait_terminal(url, [free_run], n_free, timeout_s=300, watch=consumers)
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         return _finish_s(url, free_run)
 
 
 def _paced_beside_free(sim: fleet.SimulatorProcess, n_paced: int, n_free: int) -> dict[str, Any]:
     sim.reset()
-    sim._request(
+    sim.request(
         "/_sim/faults",
         {"instance_rate_limits": {"paced": PACED_PER_MINUTE // 6 + 1}, "instance_rate_window_s": 10},
     )
@@ -172,7 +172,7 @@ def _paced_beside_free(sim: fleet.SimulatorProcess, n_paced: int, n_free: int) -
             free_s = _finish_s(url, free_run)
             fleet.wait_terminal(url, [paced_run], n_paced, timeout_s=60 + n_paced * 4, watch=consumers)
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         sends = _sends(sim)
         paced_times = [s["at"] for s in sends if s["instance"] == "paced"]
         stats = sim.stats()["send_by_instance"]
@@ -232,7 +232,7 @@ def _quiet_hours(sim: fleet.SimulatorProcess, n_each: int) -> dict[str, Any]:
             fleet.enqueue_all(url)
             fleet.wait_terminal(url, runs, 3 * n_each, timeout_s=120 + n_each * 3 * 2, watch=consumers)
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         times = [s["at"] for s in _sends(sim) if s["instance"] == "quiet"]
         open_epoch = opens_at.replace(microsecond=0).timestamp()
         with common.connect(url) as conn:
@@ -284,7 +284,7 @@ def _cpu_per_message(sim: fleet.SimulatorProcess, n: int, *, case: str) -> dict[
             cpu = sum(fleet.cpu_seconds(c.pid) for c in consumers) - cpu0
             pg = fleet.postgres_cpu_s(url) - pg0
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         return {
             "case": CPU_CASES[case],
             "messages": n,

@@ -9,7 +9,7 @@ works, the deployment's process types work.
 
 Choices that keep it quick and honest:
 
-* The children get short timeouts, backoffs and typing delays (``_consumer_env``): a
+* The children get short timeouts, backoffs and typing delays (``DEMO_CONSUMER_SETTINGS``): a
   deferred retry must come back within a second or two so the demo can wait until every
   message is ``sent``, ``failed`` or ``skipped`` instead of declaring victory early.
 * The simulator has no rate limit, so the consumers' AI budget is raised to match; the
@@ -23,34 +23,30 @@ Choices that keep it quick and honest:
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
 import secrets
-import selectors
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import Jsonb
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from .errors import CampaignqError
 from .migrate import connect, migrate
+from .processes import Child, ChildError, Simulator, child_env, simulator_env, spawn, stop_all, wait_for_line
+from .seeding import Seeder
 from .settings import Settings, secret_value
 from .stats import collect_stats, render_stats
 
@@ -70,9 +66,8 @@ STALE_LEADS = 3  # scheduled 2 h ago: the producer marks them skipped (older tha
 PAUSED_LEADS = 5  # a paused run: the producer must leave these pending
 POLL_S = 0.25
 STALL_S = 120.0  # no message finished for this long: something is wrong, stop and say where to look
-STARTUP_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
 EXIT_INTERRUPTED = 130
+DUE = timedelta(minutes=-1)
 
 # What the demo's consumers run with (env CAMPAIGNQ_*): production values are made for
 # real providers; these are made for a loopback simulator and a person waiting.
@@ -160,22 +155,6 @@ class DemoError(CampaignqError):
     """The demo could not finish; the message says which process and which log to read."""
 
 
-@dataclass
-class Child:
-    """A `campaignq` sub-process of the demo, its output going to a log file."""
-
-    name: str
-    process: subprocess.Popen[str]
-    log_path: Path
-
-    def log_tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(
-                self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-            )
-        return ""
-
-
 # --- the demo --------------------------------------------------------------------------------
 
 
@@ -196,25 +175,36 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
     restore_signals = _signals_as_interrupt()
     try:
         console_url = _start_console(settings, database_url, options, log_dir, consoles, console)
-        base_url = _start_simulator(options, log_dir, children)
+        simulator = _start_simulator(options, log_dir, children)
         with connect(database_url) as conn:
             seeded = _seed(conn, options, rng)
             seeded.paced_run_id = _seed_paced(conn, seeded.workspace_id, rng)  # issue 13
             leftovers = _other_open_work(conn, seeded.run_id, seeded.paced_run_id)
         if options.faults != "none":
-            _patch_simulator_faults(base_url, {"reject_phones": seeded.rejected_phones})
+            simulator.set_faults(reject_phones=seeded.rejected_phones)
         console.print(
             f"[bold]seeded[/] workspace {seeded.workspace_id}: run {seeded.run_id} with "
             f"{options.leads:,} leads due now + {STALE_LEADS} stale, and a paused run of {PAUSED_LEADS}"
             + (f"; also finishing {leftovers:,} messages left by earlier runs" if leftovers else "")
         )
-        env = _consumer_env(database_url, base_url)
+        env = child_env(
+            simulator_env(
+                simulator.base_url,
+                database_url=database_url,
+                ai_key=DEMO_AI_KEY,
+                whatsapp_key=DEMO_WHATSAPP_KEY,
+                settings=DEMO_CONSUMER_SETTINGS,
+            )
+        )
         started = time.monotonic()
-        children.append(_spawn("producer", ["produce", "--every", "1s"], env, log_dir))
+        children.append(spawn("producer", ["produce", "--every", "1s"], env=env, log_dir=log_dir))
         for index in range(1, options.workers + 1):
             children.append(
-                _spawn(
-                    f"consumer-{index}", ["consume", "--concurrency", str(options.concurrency)], env, log_dir
+                spawn(
+                    f"consumer-{index}",
+                    ["consume", "--concurrency", str(options.concurrency)],
+                    env=env,
+                    log_dir=log_dir,
                 )
             )
         console.print(
@@ -226,8 +216,8 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         elapsed_s = time.monotonic() - started
         with connect(database_url) as conn:
             paced = _wait_paced(conn, seeded, console)  # issue 13
-        sim_stats = _simulator_stats(base_url)
-        exit_codes = _stop_children(children)
+        sim_stats = _simulator_stats(simulator)
+        exit_codes = stop_all(children)
         children = []
         with connect(database_url) as conn:
             stats = collect_stats(conn, prices=settings.model_prices, run_id=seeded.run_id)
@@ -252,7 +242,7 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         return 0
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted[/]: stopping the demo's processes…")
-        _stop_children(children)
+        stop_all(children)
         children = []
         console.print(
             "stopped cleanly; messages not finished stay in the queue (their leases expire) and the "
@@ -260,8 +250,8 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
         )
         return EXIT_INTERRUPTED
     finally:
-        _stop_children(children)
-        _stop_children(consoles)
+        stop_all(children)
+        stop_all(consoles)
         restore_signals()
 
 
@@ -290,26 +280,20 @@ def _start_console(
             "CAMPAIGNQ_WHATSAPP_API_KEY": DEMO_WHATSAPP_KEY,
         }
     )
-    log_path = log_dir / "console.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        process = subprocess.Popen(  # noqa: S603 (our own CLI, arguments we built)
-            _campaignq("serve", "--host", "127.0.0.1", "--port", str(options.console_port)),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-    child = Child("console", process, log_path)
+    child = spawn(
+        "console",
+        ["serve", "--host", "127.0.0.1", "--port", str(options.console_port)],
+        env=env,
+        log_dir=log_dir,
+        stdout_pipe=True,
+    )
     consoles.append(child)
-    if process.stdout is None:  # pragma: no cover - Popen(stdout=PIPE) always sets it
-        raise DemoError("no pipe to the console")
-    for line in _lines_until(process.stdout, deadline=time.monotonic() + STARTUP_TIMEOUT_S):
-        if line.startswith("campaignq console: "):
-            url = line.split(": ", 1)[1].strip()
-            console.print(f"[bold]console[/] {url} (log in with admin token {shown})", soft_wrap=True)
-            return url
-    raise DemoError(f"the console did not start; see {log_path}:\n{child.log_tail()}")
+    try:
+        url = wait_for_line(child, r"^campaignq console: (\S+)")
+    except ChildError as exc:
+        raise DemoError(f"the console did not start; {exc}") from None
+    console.print(f"[bold]console[/] {url} (log in with admin token {shown})", soft_wrap=True)
+    return url
 
 
 def _keep_console_open(consoles: list[Child], url: str, console: Console) -> int:
@@ -345,65 +329,13 @@ def _signals_as_interrupt() -> Callable[[], None]:
     return restore
 
 
-# --- processes -------------------------------------------------------------------------------
-
-
-def _campaignq(*args: str) -> list[str]:
-    """The same interpreter and package as this process, whether or not `campaignq` is on PATH."""
-    return [sys.executable, "-m", "consumer.cli", *args]
-
-
-def child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The user's environment minus anything that configures campaignq or holds a real key."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("CAMPAIGNQ_") and key not in ("DATABASE_URL", "OPENROUTER_API_KEY")
-    }
-    env.update(extra)
-    return env
-
-
-def _consumer_env(database_url: str, base_url: str) -> dict[str, str]:
-    return child_env(
-        {
-            "DATABASE_URL": database_url,
-            "CAMPAIGNQ_AI_BASE_URL": f"{base_url}/v1",
-            "CAMPAIGNQ_WHATSAPP_BASE_URL": base_url,
-            "CAMPAIGNQ_AI_API_KEY": DEMO_AI_KEY,
-            "CAMPAIGNQ_WHATSAPP_API_KEY": DEMO_WHATSAPP_KEY,
-            **{f"CAMPAIGNQ_{name}": value for name, value in DEMO_CONSUMER_SETTINGS.items()},
-        }
-    )
-
-
-def _spawn(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Child:
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        process = subprocess.Popen(  # noqa: S603 (our own CLI, arguments we built)
-            _campaignq(*args),
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    return Child(name, process, log_path)
-
-
 def _latency_text(options: DemoOptions) -> str:
     return f"AI {options.ai_latency_s * 1000:.0f} ms, send {options.send_latency_s * 1000:.0f} ms"
 
 
-def _start_simulator(options: DemoOptions, log_dir: Path, children: list[Child]) -> str:
-    """`campaignq simulate --port 0`; returns the base URL it prints once it listens.
-
-    The child joins `children` as soon as it exists, so an interrupt during start-up stops it too.
-    """
+def _start_simulator(options: DemoOptions, log_dir: Path, children: list[Child]) -> Simulator:
+    """`campaignq simulate --port 0`, once it listens (it stops itself if start-up fails)."""
     args = [
-        "simulate",
-        "--port",
-        "0",
         "--ai-latency",
         f"{options.ai_latency_s * 1000:.0f}ms",
         "--ai-jitter",
@@ -415,86 +347,19 @@ def _start_simulator(options: DemoOptions, log_dir: Path, children: list[Child])
     ]
     if options.seed is not None:
         args += ["--seed", str(options.seed)]
-    log_path = log_dir / "simulator.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        process = subprocess.Popen(  # noqa: S603 (our own CLI, arguments we built)
-            _campaignq(*args),
-            env=child_env({}),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-    child = Child("simulator", process, log_path)
-    children.append(child)
-    if process.stdout is None:  # pragma: no cover - Popen(stdout=PIPE) always sets it
-        raise DemoError("no pipe to the simulator")
-    for line in _lines_until(process.stdout, deadline=time.monotonic() + STARTUP_TIMEOUT_S):
-        if line.startswith("CAMPAIGNQ_WHATSAPP_BASE_URL="):
-            return line.split("=", 1)[1].strip()
-    raise DemoError(f"the simulator did not start; see {log_path}:\n{child.log_tail()}")
-
-
-def _lines_until(stream: IO[str], *, deadline: float) -> Iterator[str]:
-    """Lines from a child's stdout as they arrive, until `deadline` or EOF.
-
-    Reads the file descriptor itself: a text wrapper would buffer several lines on the first
-    read, and the selector would then wait for bytes that have already arrived.
-    """
-    fd = stream.fileno()
-    pending = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not selector.select(timeout=remaining):
-                return
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return  # the process exited
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.decode("utf-8", "replace")
-
-
-def _simulator_request(url: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(  # noqa: S310 (our loopback simulator, http only)
-        url, data=data, headers={"Content-Type": "application/json"}, method="POST" if data else "GET"
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        answer: dict[str, Any] = json.loads(response.read())
-    return answer
-
-
-def _patch_simulator_faults(base_url: str, patch: Mapping[str, Any]) -> None:
-    _simulator_request(f"{base_url}/_sim/faults", patch)
-
-
-def _simulator_stats(base_url: str) -> dict[str, Any]:
     try:
-        return _simulator_request(f"{base_url}/_sim/stats")
+        simulator = Simulator(log_dir=log_dir, args=args)
+    except ChildError as exc:
+        raise DemoError(f"the simulator did not start; {exc}") from None
+    children.append(simulator.child)
+    return simulator
+
+
+def _simulator_stats(simulator: Simulator) -> dict[str, Any]:
+    try:
+        return simulator.stats()
     except OSError:
         return {}
-
-
-def _stop_children(children: list[Child]) -> dict[str, int | None]:
-    """SIGTERM all (consumers drain), wait, then SIGKILL what is left. Safe to call twice."""
-    for child in children:
-        if child.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    codes: dict[str, int | None] = {}
-    for child in children:
-        try:
-            codes[child.name] = child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.process.kill()
-            codes[child.name] = child.process.wait()
-        if child.process.stdout is not None:
-            child.process.stdout.close()
-    return codes
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -504,45 +369,33 @@ def _seed(conn: psycopg.Connection[Any], options: DemoOptions, rng: random.Rando
     """One workspace, inbox, config (split on) and a running run with N leads due now, plus
     a few stale rows in the same run and a paused run — one transaction."""
     workspace_id = uuid.uuid4()
-    instance = f"demo-{workspace_id.hex[:8]}"
     faulty = options.faults != "none"
     n_rejected = max(1, options.leads // 100) if faulty else 0
+    seed = Seeder(conn)
     with conn.transaction():
-        inbox_id = _returning_id(
-            conn,
-            "INSERT INTO inboxes (workspace_id, name, provider, instance) "
-            "VALUES (%s, 'Demo WhatsApp', 'evolution', %s) RETURNING id",
-            (workspace_id, instance),
+        inbox_id = seed.inbox(workspace_id, f"demo-{workspace_id.hex[:8]}", name="Demo WhatsApp")
+        config_id = seed.config(
+            workspace_id,
+            inbox_id,
+            split=True,
+            max_parts=3,
+            model=DEMO_MODEL,
+            prompt=DEMO_PROMPT,
+            name=DEMO_CAMPAIGN,
         )
-        config_id = _returning_id(
-            conn,
-            "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
-            "split_messages, max_parts) VALUES (%s, %s, %s, %s, %s, true, 3) RETURNING id",
-            (workspace_id, DEMO_CAMPAIGN, DEMO_MODEL, DEMO_PROMPT, inbox_id),
-        )
-        run_id = _returning_id(
-            conn,
-            "INSERT INTO campaign_runs (config_id, status, leads_total, leads_processed, started_at) "
-            "VALUES (%s, 'running', %s, 0, now()) RETURNING id",
-            (config_id, options.leads + STALE_LEADS),
-        )
-        paused_run_id = _returning_id(
-            conn,
-            "INSERT INTO campaign_runs (config_id, status, leads_total, leads_processed, started_at) "
-            "VALUES (%s, 'paused', %s, 0, now()) RETURNING id",
-            (config_id, PAUSED_LEADS),
-        )
+        run_id = seed.run(config_id, leads_total=options.leads + STALE_LEADS)
+        paused_run_id = seed.run(config_id, status="paused", leads_total=PAUSED_LEADS)
         leads = [_fake_lead(rng) for _ in range(options.leads + STALE_LEADS + PAUSED_LEADS)]
         rejected = [lead["phone"] for lead in leads[1 : 1 + n_rejected]]
         if faulty:
             leads[0]["phone"] = None  # no phone at all: dead-lettered before any AI spend
-        lead_ids = _insert_leads(conn, workspace_id, leads)
+        lead_ids = _insert_leads(seed, workspace_id, leads)
         due = lead_ids[: options.leads]
         stale = lead_ids[options.leads : options.leads + STALE_LEADS]
         paused = lead_ids[options.leads + STALE_LEADS :]
-        _insert_messages(conn, run_id, due, "-1 minute")
-        _insert_messages(conn, run_id, stale, "-2 hours")
-        _insert_messages(conn, paused_run_id, paused, "-1 minute")
+        seed.messages(run_id, due, scheduled_offset=DUE)
+        seed.messages(run_id, stale, scheduled_offset=timedelta(hours=-2))
+        seed.messages(paused_run_id, paused, scheduled_offset=DUE)
     return Seeded(
         workspace_id, run_id, paused_run_id, options.leads + STALE_LEADS, [str(p) for p in rejected]
     )
@@ -562,65 +415,38 @@ def _fake_lead(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _returning_id(conn: psycopg.Connection[Any], statement: Any, params: tuple[Any, ...]) -> uuid.UUID:
-    row = conn.execute(statement, params).fetchone()
-    if row is None:
-        raise DemoError("an INSERT … RETURNING id returned nothing")
-    return uuid.UUID(str(row[0]))
-
-
-def _insert_leads(
-    conn: psycopg.Connection[Any], workspace_id: uuid.UUID, leads: list[dict[str, Any]]
-) -> list[uuid.UUID]:
-    rows = conn.execute(
-        "INSERT INTO leads (workspace_id, name, phone, custom_fields) "
-        "SELECT %s, name, phone, custom_fields "
-        "  FROM unnest(%s::text[], %s::text[], %s::jsonb[]) WITH ORDINALITY "
-        "       AS t(name, phone, custom_fields, ord) "
-        " ORDER BY ord RETURNING id",
-        (
-            workspace_id,
-            [lead["name"] for lead in leads],
-            [lead["phone"] for lead in leads],
-            [Jsonb(lead["custom_fields"]) for lead in leads],
-        ),
-    ).fetchall()
-    return [uuid.UUID(str(row[0])) for row in rows]
-
-
-def _insert_messages(
-    conn: psycopg.Connection[Any], run_id: uuid.UUID, lead_ids: list[uuid.UUID], scheduled: str
-) -> None:
-    conn.execute(
-        "INSERT INTO campaign_messages (run_id, lead_id, status, scheduled_at) "
-        "SELECT %s, lead_id, 'pending', now() + %s::interval FROM unnest(%s::uuid[]) AS t(lead_id)",
-        (run_id, scheduled, lead_ids),
+def _insert_leads(seed: Seeder, workspace_id: uuid.UUID, leads: list[dict[str, Any]]) -> list[uuid.UUID]:
+    return seed.leads(
+        workspace_id,
+        len(leads),
+        names=[lead["name"] for lead in leads],
+        phones=[lead["phone"] for lead in leads],
+        fields=[lead["custom_fields"] for lead in leads],
     )
 
 
 def _seed_paced(conn: psycopg.Connection[Any], workspace_id: uuid.UUID, rng: random.Random) -> uuid.UUID:
     """A small campaign through its own inbox paced at DEMO_PACED_PER_MINUTE (issue 13)."""
+    seed = Seeder(conn)
     with conn.transaction():
-        inbox_id = _returning_id(
-            conn,
-            "INSERT INTO inboxes (workspace_id, name, provider, instance, max_sends_per_minute) "
-            "VALUES (%s, 'Demo WhatsApp (paced)', 'evolution', %s, %s) RETURNING id",
-            (workspace_id, f"demo-paced-{workspace_id.hex[:8]}", DEMO_PACED_PER_MINUTE),
+        inbox_id = seed.inbox(
+            workspace_id,
+            f"demo-paced-{workspace_id.hex[:8]}",
+            name="Demo WhatsApp (paced)",
+            max_sends_per_minute=DEMO_PACED_PER_MINUTE,
         )
-        config_id = _returning_id(
-            conn,
-            "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
-            "split_messages, max_parts) VALUES (%s, %s, %s, %s, %s, false, 1) RETURNING id",
-            (workspace_id, DEMO_PACED_CAMPAIGN, DEMO_MODEL, DEMO_PROMPT, inbox_id),
+        config_id = seed.config(
+            workspace_id,
+            inbox_id,
+            split=False,
+            max_parts=1,
+            model=DEMO_MODEL,
+            prompt=DEMO_PROMPT,
+            name=DEMO_PACED_CAMPAIGN,
         )
-        run_id = _returning_id(
-            conn,
-            "INSERT INTO campaign_runs (config_id, status, leads_total, leads_processed, started_at) "
-            "VALUES (%s, 'running', %s, 0, now()) RETURNING id",
-            (config_id, DEMO_PACED_LEADS),
-        )
-        lead_ids = _insert_leads(conn, workspace_id, [_fake_lead(rng) for _ in range(DEMO_PACED_LEADS)])
-        _insert_messages(conn, run_id, lead_ids, "-1 minute")
+        run_id = seed.run(config_id, leads_total=DEMO_PACED_LEADS)
+        lead_ids = _insert_leads(seed, workspace_id, [_fake_lead(rng) for _ in range(DEMO_PACED_LEADS)])
+        seed.messages(run_id, lead_ids, scheduled_offset=DUE)
     return run_id
 
 

@@ -17,8 +17,8 @@ from psycopg.types.json import Jsonb
 
 from consumer.db import Database
 from consumer.models import QueueMessage
+from consumer.seeding import Campaign, Seeder
 from consumer.simulator import Faults, Simulator
-from tests.factories import Campaign, Seeder
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, message_row, produce, terminal
 

@@ -19,9 +19,9 @@ from psycopg.rows import dict_row
 from consumer.ai import AIClient
 from consumer.db import Database
 from consumer.pregenerate import BatchClient, Pregenerator, TickReport
+from consumer.seeding import Campaign, Seeder
 from consumer.settings import Settings
 from consumer.simulator import NO_STRUCTURED_OUTPUT_MARK, Faults, Simulator
-from tests.factories import Campaign, Seeder
 from tests.harness import consumer_settings, running_worker, wait_until
 
 LONG_PROMPT = "You are Ana from Acme Fitness. Be warm, concrete and brief. " * 140  # ~2,000 tokens

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from consumer.logs import configure_logging, register_secret
+from consumer.seeding import Seeder
 from consumer.simulator import Faults, Simulator
-from tests.factories import Seeder
 from tests.harness import AI_KEY, WHATSAPP_KEY, consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import produce, terminal
 

@@ -18,9 +18,9 @@ from psycopg import sql
 
 from consumer import sql as sqlfiles
 from consumer.migrate import SUPERSEDED_CHECKSUMS, migrate
+from consumer.seeding import Seeder
 from tests import pg
 from tests.cli import run_cli
-from tests.factories import Seeder
 from tests.integration.test_consumer import produce
 
 OLD_0004 = Path(__file__).resolve().parent / "data" / "0004_consumer_outcomes.v1.sql"

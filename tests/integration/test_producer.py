@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumer.seeding import Seeder
 from tests.cli import run_cli, spawn_cli
-from tests.factories import Seeder
 
 
 def _queue_payloads(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:

@@ -14,9 +14,9 @@ from psycopg.types.json import Jsonb
 
 from consumer.cli import main as cli_main
 from consumer.replay import ReplayFilters, replay_dead_letters
+from consumer.seeding import Seeder
 from consumer.simulator import Faults, Simulator
 from tests.cli import run_cli
-from tests.factories import Seeder
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import _phones, produce, terminal
 

@@ -25,10 +25,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from consumer.seeding import Campaign, Seeder
 from consumer.simulator import Faults, SentMessage, Simulator
-from tests.chaos.tools import spawn_logged
-from tests.cli import run_cli
-from tests.factories import Campaign, Seeder
+from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, subprocess_env, wait_until
 from tests.integration.test_consumer import message_row, produce, terminal
 

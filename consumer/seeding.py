@@ -1,4 +1,9 @@
-"""Seeding helpers: insert contract rows with only the columns the contract names."""
+"""One way to seed a campaign — inbox → config → run → leads → messages — for the demo,
+the benchmarks and the tests.
+
+Inserts contract rows with only the columns the contract names, as the application that
+owns campaigns would; `Seeder.campaign` does all five steps, the others one each.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +31,24 @@ class Seeder:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
-    def inbox(self, workspace_id: uuid.UUID, instance: str = "inst-1") -> uuid.UUID:
+    def inbox(
+        self,
+        workspace_id: uuid.UUID,
+        instance: str = "inst-1",
+        *,
+        name: str | None = None,
+        max_sends_per_minute: int | None = None,
+    ) -> uuid.UUID:
+        if max_sends_per_minute is None:
+            return self._id(
+                "INSERT INTO inboxes (workspace_id, name, provider, instance) "
+                "VALUES (%s, %s, 'evolution', %s) RETURNING id",
+                (workspace_id, name or f"inbox {instance}", instance),
+            )
         return self._id(
-            "INSERT INTO inboxes (workspace_id, name, provider, instance) VALUES (%s, %s, 'evolution', %s) "
-            "RETURNING id",
-            (workspace_id, f"inbox {instance}", instance),
+            "INSERT INTO inboxes (workspace_id, name, provider, instance, max_sends_per_minute) "
+            "VALUES (%s, %s, 'evolution', %s, %s) RETURNING id",
+            (workspace_id, name or f"inbox {instance}", instance, max_sends_per_minute),
         )
 
     def config(
@@ -42,11 +60,12 @@ class Seeder:
         max_parts: int = 3,
         model: str = "test/model",
         prompt: str = "You write short friendly WhatsApp messages.",
+        name: str = "campaign",
     ) -> uuid.UUID:
         return self._id(
             "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
-            "split_messages, max_parts) VALUES (%s, 'campaign', %s, %s, %s, %s, %s) RETURNING id",
-            (workspace_id, model, prompt, inbox_id, split, max_parts),
+            "split_messages, max_parts) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (workspace_id, name, model, prompt, inbox_id, split, max_parts),
         )
 
     def run(self, config_id: uuid.UUID, *, status: str = "running", leads_total: int = 0) -> uuid.UUID:
@@ -63,13 +82,21 @@ class Seeder:
         *,
         phones: Sequence[str | None] | None = None,
         custom_fields: dict[str, Any] | None = None,
+        names: Sequence[str] | None = None,
+        fields: Sequence[dict[str, Any]] | None = None,
     ) -> list[uuid.UUID]:
+        """`n` leads; `names` and per-lead `fields` (else 'Lead N' and `custom_fields` for all)."""
         phones = phones if phones is not None else [f"+5511{9000_0000 + i:08d}" for i in range(n)]
+        names = names if names is not None else [f"Lead {i + 1}" for i in range(n)]
+        shared = custom_fields or {"city": "São Paulo"}
+        fields = fields if fields is not None else [shared] * n
         rows = self.conn.execute(
             "INSERT INTO leads (workspace_id, name, phone, custom_fields) "
-            "SELECT %s, 'Lead ' || ord, phone, %s FROM unnest(%s::text[]) WITH ORDINALITY AS t(phone, ord) "
-            "ORDER BY ord RETURNING id",
-            (workspace_id, Jsonb(custom_fields or {"city": "São Paulo"}), phones),
+            "SELECT %s, name, phone, custom_fields "
+            "  FROM unnest(%s::text[], %s::text[], %s::jsonb[]) WITH ORDINALITY "
+            "       AS t(name, phone, custom_fields, ord) "
+            " ORDER BY ord RETURNING id",
+            (workspace_id, list(names), list(phones), [Jsonb(f) for f in fields]),
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -126,5 +153,6 @@ class Seeder:
 
     def _id(self, statement: Any, params: tuple[Any, ...]) -> uuid.UUID:
         row = self.conn.execute(statement, params).fetchone()
-        assert row is not None
+        if row is None:  # pragma: no cover - INSERT … RETURNING always returns the row
+            raise RuntimeError("an INSERT … RETURNING id returned nothing")
         return uuid.UUID(str(row[0]))
