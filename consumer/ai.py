@@ -38,6 +38,7 @@ from .errors import (
 from .llmcost import is_structured_output_rejection
 from .logs import redact
 from .settings import Settings
+from .vocabulary import ErrorClass
 
 DEFAULT_RETRY_AFTER_S = 5.0
 # A cooldown this short is cheaper to sleep through than to hand back to the queue.
@@ -68,7 +69,7 @@ class Usage:
 class StructuredOutputUnsupportedError(ProviderRejectedError):
     """The model (or every provider of it) refuses ``response_format: json_schema``."""
 
-    error_class = "structured_output_unsupported"
+    error_class: str = ErrorClass.STRUCTURED_OUTPUT_UNSUPPORTED
 
 
 @dataclass(frozen=True)

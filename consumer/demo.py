@@ -47,7 +47,8 @@ from .errors import CampaignqError
 from .migrate import connect, migrate
 from .processes import Child, ChildError, Simulator, child_env, simulator_env, spawn, stop_all, wait_for_line
 from .seeding import Seeder
-from .settings import Settings, secret_value
+from .settings import ModelPrice, Settings, secret_value
+from .sql import query
 from .stats import collect_stats, render_stats
 
 DEMO_CAMPAIGN = "campaignq demo"
@@ -212,17 +213,17 @@ def run_demo(settings: Settings, database_url: str, options: DemoOptions, consol
             f"{options.workers} consumer(s) x concurrency {options.concurrency}; logs in {log_dir}"
         )
         with connect(database_url) as conn:
-            counts = _follow(conn, seeded, children, console, started)
+            counts = _follow(conn, seeded, children, console, started, settings.model_prices)
         elapsed_s = time.monotonic() - started
         with connect(database_url) as conn:
-            paced = _wait_paced(conn, seeded, console)  # issue 13
+            paced = _wait_paced(conn, seeded, console, settings.model_prices)  # issue 13
         sim_stats = _simulator_stats(simulator)
         exit_codes = stop_all(children)
         children = []
         with connect(database_url) as conn:
-            stats = collect_stats(conn, prices=settings.model_prices, run_id=seeded.run_id)
-            dead_by_reason = _dead_letters_by_reason(conn, seeded.run_id)
-            paused_pending = _count_status(conn, seeded.paused_run_id, "pending")
+            stats = _run_stats(conn, settings.model_prices, seeded.run_id)
+            dead_by_reason = _dead_letters_by_reason(stats)
+            paused_pending = _counts(_run_stats(conn, settings.model_prices, seeded.paused_run_id)).pending
         console.print(render_stats(stats))
         _print_summary(
             console,
@@ -450,25 +451,20 @@ def _seed_paced(conn: psycopg.Connection[Any], workspace_id: uuid.UUID, rng: ran
     return run_id
 
 
-def _wait_paced(conn: psycopg.Connection[Any], seeded: Seeded, console: Console) -> dict[str, Any]:
+def _wait_paced(
+    conn: psycopg.Connection[Any], seeded: Seeded, console: Console, prices: Mapping[str, ModelPrice]
+) -> dict[str, Any]:
     """Let the paced campaign finish (it cannot go faster than its pace), then measure it."""
     if seeded.paced_run_id is None:
         return {}
     deadline = time.monotonic() + PACED_WAIT_S
     with console.status(f"the paced inbox sends at most {DEMO_PACED_PER_MINUTE}/min; finishing…"):
         while time.monotonic() < deadline:
-            if (
-                _count_status(conn, seeded.paced_run_id, "sent")
-                + _count_status(conn, seeded.paced_run_id, "failed")
-                >= DEMO_PACED_LEADS
-            ):
+            paced = _counts(_run_stats(conn, prices, seeded.paced_run_id))
+            if paced.sent + paced.failed >= DEMO_PACED_LEADS:
                 break
             time.sleep(POLL_S)
-    rows = conn.execute(
-        "SELECT extract(epoch FROM sent_at)::double precision FROM campaign_messages "
-        "WHERE run_id = %s AND status = 'sent' ORDER BY sent_at",
-        (seeded.paced_run_id,),
-    ).fetchall()
+    rows = conn.execute(query("demo_sent_times"), {"run_id": seeded.paced_run_id}).fetchall()
     times = [float(r[0]) for r in rows]
     busiest = 0
     for i, t in enumerate(times):
@@ -480,55 +476,51 @@ def _other_open_work(conn: psycopg.Connection[Any], run_id: uuid.UUID, *also_our
     """Messages of other running runs that the consumers will also process (an earlier
     interrupted demo, replayed dead letters): said up front so the numbers add up."""
     row = conn.execute(
-        "SELECT count(*) FROM campaign_messages m JOIN campaign_runs r ON r.id = m.run_id "
-        "WHERE r.status = 'running' AND m.run_id <> ALL(%s) "
-        "AND m.status IN ('pending', 'queued', 'generating', 'sending') AND m.scheduled_at <= now()",
-        ([run_id, *(r for r in also_ours if r is not None)],),
+        query("demo_other_open_work"), {"ours": [run_id, *(r for r in also_ours if r is not None)]}
     ).fetchone()
     return int(row[0]) if row else 0
 
 
-def _counts(conn: psycopg.Connection[Any], run_id: uuid.UUID) -> Counts:
-    row = conn.execute(
-        """SELECT count(*),
-                  count(*) FILTER (WHERE status = 'sent'),
-                  count(*) FILTER (WHERE status = 'failed'),
-                  count(*) FILTER (WHERE status = 'skipped'),
-                  count(*) FILTER (WHERE status = 'pending'),
-                  count(*) FILTER (WHERE status = 'queued'),
-                  count(*) FILTER (WHERE status IN ('generating', 'sending')),
-                  coalesce(sum(retry_count), 0),
-                  coalesce(sum(deferral_count), 0),
-                  (SELECT count(*) FROM pgmq.q_campaign_messages_dlq WHERE message->>'run_id' = %(run)s::text)
-             FROM campaign_messages WHERE run_id = %(run)s""",
-        {"run": run_id},
-    ).fetchone()
-    if row is None:
-        return Counts()
-    return Counts(*(int(value) for value in row))
+def _run_stats(
+    conn: psycopg.Connection[Any], prices: Mapping[str, ModelPrice], run_id: uuid.UUID
+) -> dict[str, Any]:
+    """`campaignq stats --run RUN`'s figures: the demo counts nothing of its own."""
+    return collect_stats(conn, prices=prices, run_id=run_id, runs_limit=1)
 
 
-def _count_status(conn: psycopg.Connection[Any], run_id: uuid.UUID, status: str) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM campaign_messages WHERE run_id = %s AND status = %s", (run_id, status)
-    ).fetchone()
-    return int(row[0]) if row else 0
+def _counts(stats: Mapping[str, Any]) -> Counts:
+    run = stats["runs"][0] if stats["runs"] else {}
+    return Counts(
+        total=int(run.get("messages") or 0),
+        sent=int(run.get("sent") or 0),
+        failed=int(run.get("failed") or 0),
+        skipped=int(run.get("skipped") or 0),
+        pending=int(run.get("pending") or 0),
+        queued=int(run.get("queued") or 0),
+        in_progress=int(run.get("in_progress") or 0),
+        retries=int(run.get("retries") or 0),
+        deferrals=int(run.get("deferrals") or 0),
+        dead_letters=sum(int(row["dead_letters"]) for row in stats["dead_letters_by_run"]),
+    )
 
 
-def _dead_letters_by_reason(conn: psycopg.Connection[Any], run_id: uuid.UUID) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT coalesce(message->>'reason', '?'), count(*) FROM pgmq.q_campaign_messages_dlq "
-        "WHERE message->>'run_id' = %s GROUP BY 1 ORDER BY 2 DESC",
-        (str(run_id),),
-    ).fetchall()
-    return {str(reason): int(n) for reason, n in rows}
+def _dead_letters_by_reason(stats: Mapping[str, Any]) -> dict[str, int]:
+    by_reason: dict[str, int] = {}
+    for row in sorted(stats["dead_letters_by_run"], key=lambda r: -int(r["dead_letters"])):
+        by_reason[str(row["reason"])] = by_reason.get(str(row["reason"]), 0) + int(row["dead_letters"])
+    return by_reason
 
 
 # --- progress --------------------------------------------------------------------------------
 
 
 def _follow(
-    conn: psycopg.Connection[Any], seeded: Seeded, children: list[Child], console: Console, started: float
+    conn: psycopg.Connection[Any],
+    seeded: Seeded,
+    children: list[Child],
+    console: Console,
+    started: float,
+    prices: Mapping[str, ModelPrice],
 ) -> Counts:
     """Poll the run until every row is terminal; fail fast if a process dies or nothing moves."""
     progress = Progress(
@@ -546,7 +538,7 @@ def _follow(
     counts = Counts(total=seeded.total)
     with progress:
         while True:
-            counts = _counts(conn, seeded.run_id)
+            counts = _counts(_run_stats(conn, prices, seeded.run_id))
             now = time.monotonic()
             if not history or counts.done != history[-1][1]:
                 last_change = now

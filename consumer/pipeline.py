@@ -50,6 +50,7 @@ from .triage import (
     triage,
 )
 from .validation import normalize_phone
+from .vocabulary import ErrorClass, Outcome
 from .whatsapp import WhatsAppClient, typing_delay_ms
 
 T = TypeVar("T")
@@ -130,9 +131,9 @@ class MessagePipeline:
             if lease.lost is not None and task is not None and task.cancelling() <= 1:
                 task.uncancel()  # our own revocation, not a shutdown: this task ends normally
                 await _shielded(self._record_facts(ctx, attempt, within_s=self.settings.visibility_timeout_s))
-                ctx.last_error_class = "lease_lost"  # counted in leases_lost where it was revoked
+                ctx.last_error_class = ErrorClass.LEASE_LOST  # counted in leases_lost where it was revoked
                 self._log(ctx, attempt, "lease_lost", lease.lost, level="WARNING")
-                outcome = "lease_lost"
+                outcome = Outcome.LEASE_LOST
             else:
                 # Drain timeout: hand the message back at once, without counting an attempt.
                 if isinstance(action, Process):
@@ -143,7 +144,7 @@ class MessagePipeline:
                             "release",
                             within_s=SHUTDOWN_PERSIST_S,
                         )
-                    self._log(ctx, attempt, "released", "shutdown", level="WARNING")
+                    self._log(ctx, attempt, Outcome.RELEASED, "shutdown", level="WARNING")
                 raise
         self.metrics.outcomes.labels(outcome=outcome, error_class=ctx_error_class(ctx, outcome)).inc()
         self.metrics.message_seconds.observe(time.perf_counter() - attempt.started)
@@ -157,7 +158,7 @@ class MessagePipeline:
         if isinstance(action, LeaseLost) or (message_id is None and not isinstance(action, DeadLetterNow)):
             self.metrics.leases_lost.inc()
             self._log(ctx, attempt, "lease_lost", "another worker holds this message", level="WARNING")
-            return "lease_lost"
+            return Outcome.LEASE_LOST
         if isinstance(action, DeadLetterNow):
             await self._persist(
                 lambda: self.db.dead_letter(
@@ -173,22 +174,22 @@ class MessagePipeline:
             )
             ctx.last_error_class = action.error_class
             self._log(ctx, attempt, "dead_letter", f"{action.reason}: {action.why}", level="WARNING")
-            return "dead_letter"
+            return Outcome.DEAD_LETTER
         message_id = ctx.require_message_id()
         if isinstance(action, ReleaseToPending):
             await self._persist(lambda: self.db.release_to_pending(ctx.msg, message_id), "release to pending")
             self._log(ctx, attempt, "released_to_pending", action.why)
-            return "released_to_pending"
+            return Outcome.RELEASED_TO_PENDING
         if isinstance(action, Skip):
             await self._persist(
                 lambda: self.db.skip(ctx.msg, message_id, error_class=action.error_class, error=action.why),
                 "skip",
             )
             self._log(ctx, attempt, "skipped", action.why)
-            return "skipped"
+            return Outcome.SKIPPED
         await self._persist(lambda: self.db.archive_leased(ctx.msg), "archive")
         self._log(ctx, attempt, "archived", f"{action.why}; nothing sent", level="WARNING")
-        return "archived"
+        return Outcome.ARCHIVED
 
     # --- the real work ---------------------------------------------------------------------------
 
@@ -200,7 +201,7 @@ class MessagePipeline:
         except LeaseLostError as exc:
             self.metrics.leases_lost.inc()
             self._log(ctx, attempt, "lease_lost", str(exc), level="WARNING")
-            return "lease_lost"
+            return Outcome.LEASE_LOST
         except SendHeldError as held:  # issue 13: pace, daily cap, window — not a failure
             await _shielded(self._record_progress(ctx))
             return await _shielded(self.safety.hold(ctx, held))
@@ -215,9 +216,9 @@ class MessagePipeline:
             await _shielded(self._record_progress(ctx))
             self.metrics.leases_lost.inc()
             self._log(ctx, attempt, "lease_lost", "sent, but the lease was gone at ack time", level="WARNING")
-            return "lease_lost"
+            return Outcome.LEASE_LOST
         self._log(ctx, attempt, "sent", f"{len(ctx.parts or [])} part(s)")
-        return "sent"
+        return Outcome.SENT
 
     async def _record_facts(
         self, ctx: MessageContext, attempt: Attempt, *, within_s: float | None = None
@@ -473,7 +474,7 @@ class MessagePipeline:
                 "dead letter",
             )
             self._log(ctx, attempt, "dead_letter", f"{decision.reason}: {error_text}", level="WARNING")
-            return "dead_letter"
+            return Outcome.DEAD_LETTER
         retry = decision
         await self._persist(
             lambda: self.db.retry_later(
@@ -487,7 +488,7 @@ class MessagePipeline:
             ),
             "retry",
         )
-        outcome = "retry" if decision.burns_attempt else "deferred"
+        outcome = Outcome.RETRY if decision.burns_attempt else Outcome.DEFERRED
         level = "ERROR" if error_class == policy.ERROR_CLASS_INTERNAL else "INFO"
         if error_class == policy.ERROR_CLASS_INTERNAL:
             logger.opt(exception=exc).error("unexpected error processing message {}", ctx.message_id)
@@ -512,7 +513,7 @@ class MessagePipeline:
 
 
 def ctx_error_class(ctx: MessageContext, outcome: str) -> str:
-    return ctx.last_error_class or ("none" if outcome == "sent" else outcome)
+    return ctx.last_error_class or ("none" if outcome == Outcome.SENT else outcome)
 
 
 def _describe(exc: BaseException) -> str:

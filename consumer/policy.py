@@ -18,41 +18,24 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from .errors import CampaignqError, DeferralError, FatalError, PermanentError, UncertainSendHeldError
+from .vocabulary import DeadLetterReason, ErrorClass, RetryReason
 
-# --- dead-letter reasons (stored in the DLQ payload's "reason"; `replay --reason` filters on them)
-REASON_PERMANENT = "permanent"
-"""The error says retrying cannot help (provider 400, invalid phone, bad config)."""
-REASON_MAX_ATTEMPTS = "max_attempts"
-"""Every allowed attempt failed with a temporary error or a bug."""
-REASON_DEFERRED_TOO_LONG = "deferred_too_long"
-"""Deferred (rate limit, breaker, inbox down) for longer than `max_deferral_s` in total."""
-REASON_INVALID_PAYLOAD = "invalid_payload"
-"""The queue message does not parse; dead-lettered by the worker before any decision."""
-REASON_RUN_GONE = "run_gone"
-"""The payload's campaign message or run no longer exists; dead-lettered by the worker."""
-REASON_SEND_UNCERTAIN = "send_uncertain"
-"""A part's delivery is unknown, the gateway cannot tell, and the inbox's policy is `hold`."""
+# The names below are the vocabulary's (consumer/vocabulary.py), kept here under the names
+# the policy's readers know.
+REASON_PERMANENT = DeadLetterReason.PERMANENT
+REASON_MAX_ATTEMPTS = DeadLetterReason.MAX_ATTEMPTS
+REASON_DEFERRED_TOO_LONG = DeadLetterReason.DEFERRED_TOO_LONG
+REASON_INVALID_PAYLOAD = DeadLetterReason.INVALID_PAYLOAD
+REASON_UNKNOWN_MESSAGE = DeadLetterReason.UNKNOWN_MESSAGE
+REASON_SEND_UNCERTAIN = DeadLetterReason.SEND_UNCERTAIN
+DEAD_LETTER_REASONS: frozenset[str] = frozenset(DeadLetterReason)
+"""Every reason a dead letter can carry: the policy's (here) and triage's (`consumer.triage`)."""
 
-DEAD_LETTER_REASONS: frozenset[str] = frozenset(
-    {
-        REASON_PERMANENT,
-        REASON_MAX_ATTEMPTS,
-        REASON_DEFERRED_TOO_LONG,
-        REASON_INVALID_PAYLOAD,
-        REASON_RUN_GONE,
-        REASON_SEND_UNCERTAIN,
-    }
-)
+RETRY_REASON_BACKOFF = RetryReason.BACKOFF
+RETRY_REASON_DEFERRED = RetryReason.DEFERRED
+RETRY_REASON_PROCESS_STOPPING = RetryReason.PROCESS_STOPPING
 
-# --- retry reasons (for logs and metrics: why a message went back to the queue)
-RETRY_REASON_BACKOFF = "backoff"
-"""A temporary error or a bug: an attempt was burnt, wait an exponential backoff."""
-RETRY_REASON_DEFERRED = "deferred"
-"""Not the message's fault: no attempt burnt, wait Retry-After or a deferral backoff."""
-RETRY_REASON_PROCESS_STOPPING = "process_stopping"
-"""Fatal error (bad API key) or cancellation: the worker stops, another one takes over."""
-
-ERROR_CLASS_INTERNAL = "internal"
+ERROR_CLASS_INTERNAL = ErrorClass.INTERNAL
 """`error_class` of any exception that is not a `CampaignqError`: a bug, or an untranslated error."""
 
 MIN_RETRY_DELAY_S = 1.0

@@ -34,14 +34,15 @@ from .models import MessageContext, SenderContext
 from .pacing import InboxSafety, booking_usable, daily_cap, hold_delay_s, next_utc_midnight, plan_message
 from .send_window import lead_zone, next_opening
 from .settings import Settings
+from .vocabulary import ErrorClass, Outcome
 from .whatsapp import typing_delay_ms
 
-HELD_OUTCOME = "held"
+HELD_OUTCOME = Outcome.HELD
 HOLD_SEND_WINDOW = "send_window"
 HOLD_PACE = "pace"
 HOLD_DAILY_CAP = "daily_cap"
 HOLD_INBOX_PAUSED = "inbox_paused"
-ERROR_CLASS_OPTED_OUT = "opted_out"
+ERROR_CLASS_OPTED_OUT = ErrorClass.OPTED_OUT
 
 
 def sender_context_from_row(row: dict[str, Any]) -> SenderContext:

@@ -10,9 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .models import MessageContext
-
-TERMINAL_STATUSES = frozenset({"sent", "failed", "skipped"})
-IN_FLIGHT_STATUSES = frozenset({"generating", "sending"})
+from .vocabulary import (
+    IN_FLIGHT_STATUSES,
+    TERMINAL_STATUSES,
+    DeadLetterReason,
+    ErrorClass,
+    MessageStatus,
+    RunStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -62,36 +67,40 @@ Action = Process | ReleaseToPending | Skip | ArchiveOnly | DeadLetterNow | Lease
 
 def triage(ctx: MessageContext, *, max_attempts: int) -> Action:
     if ctx.payload is None:
-        return DeadLetterNow("invalid_payload", "invalid_payload", ctx.payload_error or "unparsable payload")
+        return DeadLetterNow(
+            DeadLetterReason.INVALID_PAYLOAD,
+            ErrorClass.INVALID_PAYLOAD,
+            ctx.payload_error or "unparsable payload",
+        )
     if not ctx.found:
         return DeadLetterNow(
-            "unknown_message",
-            "unknown_message",
+            DeadLetterReason.UNKNOWN_MESSAGE,
+            ErrorClass.UNKNOWN_MESSAGE,
             f"campaign message {ctx.payload.campaign_message_id} does not exist",
         )
     if ctx.run_id != ctx.payload.run_id or ctx.lead_id != ctx.payload.lead_id:
         return DeadLetterNow(
-            "invalid_payload",
-            "invalid_payload",
+            DeadLetterReason.INVALID_PAYLOAD,
+            ErrorClass.INVALID_PAYLOAD,
             "payload run_id/lead_id do not match the campaign message",
             fails_row=False,
         )
     if ctx.previous_status in TERMINAL_STATUSES:
         return ArchiveOnly(f"row is already {ctx.previous_status}")
-    if ctx.run_status == "cancelled":
-        return Skip("run_cancelled", "the run was cancelled")
-    if ctx.run_status == "completed":
-        return Skip("run_completed", "the run was already completed")
-    if ctx.run_status != "running" or ctx.previous_status == "pending":
+    if ctx.run_status == RunStatus.CANCELLED:
+        return Skip(ErrorClass.RUN_CANCELLED, "the run was cancelled")
+    if ctx.run_status == RunStatus.COMPLETED:
+        return Skip(ErrorClass.RUN_COMPLETED, "the run was already completed")
+    if ctx.run_status != RunStatus.RUNNING or ctx.previous_status == MessageStatus.PENDING:
         return ReleaseToPending(f"run is {ctx.run_status}, row was {ctx.previous_status}")
     if not ctx.claimed:
         return LeaseLost()
     if ctx.sender.opted_out_at is not None:  # issue 13: before any AI spend
-        return Skip("opted_out", "the lead opted out")
+        return Skip(ErrorClass.OPTED_OUT, "the lead opted out")
     if ctx.previous_status in IN_FLIGHT_STATUSES and ctx.retry_count >= max_attempts:
         return DeadLetterNow(
-            "max_attempts",
-            "crashed",
+            DeadLetterReason.MAX_ATTEMPTS,
+            ErrorClass.CRASHED,
             f"the holder stopped mid-message {ctx.retry_count} times",
             burns_attempt=False,
         )
@@ -110,7 +119,7 @@ def parts_to_reconcile(ctx: MessageContext) -> dict[int, datetime]:
     if ctx.parts is None or ctx.parts_sent >= len(ctx.parts):
         return {}
     unknown: dict[int, datetime] = {}
-    if ctx.previous_status == "sending" and ctx.last_progress_at is not None:
+    if ctx.previous_status == MessageStatus.SENDING and ctx.last_progress_at is not None:
         unknown[ctx.parts_sent] = ctx.last_progress_at
     part, since = ctx.uncertain_part, ctx.uncertain_since
     if part is not None and since is not None and ctx.parts_sent <= part < len(ctx.parts):

@@ -402,3 +402,17 @@ SELECT workspace_id, cached_token_share, cost_per_1000_messages_usd
 -- twice), so they are generated synchronously at due time; the batch is marked failed.
 UPDATE ai_batches SET status = 'failed', error = 'abandoned while preparing', finished_at = now()
  WHERE status = 'preparing' AND created_at < now() - make_interval(secs => %(older_than_s)s::double precision);
+
+-- name: demo_other_open_work
+-- `campaignq demo`: due messages of other running runs, which the demo's consumers also finish.
+SELECT count(*)
+  FROM campaign_messages m JOIN campaign_runs r ON r.id = m.run_id
+ WHERE r.status = 'running' AND m.run_id <> ALL(%(ours)s::uuid[])
+   AND m.status IN ('pending', 'queued', 'generating', 'sending') AND m.scheduled_at <= now();
+
+-- name: demo_sent_times
+-- `campaignq demo`: when each message of the paced run was sent (epoch seconds), for its busiest 10 s.
+SELECT extract(epoch FROM sent_at)::double precision
+  FROM campaign_messages
+ WHERE run_id = %(run_id)s::uuid AND status = 'sent'
+ ORDER BY sent_at;

@@ -214,7 +214,7 @@ def test_reasons_are_distinct_documented_constants() -> None:
         policy.REASON_MAX_ATTEMPTS: "max_attempts",
         policy.REASON_DEFERRED_TOO_LONG: "deferred_too_long",
         policy.REASON_INVALID_PAYLOAD: "invalid_payload",
-        policy.REASON_RUN_GONE: "run_gone",
+        policy.REASON_UNKNOWN_MESSAGE: "unknown_message",
         policy.REASON_SEND_UNCERTAIN: "send_uncertain",
     }
     assert all(constant == value for constant, value in reasons.items())

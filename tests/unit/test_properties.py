@@ -35,8 +35,6 @@ from consumer.logs import redact, register_secret
 from consumer.models import InvalidPayloadError, MessageContext, QueueMessage, QueuePayload, parse_payload
 from consumer.split import parse_split_answer
 from consumer.triage import (
-    IN_FLIGHT_STATUSES,
-    TERMINAL_STATUSES,
     ArchiveOnly,
     DeadLetterNow,
     LeaseLost,
@@ -46,6 +44,7 @@ from consumer.triage import (
     triage,
 )
 from consumer.validation import normalize_phone
+from consumer.vocabulary import IN_FLIGHT_STATUSES, TERMINAL_STATUSES
 from consumer.whatsapp import typing_delay_ms
 
 json_values = st.recursive(
