@@ -53,7 +53,7 @@ def _subclasses(cls: type[errors.CampaignqError]) -> list[type[errors.CampaignqE
 
 
 def test_every_error_class_is_in_the_vocabulary() -> None:
-    classes = [errors.CampaignqError, *_subclasses(errors.CampaignqError)]
+    classes: list[type[errors.CampaignqError]] = [errors.CampaignqError, *_subclasses(errors.CampaignqError)]
     assert StructuredOutputUnsupportedError in classes
     assert all(isinstance(cls.error_class, ErrorClass) for cls in classes), [
         cls for cls in classes if not isinstance(cls.error_class, ErrorClass)
