@@ -36,7 +36,7 @@ from .errors import (
     RateLimitedError,
 )
 from .llmcost import is_structured_output_rejection
-from .logs import redact
+from .provider_http import json_object, provider_text
 from .settings import Settings
 from .vocabulary import ErrorClass
 
@@ -44,7 +44,6 @@ DEFAULT_RETRY_AFTER_S = 5.0
 # A cooldown this short is cheaper to sleep through than to hand back to the queue.
 WAIT_OUT_COOLDOWN_UP_TO_S = 2.0
 IN_FLIGHT_BUDGET_LIMIT_SOURCE = "openrouter_in_flight_budget"
-_PROVIDER_TEXT_MAX_CHARS = 300
 
 _REJECTED_STATUSES = frozenset({400, 404, 413, 422})
 _FATAL_STATUSES = frozenset({401, 403})
@@ -405,7 +404,7 @@ class AIClient:
     # --- translation --------------------------------------------------------------------------
 
     def _error_for(self, status: int, headers: Mapping[str, str], body: bytes) -> Exception:
-        error = _error_object(body)
+        error = json_object(body)
         message = self._provider_text(error, body)
         if status == 429:
             return self._rate_limited(headers, f"AI provider rate limited (429): {message}")
@@ -480,19 +479,7 @@ class AIClient:
                 text = str(error.get("message") or error.get("code") or "")
             elif error:
                 text = str(error)
-        if not text:
-            text = body.decode("utf-8", "replace").strip() or "no details"
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return redact(" ".join(text.split()))[:_PROVIDER_TEXT_MAX_CHARS]
-
-
-def _error_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+        return provider_text(text, body, api_key=self._api_key)
 
 
 def _is_in_flight_budget(error: Mapping[str, Any] | None) -> bool:

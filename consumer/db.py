@@ -21,7 +21,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .models import QueueMessage, QueuePayload
+from .errors import one_line
+from .models import ClaimedRow, QueueMessage, QueuePayload
 from .sql import query
 
 T = TypeVar("T")
@@ -41,6 +42,10 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     PoolTimeout,
     OSError,
 )
+# What a loop that keeps reading survives (logged, retried on its next turn): every driver
+# and pool error, the transient ones above and also a refused statement, so a bad grant or a
+# migration half-applied costs the loop a turn, not the process.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, PoolTimeout, OSError)
 PERSIST_FIRST_DELAY_S = 0.2
 PERSIST_MAX_DELAY_S = 2.0
 
@@ -71,7 +76,7 @@ async def persist(call: Callable[[], Awaitable[T]], *, what: str, within_s: floa
                 logger.warning(
                     "database unavailable while recording {} ({}); retrying for up to {:.0f} s",
                     what,
-                    " ".join(str(exc).split()) or type(exc).__name__,
+                    one_line(exc),
                     within_s,
                 )
             await asyncio.sleep(delay_s)
@@ -170,7 +175,8 @@ class Database:
         leases: Sequence[tuple[QueueMessage, QueuePayload]],
         *,
         cached_config_ids: Sequence[uuid.UUID],
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedRow]:
+        """Claim the batch's rows and read their context in one round trip (typed rows)."""
         self.statements["claim_batch"] += 1
         params = {
             "msg_ids": [m.msg_id for m, _ in leases],
@@ -184,7 +190,23 @@ class Database:
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query("claim_batch"), params)
                 rows: list[dict[str, Any]] = await cur.fetchall()
-        return rows
+        return [ClaimedRow.from_row(row) for row in rows]
+
+    async def sample_queues(self) -> list[tuple[str, int, int, int, float]]:
+        """(queue, depth, visible, in flight, oldest age in s) of both queues, for the gauges."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("sample_queues"))
+            return [
+                (str(q), int(depth), int(visible), int(in_flight), float(age))
+                for q, depth, visible, in_flight, age in await cur.fetchall()
+            ]
+
+    async def sample_ai_costs(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """(per active run, per workspace today) cost rows for the gauges (issue 14)."""
+        async with self.connection() as conn:
+            runs = await (await conn.execute(query("sample_run_ai_costs"))).fetchall()
+            workspaces = await (await conn.execute(query("sample_workspace_ai_costs"))).fetchall()
+        return runs, workspaces
 
     async def extend_leases(self, leases: Sequence[tuple[int, int]], *, vt_s: int) -> set[int]:
         if not leases:

@@ -170,3 +170,8 @@ class LeaseLostError(CampaignqError):
     another worker read it): stop touching it, the new holder carries on."""
 
     error_class: str = ErrorClass.LEASE_LOST
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one log line: its text with whitespace folded, else its type's name."""
+    return " ".join(str(exc).split()) or type(exc).__name__

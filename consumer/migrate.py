@@ -35,7 +35,7 @@ from loguru import logger
 from psycopg import sql
 
 from . import sql as sqlfiles
-from .errors import ConfigurationError, DatabaseUnavailableError
+from .errors import ConfigurationError, DatabaseUnavailableError, one_line
 from .pooler import PoolerMode, uses_transaction_pooler
 
 # pg_advisory_lock key shared by every `campaignq migrate` (any constant unique to us).
@@ -165,7 +165,7 @@ def migrate(
     report = MigrationReport()
     try:
         with connect(url) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute(sqlfiles.query("migrate_lock"), (MIGRATION_LOCK_KEY,))
             try:
                 # Everything that can refuse runs before the first change: a database this
                 # migrate cannot finish is left exactly as it was.
@@ -181,7 +181,7 @@ def migrate(
                     report.cron_job_id = _schedule_producer(conn, producer_interval_s, producer_batch_size)
             finally:
                 if not conn.closed:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+                    conn.execute(sqlfiles.query("migrate_unlock"), (MIGRATION_LOCK_KEY,))
     # What the steps above do not translate themselves, as one line (the CLI prints it).
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigurationError(
@@ -189,43 +189,28 @@ def migrate(
             "the database and its campaignq objects (on Supabase: postgres)"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(f"lost the database during migrate: {_one_line(exc)}") from exc
+        raise DatabaseUnavailableError(f"lost the database during migrate: {one_line(exc)}") from exc
     except psycopg.Error as exc:
-        raise ConfigurationError(f"migrate failed: {exc.diag.message_primary or _one_line(exc)}") from exc
+        raise ConfigurationError(f"migrate failed: {exc.diag.message_primary or one_line(exc)}") from exc
     return report
 
 
 def _ensure_history_table(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS campaignq_schema_migrations (
-               version     integer PRIMARY KEY,
-               name        text NOT NULL,
-               checksum    text NOT NULL,
-               applied_at  timestamptz NOT NULL DEFAULT now())"""
-    )
+    conn.execute(sqlfiles.query("migrate_history_table"))
 
 
 def _inspect_pgmq(conn: psycopg.Connection[tuple[object, ...]]) -> PgmqFound:
-    ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pgmq'").fetchone()
-    schema = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'pgmq'").fetchone() is not None
+    ext = conn.execute(sqlfiles.query("pgmq_extension_version")).fetchone()
+    schema = conn.execute(sqlfiles.query("pgmq_schema_exists")).fetchone() is not None
     missing: tuple[str, ...] = ()
     if schema:
         missing = tuple(
-            str(r[0])
-            for r in conn.execute(
-                "SELECT split_part(f, '|', 1) FROM unnest(%s::text[]) AS f WHERE NOT EXISTS "
-                "(SELECT 1 FROM unnest(string_to_array(f, '|')) AS s WHERE to_regprocedure(s) IS NOT NULL)",
-                (list(PGMQ_FUNCTIONS),),
-            )
+            str(r[0]) for r in conn.execute(sqlfiles.query("pgmq_missing_functions"), (list(PGMQ_FUNCTIONS),))
         )
-    comment = conn.execute(
-        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'pgmq'"
-    )
+    comment = conn.execute(sqlfiles.query("pgmq_schema_comment"))
     note = comment.fetchone()
     bundled = BUNDLED_COMMENT.match(str(note[0])) if note and note[0] else None
-    available = conn.execute(
-        "SELECT default_version FROM pg_available_extensions WHERE name = 'pgmq'"
-    ).fetchone()
+    available = conn.execute(sqlfiles.query("pgmq_available_default")).fetchone()
     return PgmqFound(
         extension_version=str(ext[0]) if ext else None,
         schema_exists=schema,
@@ -240,9 +225,7 @@ def _ensure_pgmq(conn: psycopg.Connection[tuple[object, ...]], action: PgmqActio
         return None
     if action == "create-extension":
         # The version is named: a later default on the server must not change what we get.
-        default = conn.execute(
-            "SELECT default_version FROM pg_available_extensions WHERE name = 'pgmq'"
-        ).fetchone()
+        default = conn.execute(sqlfiles.query("pgmq_available_default")).fetchone()
         version = str(default[0]) if default else ""
         try:
             conn.execute(
@@ -271,12 +254,12 @@ def _ensure_pgmq(conn: psycopg.Connection[tuple[object, ...]], action: PgmqActio
 
 def _check_history(conn: psycopg.Connection[tuple[object, ...]]) -> list[sqlfiles.Migration]:
     """Refuses an edited migration; returns the superseded ones to re-apply. Reads only."""
-    history = conn.execute("SELECT to_regclass('campaignq_schema_migrations')").fetchone()
+    history = conn.execute(sqlfiles.query("migrate_history_exists")).fetchone()
     applied: dict[int, str] = {}
     if history is not None and history[0] is not None:
         applied = {
             int(str(version)): str(checksum)
-            for version, checksum in conn.execute("SELECT version, checksum FROM campaignq_schema_migrations")
+            for version, checksum in conn.execute(sqlfiles.query("migrate_history_checksums"))
         }
     reapply: list[sqlfiles.Migration] = []
     for migration in sqlfiles.migrations():
@@ -314,13 +297,11 @@ def _run_migration(
             conn.execute(migration.sql)
             if update:
                 conn.execute(
-                    "UPDATE campaignq_schema_migrations SET checksum = %s, applied_at = now() "
-                    "WHERE version = %s",
-                    (migration.checksum, migration.version),
+                    sqlfiles.query("migrate_history_update"), (migration.checksum, migration.version)
                 )
             else:
                 conn.execute(
-                    "INSERT INTO campaignq_schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    sqlfiles.query("migrate_history_insert"),
                     (migration.version, migration.name, migration.checksum),
                 )
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -330,14 +311,14 @@ def _run_migration(
         ) from exc
     except psycopg.DatabaseError as exc:
         if isinstance(exc, psycopg.OperationalError):
-            raise DatabaseUnavailableError(f"migration {label} was interrupted: {_one_line(exc)}") from exc
+            raise DatabaseUnavailableError(f"migration {label} was interrupted: {one_line(exc)}") from exc
         raise ConfigurationError(
-            f"migration {label} failed and was rolled back: {exc.diag.message_primary or _one_line(exc)}"
+            f"migration {label} failed and was rolled back: {exc.diag.message_primary or one_line(exc)}"
         ) from exc
 
 
 def _apply_pending(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
-    applied = {int(str(r[0])) for r in conn.execute("SELECT version FROM campaignq_schema_migrations")}
+    applied = {int(str(r[0])) for r in conn.execute(sqlfiles.query("migrate_history_versions"))}
     done: list[str] = []
     for migration in sqlfiles.migrations():
         if migration.version in applied:
@@ -350,31 +331,27 @@ def _apply_pending(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
 
 
 def _current_user(conn: psycopg.Connection[tuple[object, ...]]) -> str:
-    row = conn.execute("SELECT current_user").fetchone()
+    row = conn.execute(sqlfiles.query("migrate_current_user")).fetchone()
     return str(row[0]) if row else "this role"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _schedule_producer(
     conn: psycopg.Connection[tuple[object, ...]], interval_s: float, batch_size: int
 ) -> int:
-    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'").fetchone():
-        if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'").fetchone():
+    if not conn.execute(sqlfiles.query("pg_cron_installed")).fetchone():
+        if not conn.execute(sqlfiles.query("pg_cron_available")).fetchone():
             raise ConfigurationError(
                 "pg_cron is not available on this server; run `campaignq produce --every 5s` instead"
             )
         try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+            conn.execute(sqlfiles.query("pg_cron_create"))
         except psycopg.Error as exc:
             raise ConfigurationError(
                 f"cannot enable pg_cron here ({exc.diag.message_primary}); it must be in "
                 "shared_preload_libraries and this must be its cron.database_name"
             ) from exc
     seconds = max(1, min(59, round(interval_s)))
-    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+    version = conn.execute(sqlfiles.query("pg_cron_version")).fetchone()
     if version is not None and _version_tuple(str(version[0])) >= (1, 5):
         schedule = f"{seconds} seconds"
         command = sql.SQL("SELECT enqueue_due_campaign_messages({})").format(sql.Literal(batch_size))
@@ -385,7 +362,7 @@ def _schedule_producer(
         )
     try:
         row = conn.execute(
-            "SELECT cron.schedule(%s, %s, %s)",
+            sqlfiles.query("pg_cron_schedule"),
             (PRODUCER_CRON_JOB, schedule, command.as_string(conn)),
         ).fetchone()
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -403,7 +380,7 @@ def _schedule_producer(
 def _create_worker_role(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     try:
         with conn.transaction():
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (WORKER_ROLE,)).fetchone()
+            exists = conn.execute(sqlfiles.query("migrate_role_exists"), (WORKER_ROLE,)).fetchone()
             if not exists:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(WORKER_ROLE)))
             conn.execute(sqlfiles.query("grant_worker_role"))

@@ -14,16 +14,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import psycopg
 from aiohttp import web
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from psycopg_pool import PoolTimeout
 
-from .db import Database
-from .errors import ConfigurationError
+from .db import DATABASE_ERRORS, Database
+from .errors import ConfigurationError, one_line
 from .metrics import ConsumerMetrics
-from .sql import query
 
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
 # The LLM cost gauges aggregate the active runs' rows: every 6th sample (30 s) is plenty.
@@ -129,18 +126,15 @@ class QueueSampler:
             await self.sample_queues()
             if self.samples % AI_COST_SAMPLE_EVERY == 0:
                 await self.sample_ai_costs()
-        except (psycopg.Error, PoolTimeout, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             self.metrics.samples_failed.inc()
-            logger.debug("queue metrics sample failed: {}", " ".join(str(exc).split()) or type(exc).__name__)
+            logger.debug("queue metrics sample failed: {}", one_line(exc))
             return False
         self.samples += 1
         return True
 
     async def sample_queues(self) -> None:
-        async with self.db.connection() as conn:
-            cur = await conn.execute(query("sample_queues"))
-            rows = await cur.fetchall()
-        for queue_name, depth, visible, in_flight, oldest_age_s in rows:
+        for queue_name, depth, visible, in_flight, oldest_age_s in await self.db.sample_queues():
             self.metrics.queue_depth.labels(queue=queue_name).set(depth)
             self.metrics.queue_visible.labels(queue=queue_name).set(visible)
             self.metrics.queue_in_flight.labels(queue=queue_name).set(in_flight)
@@ -150,9 +144,7 @@ class QueueSampler:
         """Per active run and per workspace today: cached-token share, cost per 1,000 messages
         and the budget pause (issue 14). Labels only for runs still running or paused, and the
         gauges are cleared first, so finished runs do not linger as series."""
-        async with self.db.connection() as conn:
-            runs = await (await conn.execute(query("sample_run_ai_costs"))).fetchall()
-            workspaces = await (await conn.execute(query("sample_workspace_ai_costs"))).fetchall()
+        runs, workspaces = await self.db.sample_ai_costs()
         m = self.metrics
         for gauge in (m.run_cached_token_share, m.run_cost_per_1000_usd, m.run_budget_exhausted):
             gauge.clear()

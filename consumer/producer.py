@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import psycopg
 from loguru import logger
 
+from .db import TRANSIENT_DB_ERRORS
+from .errors import one_line
 from .sql import query
 
 RECONNECT_DELAY_MAX_S = 30.0
@@ -59,12 +61,12 @@ class ProducerLoop:
                         logger.info("producer reconnected to the database")
                     reconnect_delay_s = 0.0
                     self._produce_until_stopped(conn)
-            except psycopg.OperationalError as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 reconnect_delay_s = min(RECONNECT_DELAY_MAX_S, max(0.5, reconnect_delay_s * 2))
                 delay_s = random.uniform(reconnect_delay_s / 2, reconnect_delay_s)  # noqa: S311 (jitter)
                 logger.warning(
                     "producer lost the database ({}); retrying in {:.1f} s",
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    one_line(exc),
                     delay_s,
                 )
                 self.stop_event.wait(delay_s)

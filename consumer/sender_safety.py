@@ -24,14 +24,13 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from loguru import logger
 
 from .db import TRANSIENT_DB_ERRORS, Database, persist
 from .errors import InboxBannedError, RateLimitedError, SendHeldError
 from .models import MessageContext, SenderContext
-from .pacing import InboxSafety, booking_usable, daily_cap, hold_delay_s, next_utc_midnight, plan_message
+from .pacing import booking_usable, daily_cap, hold_delay_s, next_utc_midnight, plan_message
 from .send_window import lead_zone, next_opening
 from .settings import Settings
 from .vocabulary import ErrorClass, Outcome
@@ -43,33 +42,6 @@ HOLD_PACE = "pace"
 HOLD_DAILY_CAP = "daily_cap"
 HOLD_INBOX_PAUSED = "inbox_paused"
 ERROR_CLASS_OPTED_OUT = ErrorClass.OPTED_OUT
-
-
-def sender_context_from_row(row: dict[str, Any]) -> SenderContext:
-    """The batch row's sender-safety columns (db/queries.sql `claim_batch`, issue 13)."""
-    inbox = None
-    if row.get("safety_inbox_id") is not None:
-        inbox = InboxSafety(
-            inbox_id=row["safety_inbox_id"],
-            max_sends_per_minute=row.get("max_sends_per_minute"),
-            daily_send_cap=row.get("daily_send_cap"),
-            paused_at=row.get("inbox_paused_at"),
-            pause_reason=row.get("inbox_pause_reason"),
-            warmup_started_at=row.get("warmup_started_at"),
-            warmup_first_day_cap=row.get("warmup_first_day_cap"),
-            warmup_daily_growth=float(row.get("warmup_daily_growth") or 1.5),
-        )
-    wait_s = row.get("send_slot_wait_s")
-    return SenderContext(
-        opted_out_at=row.get("opted_out_at"),
-        lead_timezone=row.get("lead_timezone"),
-        config_timezone=row.get("config_timezone"),
-        window_start=row.get("send_window_start"),
-        window_end=row.get("send_window_end"),
-        inbox=inbox,
-        slot_wait_s=float(wait_s) if wait_s is not None else None,
-        read_monotonic=time.monotonic(),
-    )
 
 
 def window_hold(

@@ -36,7 +36,8 @@ from .errors import (
     SendOutcomeUnknownError,
     SendTimedOutError,
 )
-from .logs import mask_phone, redact
+from .logs import mask_phone
+from .provider_http import json_object, provider_text
 from .settings import Settings
 
 CONNECTED_STATE = "open"
@@ -47,7 +48,6 @@ DEAD_SOCKET_MARKER = "connection closed"
 # is paused for an operator and its messages wait.
 BAN_MARKERS = ("banned", "account locked", "131031", "temporarily blocked")
 LOGOUT_MARKERS = ("logged out", "loggedout", "logout")
-_PROVIDER_TEXT_MAX_CHARS = 300
 # Reconciliation reads at most this many pages of a chat (newest first), and allows this much
 # clock difference between us and the gateway when comparing a record's time with the attempt's.
 RECONCILE_MAX_PAGES = 5
@@ -200,7 +200,7 @@ class WhatsAppClient:
             raise FatalError(f"WhatsApp gateway refused our API key ({status})")
         if status != 200:
             raise InboxUnavailableError(f"connection state of {instance!r} unavailable ({status})")
-        data = _json_object(body)
+        data = json_object(body)
         inner = data.get("instance") if data else None
         state = inner.get("state") if isinstance(inner, Mapping) else None
         if not isinstance(state, str):
@@ -281,7 +281,7 @@ class WhatsAppClient:
             raise ReconcileUnavailableError(f"findMessages on {instance!r} timed out") from exc
         except aiohttp.ClientError as exc:
             raise ReconcileUnavailableError(f"findMessages unreachable: {type(exc).__name__}") from exc
-        data = _json_object(raw)
+        data = json_object(raw)
         if status not in (200, 201) or data is None:
             raise ReconcileUnavailableError(f"findMessages on {instance!r} answered {status}")
         return data
@@ -328,7 +328,7 @@ class WhatsAppClient:
                 f"WhatsApp send lost its connection before the answer: {type(exc).__name__}"
             ) from exc
         if status in (200, 201):
-            data = _json_object(body)
+            data = json_object(body)
             if data is not None and data.get("error") and not isinstance(data.get("key"), Mapping):
                 # An explicit error and no message key: the gateway (or a proxy in front of
                 # it) says it did not send. Not an acknowledgement, so the part is retried.
@@ -346,7 +346,7 @@ class WhatsAppClient:
         headers: Mapping[str, str],
         body: bytes,
     ) -> Exception:
-        data = _json_object(body)
+        data = json_object(body)
         message = self._provider_text(data, body)
         lowered = message.lower()
         if status != 429 and any(marker in lowered for marker in BAN_MARKERS):  # issue 13
@@ -384,19 +384,7 @@ class WhatsAppClient:
                 reason = data.get("error")
             if reason is not None:
                 text = reason if isinstance(reason, str) else json.dumps(reason, ensure_ascii=False)
-        if not text:
-            text = body.decode("utf-8", "replace").strip() or "no details"
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return redact(" ".join(text.split()))[:_PROVIDER_TEXT_MAX_CHARS]
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+        return provider_text(text, body, api_key=self._api_key)
 
 
 def _not_on_whatsapp(data: Mapping[str, Any] | None) -> bool:
@@ -409,7 +397,7 @@ def _not_on_whatsapp(data: Mapping[str, Any] | None) -> bool:
 
 def _receipt_from(body: bytes) -> SendReceipt:
     """A 2xx is an acknowledgement even if its body is odd: resending would risk a duplicate."""
-    data = _json_object(body) or {}
+    data = json_object(body) or {}
     key = data.get("key")
     message_id = key.get("id") if isinstance(key, Mapping) else None
     status = data.get("status")

@@ -14,17 +14,16 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any
 
-import psycopg
 from loguru import logger
-from psycopg_pool import PoolTimeout
 
 from .ai import AIClient
-from .db import Database, listen_connection
-from .errors import FatalError
+from .db import DATABASE_ERRORS, Database, listen_connection
+from .errors import FatalError, one_line
 from .lease import Lease
 from .metrics import ConsumerMetrics
 from .models import (
     CampaignConfig,
+    ClaimedRow,
     InvalidPayloadError,
     MessageContext,
     QueueMessage,
@@ -32,7 +31,6 @@ from .models import (
     parse_payload,
 )
 from .pipeline import MessagePipeline
-from .sender_safety import sender_context_from_row
 from .settings import Settings
 from .whatsapp import WhatsAppClient
 
@@ -138,10 +136,10 @@ class Worker:
                 asked_at = time.monotonic()  # the lease starts no earlier than this
                 messages = await self.db.read(qty=qty, vt_s=self.settings.visibility_timeout_s)
                 db_delay_s = 0.0
-            except (psycopg.Error, PoolTimeout, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 db_delay_s = min(DB_RETRY_DELAY_MAX_S, max(0.5, db_delay_s * 2))
                 logger.warning(
-                    "cannot read from the queue ({}); retrying in {:.1f} s", _one_line(exc), db_delay_s
+                    "cannot read from the queue ({}); retrying in {:.1f} s", one_line(exc), db_delay_s
                 )
                 await self._wait_any(asyncio.sleep(db_delay_s))
                 continue
@@ -187,11 +185,11 @@ class Worker:
             )
         try:
             rows = await self._claim(valid) if valid else {}
-        except (psycopg.Error, PoolTimeout, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             # Nothing was claimed: the messages reappear after their visibility timeout and
             # no attempt is counted (their rows are still `queued`).
             logger.warning(
-                "cannot load the batch context ({}); {} messages will reappear", _one_line(exc), len(messages)
+                "cannot load the batch context ({}); {} messages will reappear", one_line(exc), len(messages)
             )
             for msg in messages:
                 self._leases.pop((msg.msg_id, msg.read_ct), None)
@@ -199,7 +197,7 @@ class Worker:
         for ctx in contexts:
             row = rows.get(ctx.msg.msg_id)
             if row is not None:
-                self._fill(ctx, row)
+                ctx.apply(row, self._config_for(row))
             lease = self._leases[(ctx.msg.msg_id, ctx.msg.read_ct)]
             lease.task = asyncio.create_task(
                 self._run_one(ctx, lease), name=f"campaignq-msg-{ctx.msg.msg_id}"
@@ -223,59 +221,22 @@ class Worker:
                 self.metrics.leases_lost.inc()
                 logger.bind(msg_id=lease.msg.msg_id).warning("lease expired; the message was read again")
 
-    async def _claim(self, valid: list[tuple[QueueMessage, QueuePayload]]) -> dict[int, dict[str, Any]]:
+    async def _claim(self, valid: list[tuple[QueueMessage, QueuePayload]]) -> dict[int, ClaimedRow]:
         now = time.monotonic()
         fresh = [cid for cid, (_, expires) in self._configs.items() if expires > now]
         rows = await self.db.claim_batch(valid, cached_config_ids=fresh)
-        return {int(row["msg_id"]): row for row in rows}
+        return {row.msg_id: row for row in rows}
 
-    def _fill(self, ctx: MessageContext, row: dict[str, Any]) -> None:
-        ctx.found = bool(row["found"])
-        ctx.claimed = bool(row["claimed"])
-        ctx.previous_status = row["previous_status"]
-        ctx.run_status = row["run_status"]
-        ctx.run_id = row["run_id"]
-        ctx.lead_id = row["lead_id"]
-        ctx.retry_count = int(row["retry_count"] or 0)
-        ctx.deferral_count = int(row["deferral_count"] or 0)
-        ctx.first_deferred_at = row["first_deferred_at"]
-        ctx.generated_message = row["generated_message"]
-        ctx.parts = list(row["parts"]) if row["parts"] is not None else None
-        ctx.parts_sent = int(row["parts_sent"] or 0)
-        ctx.uncertain_part = row["uncertain_part"]
-        ctx.uncertain_since = row["uncertain_since"]
-        ctx.last_progress_at = row["last_progress_at"]
-        ctx.attempt_history = list(row["attempt_history"] or [])
-        ctx.lead_name = row["lead_name"]
-        ctx.phone = row["phone"]
-        ctx.custom_fields = row["custom_fields"]
-        ctx.config_id = row["config_id"]
-        ctx.config = self._config_for(row)
-        ctx.sender = sender_context_from_row(row)  # issue 13
-
-    def _config_for(self, row: dict[str, Any]) -> CampaignConfig | None:
-        config_id = row["config_id"]
-        if config_id is None:
+    def _config_for(self, row: ClaimedRow) -> CampaignConfig | None:
+        """The row's config, cached for `config_cache_ttl_s`; the cached copy when not sent."""
+        if row.config_id is None:
             return None
-        if row["ai_model"] is None:  # not sent: the cached copy was fresh
-            cached = self._configs.get(config_id)
+        if not row.config_sent:  # the cached copy was fresh
+            cached = self._configs.get(row.config_id)
             return cached[0] if cached else None
-        if row["instance"] is None:
-            return None
-        config = CampaignConfig(
-            id=config_id,
-            workspace_id=row["workspace_id"],
-            ai_model=row["ai_model"],
-            system_prompt=row["system_prompt"],
-            split_messages=bool(row["split_messages"]),
-            max_parts=int(row["max_parts"]),
-            max_tokens=int(row["max_tokens"]),
-            inbox_id=row["inbox_id"],
-            instance=row["instance"],
-            uncertain_send_policy=row["uncertain_send_policy"],
-        )
-        self._configs[config_id] = (config, time.monotonic() + self.settings.config_cache_ttl_s)
-        return config
+        if row.config is not None:
+            self._configs[row.config_id] = (row.config, time.monotonic() + self.settings.config_cache_ttl_s)
+        return row.config
 
     async def _run_one(self, ctx: MessageContext, lease: Lease) -> str:
         try:
@@ -334,11 +295,11 @@ class Worker:
             asked_at = time.monotonic()
             try:
                 alive = await self.db.extend_leases([lease.key for lease in held], vt_s=vt_s)
-            except (psycopg.Error, PoolTimeout, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 logger.warning(
                     "could not extend {} leases ({}); their tasks stop before a send that would outlive them",
                     len(held),
-                    _one_line(exc),
+                    one_line(exc),
                 )
                 delay_s = min(1.0, interval_s)
                 continue
@@ -377,9 +338,9 @@ class Worker:
                 async with conn:
                     async for _ in conn.notifies():
                         self._wake.set()
-            except (psycopg.Error, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 delay_s = min(DB_RETRY_DELAY_MAX_S, max(0.5, delay_s * 2))
-                logger.debug("listener reconnecting in {:.1f} s ({})", delay_s, _one_line(exc))
+                logger.debug("listener reconnecting in {:.1f} s ({})", delay_s, one_line(exc))
                 await asyncio.sleep(delay_s)
 
     # --- shutdown -------------------------------------------------------------------------------
@@ -397,8 +358,3 @@ class Worker:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             logger.warning("drain timeout: released {} unfinished messages back to the queue", len(pending))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

@@ -225,6 +225,10 @@ SELECT dlq_msg_id, campaign_message_id, run_id, reason, previous_status, action
            p_older_than   => make_interval(secs => %(older_than_s)s::double precision),
            p_newer_than   => make_interval(secs => %(newer_than_s)s::double precision));
 
+-- name: stats_now
+-- The snapshot's own clock (`campaignq stats` runs in one repeatable-read transaction).
+SELECT now();
+
 -- name: stats_queues
 SELECT queue_name, role, depth, visible, in_flight, delayed, oldest_age_s, dead_letters, archived_estimate
   FROM campaignq_queue_overview;

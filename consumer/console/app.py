@@ -28,6 +28,7 @@ from aiohttp import web
 from loguru import logger
 from psycopg_pool import PoolTimeout
 
+from ..errors import one_line
 from ..replay import DEFAULT_BATCH_SIZE
 from . import auth
 from .filters import REPLAY_KEYS, FilterError, parse_dry_run, parse_filter
@@ -124,7 +125,7 @@ async def _headers_and_errors(request: web.Request, handler: Handler) -> web.Str
         raise
     except (psycopg.OperationalError, PoolTimeout) as exc:
         logger.warning("console: database unavailable: {}", exc)
-        unavailable = _error(503, "database unavailable: " + " ".join(str(exc).split())[:200])
+        unavailable = _error(503, "database unavailable: " + one_line(exc)[:200])
         _secure(unavailable.headers)
         raise unavailable from None
     if not response.prepared:
@@ -274,7 +275,7 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     try:
         await asyncio.to_thread(request.app[STORE_KEY].ping)
     except (psycopg.Error, PoolTimeout) as exc:
-        return web.json_response({"ok": False, "database": " ".join(str(exc).split())[:200]}, status=503)
+        return web.json_response({"ok": False, "database": one_line(exc)[:200]}, status=503)
     return web.json_response(
         {"ok": True, "database": "ok", "subscribers": sampler.subscribers, "samples": sampler.samples}
     )

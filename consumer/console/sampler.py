@@ -16,6 +16,8 @@ from typing import Any
 
 from loguru import logger
 
+from ..errors import one_line
+
 Collect = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -70,7 +72,7 @@ class Sampler:
                 snapshot["ok"] = True
             except Exception as exc:  # the page shows it and the next tick retries
                 logger.warning("console sampler: {}", exc)
-                snapshot = {"ok": False, "error": " ".join(str(exc).split())[:300]}
+                snapshot = {"ok": False, "error": one_line(exc)[:300]}
             self.samples += 1
             self._latest = json.dumps(snapshot, default=str)
             self._latest_at = time.monotonic()

@@ -41,65 +41,43 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType, TracebackType
-from typing import Annotated, Any, Literal, Self, get_args
+from types import TracebackType
+from typing import Any, Self, get_args
 
-from aiohttp import BodyPartReader, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from aiohttp import web
+from pydantic import ValidationError
 
-AIFaultKind = Literal[
-    "429",  # rate limited, with a Retry-After in the requested form
-    "402_in_flight",  # OpenRouter's transient in-flight budget 402, with Retry-After
-    "402",  # no credits
-    "400",
-    "401",
-    "403",
-    "404",
-    "408",
-    "409",
-    "413",
-    "422",
-    "500",
-    "502",
-    "503",  # with Retry-After
-    "hang",  # sleep `hang_s` before answering (past any sane client timeout)
-    "error_body",  # 200 with a top-level "error"
-    "choice_error",  # 200 with choices[0].error and finish_reason "error"
-    "finish_error",  # 200 with finish_reason "error" but some content
-    "no_choices",  # 200 with "choices": []
-    "empty",  # 200 with whitespace content (finish_reason "length")
-    "bad_json",  # 200 whose content is not the JSON a split asked for
-    "not_json",  # 200 whose body is an HTML page
-    "no_usage",  # a good 200 without a usage block (some providers omit it)
-    "too_many_parts",  # a one-call answer with more parts than maxItems (valid JSON, invalid parts)
-]
-SendFaultKind = Literal[
-    "400",
-    "401",
-    "403",
-    "404",
-    "422",
-    "429",
-    "500",  # JSON 500 that does not blame the socket
-    "502_html",  # a proxy's HTML error page
-    "connection_closed",  # 500 "Connection Closed": the instance's socket is dead
-    "not_on_whatsapp",  # 400 exists:false
-    "hang",  # never answers within `hang_s`, and does not send
-    "hang_after_accept",  # records the send, then hangs: the ambiguous-timeout case
-]
-StateFaultKind = Literal["401", "404", "500", "hang", "close", "connecting"]
-FindFaultKind = Literal["500", "hang", "bad_json"]
-RetryAfterForm = Literal["seconds", "http_date", "ms", "none"]
-AIRequestKind = Literal["generate", "split", "structured"]
-BatchFaultKind = Literal["failed", "expired", "item_errors", "late", "500", "429"]
+from .answers import _ai_error, _json_body
+from .cache_batches import BatchStore, PromptCacheModel
+from .faults import (
+    _AI_KINDS,
+    _FIND_KINDS,
+    _SEND_KINDS,
+    _STATE_KINDS,
+    AIFaultKind,
+    BatchFaultKind,
+    Faults,
+    FindFaultKind,
+    RetryAfterForm,
+    SendFaultKind,
+    StateFaultKind,
+    _check_kind,
+    _draw,
+    _Script,
+    _take_script,
+)
+from .texts import (
+    AIRequestKind,
+    _last_user_text,
+    _lead_name,
+    _max_items,
+    _message_texts,
+    _paragraph_parts,
+    _personalised_message,
+    _request_kind,
+    _split_parts,
+)
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Seconds = Annotated[float, Field(ge=0.0)]
-
-_AI_KINDS = frozenset(get_args(AIFaultKind))
-_SEND_KINDS = frozenset(get_args(SendFaultKind))
-_STATE_KINDS = frozenset(get_args(StateFaultKind))
-_FIND_KINDS = frozenset(get_args(FindFaultKind))
 _FIND_PAGE_SIZE = 50
 _UNKNOWN_INSTANCE_PREFIX = "unknown-"
 _AI_RECORDS_KEPT = 10_000  # bounded: a benchmark makes hundreds of thousands of requests
@@ -111,87 +89,6 @@ BATCH_PRICE_FACTOR = 0.5
 NO_STRUCTURED_OUTPUT_MARK = "no-structured-output"
 """A model whose name contains this refuses ``response_format: json_schema`` (tests the fallback)."""
 _COMPLETION_PRICE_PER_TOKEN_USD = 0.60e-6
-
-
-class Faults(BaseModel):
-    """Random misbehaviour, drawn per request from the simulator's seeded generator.
-
-    Probabilities are per request and checked in field order; a scripted fault
-    (`Simulator.fail_next_ai` …) always wins over a random one.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    ai_latency_s: Seconds = 0.0
-    ai_latency_jitter_s: Seconds = 0.0
-    send_latency_s: Seconds = 0.0
-    state_latency_s: Seconds = 0.0
-    hang_s: Seconds = 60.0
-
-    ai_rate_limited_p: Probability = 0.0
-    ai_retry_after_s: Seconds = 1.0
-    ai_server_error_p: Probability = 0.0
-    ai_hang_p: Probability = 0.0
-    ai_error_body_p: Probability = 0.0
-    ai_empty_p: Probability = 0.0
-    split_bad_json_p: Probability = 0.0
-    send_server_error_p: Probability = 0.0
-    send_hang_p: Probability = 0.0
-    send_hang_after_accept_p: Probability = 0.0
-    find_unavailable_p: Probability = 0.0
-
-    reject_phones: frozenset[str] = frozenset()
-    disconnected_instances: frozenset[str] = frozenset()
-    dead_socket_instances: frozenset[str] = frozenset()
-    # Issue 13: a number's own limits, as the Cloud API enforces them. Above
-    # `instance_rate_limits[instance]` accepted sends within `instance_rate_window_s`, a send
-    # answers 429 with error code 130429 and a Retry-After; a banned instance answers 403
-    # "banned", a logged-out one 500 "logged out" (Baileys' loggedOut).
-    instance_rate_limits: dict[str, int] = Field(default_factory=dict)
-    instance_rate_window_s: Annotated[float, Field(gt=0.0)] = 60.0
-    banned_instances: frozenset[str] = frozenset()
-    logged_out_instances: frozenset[str] = frozenset()
-    seed: int | None = None
-
-
-FAULT_PROFILES: Mapping[str, Faults] = MappingProxyType(
-    {
-        "none": Faults(),
-        "light": Faults(
-            ai_rate_limited_p=0.02,
-            ai_retry_after_s=2.0,
-            ai_server_error_p=0.01,
-            ai_hang_p=0.002,
-            ai_error_body_p=0.01,
-            ai_empty_p=0.01,
-            split_bad_json_p=0.02,
-            send_server_error_p=0.01,
-            send_hang_p=0.002,
-        ),
-        "chaos": Faults(
-            ai_rate_limited_p=0.10,
-            ai_retry_after_s=3.0,
-            ai_server_error_p=0.05,
-            ai_hang_p=0.02,
-            ai_error_body_p=0.03,
-            ai_empty_p=0.03,
-            split_bad_json_p=0.10,
-            send_server_error_p=0.05,
-            send_hang_p=0.02,
-        ),
-    }
-)
-
-
-def fault_profile(name: str, **overrides: Any) -> Faults:
-    """A named profile (`FAULT_PROFILES`) with some fields replaced, validated."""
-    try:
-        base = FAULT_PROFILES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown fault profile {name!r} (choose from {', '.join(FAULT_PROFILES)})"
-        ) from None
-    return Faults.model_validate({**base.model_dump(), **overrides})
 
 
 @dataclass(frozen=True)
@@ -215,18 +112,6 @@ class AIRequest:
     outcome: str
     monotonic_s: float
     body: dict[str, Any]
-
-
-@dataclass
-class _Script:
-    kind: str
-    remaining: int
-    retry_after_s: float | None = None
-    retry_after_form: RetryAfterForm = "seconds"
-    only: AIRequestKind | None = None
-    instance: str | None = None
-    number: str | None = None
-    text_contains: str | None = None
 
 
 @dataclass
@@ -486,7 +371,7 @@ class Simulator:
         if (refusal := self._structured_refusal(body)) is not None:
             self._record_ai(kind, body, "refused_schema")
             return refusal
-        script = self._take_script(self._ai_scripts, lambda s: s.only in (None, kind))
+        script = _take_script(self._ai_scripts, lambda s: s.only in (None, kind))
         outcome = script.kind if script else self._random_ai_fault(kind)
         self._record_ai(kind, body, outcome)
         retry_after_s = script.retry_after_s if script and script.retry_after_s is not None else None
@@ -636,7 +521,7 @@ class Simulator:
             return _evolution_error(401, "Unauthorized")
         instance = request.match_info["instance"]
         self._counts.state[instance] += 1
-        script = self._take_script(self._state_scripts, lambda s: s.instance in (None, instance))
+        script = _take_script(self._state_scripts, lambda s: s.instance in (None, instance))
         fault = script.kind if script else None
         if instance.startswith(_UNKNOWN_INSTANCE_PREFIX) or fault == "404":
             return _evolution_error(404, [f'The "{instance}" instance does not exist'])
@@ -716,7 +601,7 @@ class Simulator:
     def _send_outcome(self, instance: str, number: str, text: str) -> tuple[str, _Script | None]:
         if instance.startswith(_UNKNOWN_INSTANCE_PREFIX):
             return "404", None
-        script = self._take_script(
+        script = _take_script(
             self._send_scripts,
             lambda s: (
                 s.instance in (None, instance)
@@ -792,7 +677,7 @@ class Simulator:
         if not isinstance(jid, str) or not jid:
             self._counts.find["400_malformed"] += 1
             return _evolution_error(400, ["where.key.remoteJid is required"])
-        script = self._take_script(self._find_scripts, lambda s: s.instance in (None, instance))
+        script = _take_script(self._find_scripts, lambda s: s.instance in (None, instance))
         outcome = "ok"
         if script is not None:
             outcome = script.kind
@@ -939,7 +824,7 @@ class Simulator:
     def _batch_api_fault(self, request: web.Request) -> web.Response | None:
         if not _bearer_ok(request.headers.get("Authorization"), self._ai_api_key):
             return _ai_error(401, "No auth credentials found")
-        script = self._take_script(self._batches.scripts, lambda s: s.kind in ("500", "429"))
+        script = _take_script(self._batches.scripts, lambda s: s.kind in ("500", "429"))
         kind = (
             script.kind
             if script
@@ -957,39 +842,11 @@ class Simulator:
             return _ai_error(500, "Upstream provider unavailable")
         return None
 
-    # --- helpers ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _take_script(scripts: list[_Script], matches: Callable[[_Script], bool]) -> _Script | None:
-        for index, script in enumerate(scripts):
-            if matches(script):
-                script.remaining -= 1
-                if script.remaining <= 0:
-                    del scripts[index]
-                return script
-        return None
-
 
 _BAD_GATEWAY_PAGE = (
     "<html><head><title>502 Bad Gateway</title></head>"
     "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
 )
-
-
-def _check_kind(kind: str, allowed: frozenset[str]) -> None:
-    if kind not in allowed:
-        raise ValueError(f"unknown fault kind {kind!r} (choose from {', '.join(sorted(allowed))})")
-
-
-def _draw(rng: random.Random, chances: list[tuple[str, float]], *, default: str = "ok") -> str:
-    """One roll against cumulative probabilities, so the configured rates hold exactly."""
-    roll = rng.random()
-    threshold = 0.0
-    for outcome, probability in chances:
-        threshold += probability
-        if roll < threshold:
-            return outcome
-    return default
 
 
 def _digits(phone: str) -> str:
@@ -1008,14 +865,6 @@ def _key_ok(key: str | None, expected: str | None) -> bool:
     return expected is None or key == expected
 
 
-async def _json_body(request: web.Request) -> dict[str, Any] | None:
-    try:
-        data = await request.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _retry_after_headers(wait_s: float | None, form: RetryAfterForm) -> dict[str, str]:
     if wait_s is None or form == "none":
         return {}
@@ -1026,19 +875,6 @@ def _retry_after_headers(wait_s: float | None, form: RetryAfterForm) -> dict[str
         when = datetime.now(UTC) + timedelta(seconds=wait_s)
         return {"Retry-After": email.utils.format_datetime(when, usegmt=True)}
     return {"Retry-After": f"{wait_s:g}"}
-
-
-def _ai_error(
-    status: int,
-    message: str,
-    *,
-    metadata: dict[str, Any] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    error: dict[str, Any] = {"code": status, "message": message}
-    if metadata is not None:
-        error["metadata"] = metadata
-    return web.json_response({"error": error}, status=status, headers=headers)
 
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 422: "Unprocessable"}
@@ -1073,336 +909,3 @@ def _evolution_error(status: int, message: Any, *, headers: Mapping[str, str] | 
     return web.json_response(
         {"status": status, "error": reason, "response": {"message": message}}, status=status, headers=headers
     )
-
-
-def _message_texts(body: Mapping[str, Any]) -> list[str]:
-    texts = []
-    for message in body.get("messages", []):
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, str):
-            texts.append(content)
-    return texts
-
-
-_NAME = re.compile(
-    r"""(?i)\b(?:lead[_ ]?)?(?:first[_ ]?)?(?:name|nome)\b["']?\s*[:=]\s*["']?([^\W\d_][\w'-]*)"""
-)
-
-
-def _lead_name(prompt: str) -> str | None:
-    match = _NAME.search(prompt)
-    return match.group(1).capitalize() if match else None
-
-
-_GREETINGS = ("Hi {name}!", "Hello {name},", "Hey {name}!", "Good morning, {name}!")
-_FIRST_PARAGRAPH = (
-    "I noticed you were looking at our plans last week and wanted to reach out personally.",
-    "Thanks for stopping by our store recently, it was great to have you with us.",
-    "I hope your week is going well and that the new season started on the right foot.",
-    "We just opened a few spots in our next onboarding group and I thought of you right away.",
-)
-_SECOND_PARAGRAPH = (
-    "This month we are offering a free consultation where we look at your goals together "
-    "and suggest the simplest next step. It takes about twenty minutes and there is no commitment.",
-    "Many customers like you told us the hardest part is getting started, so we prepared a short "
-    "guide and a discount for your first order. Everything is ready whenever you are.",
-    "Our team put together a few options that fit what you told us, from a light plan to the "
-    "complete package. I can send the details or we can talk for a few minutes, as you prefer.",
-)
-_SIGN_OFFS = (
-    "Would tomorrow afternoon work for a quick chat?",
-    "Shall I send you the details here?",
-    "Just reply to this message and I will take care of the rest.",
-)
-
-
-def _personalised_message(rng: random.Random, name: str | None) -> str:
-    """Two paragraphs, 250-500 characters: the shape a real campaign message has."""
-    greeting = rng.choice(_GREETINGS).format(name=name or "there")
-    first = f"{greeting} {rng.choice(_FIRST_PARAGRAPH)}"
-    second = f"{rng.choice(_SECOND_PARAGRAPH)} {rng.choice(_SIGN_OFFS)}"
-    return f"{first}\n\n{second}"
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def _split_parts(body: Mapping[str, Any]) -> list[str]:
-    """Paragraphs first; one long paragraph is cut between sentences; never more than maxItems."""
-    texts = [
-        message.get("content", "")
-        for message in body.get("messages", [])
-        if isinstance(message, Mapping) and message.get("role") == "user"
-    ]
-    text = str(texts[-1]).strip() if texts else ""
-    max_parts = _max_items(body)
-    parts = [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
-    if len(parts) == 1 and max_parts >= 2 and len(text) > 160:
-        sentences = _SENTENCE_END.split(text)
-        if len(sentences) > 1:
-            middle = len(sentences) // 2
-            parts = [" ".join(sentences[:middle]), " ".join(sentences[middle:])]
-    if len(parts) > max_parts:
-        parts = [*parts[: max_parts - 1], "\n\n".join(parts[max_parts - 1 :])]
-    return parts or [text]
-
-
-def _max_items(body: Mapping[str, Any]) -> int:
-    try:
-        value = body["response_format"]["json_schema"]["schema"]["properties"]["parts"]["maxItems"]
-    except (KeyError, TypeError):
-        return 3
-    return value if isinstance(value, int) and value >= 1 else 3
-
-
-# --- issue 14: request kinds, the prompt-cache model, the batch API -----------------------------
-
-_PARTS_SCHEMA_NAME = "whatsapp_message_parts"  # consumer.llmcost.PARTS_SCHEMA_NAME
-
-
-def _request_kind(body: Mapping[str, Any]) -> AIRequestKind:
-    """generate (no schema), structured (the one-call parts schema) or split (the split call)."""
-    response_format = body.get("response_format")
-    if not response_format:
-        return "generate"
-    schema = response_format.get("json_schema") if isinstance(response_format, Mapping) else None
-    name = schema.get("name") if isinstance(schema, Mapping) else None
-    return "structured" if name == _PARTS_SCHEMA_NAME else "split"
-
-
-def _last_user_text(body: Mapping[str, Any]) -> str:
-    texts = [
-        str(message.get("content", ""))
-        for message in body.get("messages", [])
-        if isinstance(message, Mapping) and message.get("role") == "user"
-    ]
-    return texts[-1] if texts else ""
-
-
-def _paragraph_parts(text: str, max_parts: int) -> list[str]:
-    parts = [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
-    if len(parts) > max_parts:
-        parts = [*parts[: max_parts - 1], "\n\n".join(parts[max_parts - 1 :])]
-    return parts or [text]
-
-
-CACHE_MIN_PREFIX_TOKENS = 1024
-CACHE_BLOCK_TOKENS = 128
-SIM_PROVIDERS = 3
-
-
-class PromptCacheModel:
-    """OpenAI-style automatic prefix caching behind an OpenRouter-style router.
-
-    The cacheable prefix is the system message (the campaign's shared text), counted from
-    1,024 tokens in blocks of 128. Each (model, provider) keeps its own cache; a request with
-    a routing key (``session_id`` / ``prompt_cache_key``) always reaches the same provider
-    for that key, one without is routed at random among `SIM_PROVIDERS`, so its hit rate is
-    what routing luck gives. First sight of a prefix on a provider is a cache write.
-    """
-
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
-        self._seen: set[tuple[str, int, int]] = set()
-        self.hits = 0
-        self.misses = 0
-
-    def lookup(self, body: Mapping[str, Any]) -> tuple[int, int]:
-        """(cached_tokens, cache_write_tokens) for this request; records the prefix as seen."""
-        messages = body.get("messages")
-        first = messages[0] if isinstance(messages, list) and messages else None
-        if not isinstance(first, Mapping) or first.get("role") != "system":
-            return 0, 0
-        prefix_tokens = math.ceil(len(str(first.get("content", ""))) / 4)
-        cacheable = (prefix_tokens // CACHE_BLOCK_TOKENS) * CACHE_BLOCK_TOKENS
-        if prefix_tokens < CACHE_MIN_PREFIX_TOKENS or cacheable == 0:
-            return 0, 0
-        key = body.get("session_id") or body.get("prompt_cache_key")
-        provider = (
-            int.from_bytes(str(key).encode()[-4:].rjust(4, b"\0"), "big") % SIM_PROVIDERS
-            if key
-            else self._rng.randrange(SIM_PROVIDERS)
-        )
-        entry = (str(body.get("model")), provider, hash(first.get("content")))
-        if entry in self._seen:
-            self.hits += 1
-            return cacheable, 0
-        self._seen.add(entry)
-        self.misses += 1
-        return 0, cacheable
-
-    def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses}
-
-
-@dataclass
-class _Batch:
-    id: str
-    input_file_id: str
-    created_monotonic_s: float
-    fate: str  # ok, failed, expired, item_errors, late
-    status: str = "validating"
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-
-
-@dataclass
-class BatchStore:
-    """The OpenAI batch shape: files in, batch object, output and error files out.
-
-    A batch completes at the first poll `batch_latency_s` after creation (see `latency_s`);
-    ``late`` batches never complete until `release_late` is called (or the test moves on),
-    ``expired`` ones end expired with no output, ``failed`` ones fail validation, and
-    ``item_errors`` ones answer every other request with an error line.
-    """
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    batches: dict[str, _Batch] = field(default_factory=dict)
-    scripts: list[_Script] = field(default_factory=list)
-    latency_s: float = 0.0
-    sequence: int = 0
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def stats(self) -> dict[str, Any]:
-        return {"batches": len(self.batches), "by_event": dict(self.counts)}
-
-    def release_late(self) -> None:
-        for batch in self.batches.values():
-            if batch.fate == "late":
-                batch.fate = "ok"
-
-    def _next_id(self, prefix: str) -> str:
-        self.sequence += 1
-        return f"{prefix}-sim-{self.sequence}"
-
-    async def upload(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
-        if (fault := sim._batch_api_fault(request)) is not None:
-            return fault
-        reader = await request.multipart()
-        purpose, content, filename = "", b"", "input.jsonl"
-        async for part in reader:
-            if not isinstance(part, BodyPartReader):  # nested multipart: not for us
-                continue
-            if part.name == "purpose":
-                purpose = (await part.read()).decode()
-            elif part.name == "file":
-                filename = part.filename or filename
-                content = bytes(await part.read())
-        if purpose != "batch" or not content:
-            return _ai_error(400, "multipart needs purpose=batch and a non-empty file")
-        file_id = self._next_id("file")
-        self.files[file_id] = content
-        self.counts["file_uploaded"] += 1
-        return web.json_response(
-            {"id": file_id, "object": "file", "bytes": len(content), "purpose": "batch", "filename": filename}
-        )
-
-    async def content(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
-        if (fault := sim._batch_api_fault(request)) is not None:
-            return fault
-        file_id = request.match_info["file_id"]
-        if file_id not in self.files:
-            return _ai_error(404, f"No such File object: {file_id}")
-        return web.Response(body=self.files[file_id], content_type="application/jsonl")
-
-    async def create(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
-        if (fault := sim._batch_api_fault(request)) is not None:
-            return fault
-        body = await _json_body(request)
-        if (
-            body is None
-            or body.get("input_file_id") not in self.files
-            or body.get("endpoint") != "/v1/chat/completions"
-            or body.get("completion_window") != "24h"
-        ):
-            return _ai_error(400, "need input_file_id (uploaded), endpoint /v1/chat/completions, window 24h")
-        script = Simulator._take_script(self.scripts, lambda s: s.kind not in ("500", "429"))
-        batch = _Batch(
-            id=self._next_id("batch"),
-            input_file_id=str(body["input_file_id"]),
-            created_monotonic_s=time.monotonic(),
-            fate=script.kind if script else "ok",
-        )
-        self.batches[batch.id] = batch
-        self.counts["batch_created"] += 1
-        return web.json_response(self._view(batch))
-
-    async def get(self, request: web.Request, sim: Simulator) -> web.StreamResponse:
-        if (fault := sim._batch_api_fault(request)) is not None:
-            return fault
-        batch = self.batches.get(request.match_info["batch_id"])
-        if batch is None:
-            return _ai_error(404, "No such batch")
-        self._advance(batch, sim)
-        return web.json_response(self._view(batch))
-
-    def _advance(self, batch: _Batch, sim: Simulator) -> None:
-        if batch.status not in ("validating", "in_progress"):
-            return
-        if batch.fate == "failed":
-            batch.status = "failed"
-            self.counts["batch_failed"] += 1
-            return
-        lines = [line for line in self.files[batch.input_file_id].splitlines() if line.strip()]
-        batch.total = len(lines)
-        if batch.fate == "late" or time.monotonic() - batch.created_monotonic_s < self.latency_s:
-            batch.status = "in_progress"
-            return
-        if batch.fate == "expired":
-            batch.status = "expired"
-            self.counts["batch_expired"] += 1
-            return
-        outputs: list[str] = []
-        errors: list[str] = []
-        for index, line in enumerate(lines):
-            request_line = json.loads(line)
-            custom_id = request_line.get("custom_id")
-            if batch.fate == "item_errors" and index % 2 == 1:
-                errors.append(
-                    json.dumps(
-                        {
-                            "id": f"req-{index}",
-                            "custom_id": custom_id,
-                            "response": None,
-                            "error": {"code": "server_error", "message": "Simulated item failure"},
-                        }
-                    )
-                )
-                continue
-            answer = sim.batch_answer(request_line["body"])
-            outputs.append(
-                json.dumps(
-                    {
-                        "id": f"req-{index}",
-                        "custom_id": custom_id,
-                        "response": {"status_code": 200, "request_id": f"r-{index}", "body": answer},
-                        "error": None,
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        batch.completed, batch.failed = len(outputs), len(errors)
-        batch.output_file_id = self._next_id("file")
-        self.files[batch.output_file_id] = ("\n".join(outputs) + "\n").encode()
-        if errors:
-            batch.error_file_id = self._next_id("file")
-            self.files[batch.error_file_id] = ("\n".join(errors) + "\n").encode()
-        batch.status = "completed"
-        self.counts["batch_completed"] += 1
-
-    @staticmethod
-    def _view(batch: _Batch) -> dict[str, Any]:
-        return {
-            "id": batch.id,
-            "object": "batch",
-            "endpoint": "/v1/chat/completions",
-            "input_file_id": batch.input_file_id,
-            "completion_window": "24h",
-            "status": batch.status,
-            "output_file_id": batch.output_file_id,
-            "error_file_id": batch.error_file_id,
-            "request_counts": {"total": batch.total, "completed": batch.completed, "failed": batch.failed},
-        }
