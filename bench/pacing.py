@@ -118,7 +118,7 @@ def _finish_s(url: str, run_id: uuid.UUID) -> float:
             "FROM campaign_messages WHERE run_id = %s",
             (run_id,),
         ).fetchone()
-    return round(float(row[0] or 0.0), 2)
+    return round(float(row[0] or 0.0), 2) if row else 0.0
 
 
 def _env(url: str, sim: fleet.SimulatorProcess, **settings: Any) -> dict[str, str]:

@@ -22,7 +22,7 @@ place that decides which.
   bubble). Chosen over raising because the text is valid and already paid for, and over
   truncating because a message must arrive whole: `max_chars` is WhatsApp's hard limit,
   `max_parts` a style preference. It takes a text of nearly `max_parts` x `max_chars`
-  (12k chars for 3 x 4096), which `ai_max_tokens` already prevents.
+  (12k chars for 3 x 4096), which the config's `max_tokens` (1024 by default) already prevents.
 """
 
 from __future__ import annotations

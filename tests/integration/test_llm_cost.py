@@ -509,7 +509,12 @@ async def test_prometheus_gauges_show_cache_share_cost_per_1000_and_budget_per_r
         await pool.close()
     run = str(campaign.run_id)
     workspace = str(campaign.workspace_id)
-    value = metrics.registry.get_sample_value
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        sample = metrics.registry.get_sample_value(name, labels)
+        assert sample is not None, (name, labels)
+        return sample
+
     assert value("campaignq_run_ai_cached_token_share", {"run_id": run}) > 0.5
     assert value("campaignq_run_ai_cost_per_1000_messages_usd", {"run_id": run}) > 0
     assert value("campaignq_run_budget_exhausted", {"run_id": run}) == 1.0
