@@ -20,6 +20,9 @@ BENCHMARKS: dict[str, str] = {
     "endtoend": "bench.endtoend",
     "llmcost": "bench.llmcost",
     "pacing": "bench.pacing",
+    "fairness": "bench.fairness",
+    "budget": "bench.budget",
+    "grouped": "bench.grouped",
 }
 
 

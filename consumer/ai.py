@@ -6,7 +6,9 @@ and the policy never look at HTTP statuses. Three guards sit in front of every r
 1. a shared 429 cooldown: after the provider says "slow down", the whole client stops
    sending until the Retry-After has passed, instead of every task finding out alone;
 2. a circuit breaker that stops calling a provider that keeps timing out or failing;
-3. an `aiolimiter.AsyncLimiter` that keeps us under `requests_per_minute`.
+3. an `aiolimiter.AsyncLimiter` that keeps us under `requests_per_minute`;
+4. when given one, a `budget.SharedBudget`: this process's slice of the AI budget shared by
+   every process (rate_limits row 'ai'), whose 429 cooldown is shared through the database.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from aiolimiter import AsyncLimiter
 from loguru import logger
 
 from .breaker import CircuitBreaker
+from .budget import SharedBudget
 from .errors import (
     CircuitOpenError,
     FatalError,
@@ -160,10 +163,12 @@ class AIClient:
         wall_clock: Callable[[], float] = time.time,
         openrouter_fields: bool = True,
         prompt_cache_key_field: bool = True,
+        budget: SharedBudget | None = None,
     ) -> None:
         self._openrouter_fields = openrouter_fields
         self._prompt_cache_key_field = prompt_cache_key_field
         self._session = session
+        self._budget = budget
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._api_key = api_key
         self._timeout_s = timeout_s
@@ -177,8 +182,11 @@ class AIClient:
         self._cooldown_until = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, session: aiohttp.ClientSession) -> AIClient:
+    def from_settings(
+        cls, settings: Settings, session: aiohttp.ClientSession, *, budget: SharedBudget | None = None
+    ) -> AIClient:
         return cls(
+            budget=budget,
             session=session,
             base_url=settings.ai_base_url,
             api_key=settings.ai_key(),
@@ -197,8 +205,9 @@ class AIClient:
         return self._breaker.current_state(self._clock())
 
     def cooldown_remaining_s(self) -> float:
-        """Seconds before any request may go out after a 429; 0 when not cooling down."""
-        return max(0.0, self._cooldown_until - self._clock())
+        """Seconds before any request may go out after a 429 (ours or another process's)."""
+        shared_s = self._budget.cooldown_remaining_s() if self._budget is not None else 0.0
+        return max(0.0, self._cooldown_until - self._clock(), shared_s)
 
     async def generate(
         self,
@@ -346,6 +355,10 @@ class AIClient:
         await self._respect_cooldown()
         self._refuse_if_circuit_open(claim_trial=False)
         await self._limiter.acquire()
+        if self._budget is not None:
+            # After our own cap: the shared slice is never above it, so it is the tighter
+            # limit and no shared token is spent on a request our own limiter would hold.
+            await self._budget.acquire()
         # Critical section: a 429 may have arrived while we queued in the limiter; check
         # again, then claim the breaker (possibly the half-open trial) with no await before
         # the request goes out.
@@ -430,6 +443,8 @@ class AIClient:
             self._max_retry_after_s, self._default_retry_after_s if asked_s is None else asked_s
         )
         self._cooldown_until = max(self._cooldown_until, self._clock() + retry_after_s)
+        if self._budget is not None:
+            self._budget.report_cooldown(retry_after_s, message[:200])
         logger.warning("AI provider rate limit: all AI calls pause for {:.1f}s", retry_after_s)
         return RateLimitedError(message, retry_after_s=retry_after_s)
 

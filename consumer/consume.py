@@ -11,6 +11,7 @@ from loguru import logger
 from psycopg_pool import PoolTimeout
 
 from .ai import AIClient
+from .budget import SharedBudget
 from .db import Database
 from .errors import DatabaseUnavailableError
 from .metrics import ConsumerMetrics
@@ -40,7 +41,15 @@ async def run_consumer(
     connector = aiohttp.TCPConnector(limit=settings.concurrency * 2 + 8, ttl_dns_cache=300)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
-            ai = AIClient.from_settings(settings, session)
+            budget = SharedBudget(
+                pool=db.pool,
+                cap_rpm=settings.ai_requests_per_minute,
+                refresh_s=settings.ai_budget_refresh_s,
+                lease_s=settings.ai_budget_lease_s,
+                metrics=metrics,
+            )
+            budget_task = asyncio.create_task(budget.run(), name="campaignq-ai-budget")
+            ai = AIClient.from_settings(settings, session, budget=budget)
             whatsapp = WhatsAppClient.from_settings(settings, session)
             worker = Worker(
                 settings=settings,
@@ -66,6 +75,9 @@ async def run_consumer(
                 finally:
                     for signum in (signal.SIGTERM, signal.SIGINT):
                         loop.remove_signal_handler(signum)
+                    budget_task.cancel()
+                    await asyncio.gather(budget_task, return_exceptions=True)
+                    await budget.release()
     finally:
         await db.close()
 

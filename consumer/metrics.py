@@ -182,3 +182,22 @@ class ConsumerMetrics:
         self.workspace_cost_usd = Counter(
             "campaignq_ai_workspace_cost_usd", "AI cost in USD by workspace", ["workspace_id"], registry=r
         )
+        # The shared AI budget (rate_limits row 'ai'), refreshed about once a second.
+        self.ai_budget_rpm = Gauge(
+            "campaignq_ai_budget_rpm",
+            "Shared AI budget in requests/min across every process (-1: none, own cap only)",
+            registry=r,
+        )
+        self.ai_budget_slice_rpm = Gauge(
+            "campaignq_ai_budget_slice_rpm",
+            "Requests/min of the shared AI budget this process holds now",
+            registry=r,
+        )
+        self.ai_budget_holders = Gauge(
+            "campaignq_ai_budget_holders", "Processes holding a slice of the shared AI budget", registry=r
+        )
+        self.ai_budget_requests = Counter(
+            "campaignq_ai_budget_requests",
+            "AI requests admitted by this process (spent from its slice when a budget is set)",
+            registry=r,
+        )

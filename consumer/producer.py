@@ -22,9 +22,26 @@ from .sql import query
 RECONNECT_DELAY_MAX_S = 30.0
 
 
-def enqueue_due(conn: psycopg.Connection[tuple[object, ...]], limit: int) -> int:
-    """One producer call in its own transaction; returns how many messages it queued."""
+def enqueue_due(
+    conn: psycopg.Connection[tuple[object, ...]],
+    limit: int,
+    *,
+    horizon_s: float | None = None,
+    min_depth: int | None = None,
+) -> int:
+    """One producer call in its own transaction; returns how many messages it queued.
+
+    `horizon_s` / `min_depth` are the just-in-time target of the fair-share producer (see
+    db/migrations/0008), set with `set_config(…, true)` inside the call's own transaction:
+    behind a transaction pooler a session setting would land on whichever server connection
+    ran it, not on the next one. Left out, the SQL reads the database's settings
+    (`ALTER DATABASE … SET campaignq.queue_horizon_s = …`) or 0008's defaults — as pg_cron does.
+    """
     with conn.transaction():
+        if horizon_s is not None:
+            conn.execute("SELECT set_config('campaignq.queue_horizon_s', %s, true)", (str(horizon_s),))
+        if min_depth is not None:
+            conn.execute("SELECT set_config('campaignq.queue_min_depth', %s, true)", (str(min_depth),))
         row = conn.execute(query("enqueue_due"), {"limit": limit}).fetchone()
     return int(str(row[0])) if row else 0
 
@@ -45,6 +62,8 @@ class ProducerLoop:
     interval_s: float
     batch_size: int
     stop_event: threading.Event
+    queue_horizon_s: float = 15.0
+    queue_min_depth: int = 500
     queued_total: int = 0
 
     def run(self) -> None:
@@ -75,7 +94,9 @@ class ProducerLoop:
         while not self.stop_event.is_set():
             started = time.perf_counter()
             resume_within_budget(conn)
-            queued = enqueue_due(conn, self.batch_size)
+            queued = enqueue_due(
+                conn, self.batch_size, horizon_s=self.queue_horizon_s, min_depth=self.queue_min_depth
+            )
             self.queued_total += queued
             if queued:
                 logger.info(

@@ -68,11 +68,19 @@ class Seeder:
             (workspace_id, name, model, prompt, inbox_id, split, max_parts),
         )
 
-    def run(self, config_id: uuid.UUID, *, status: str = "running", leads_total: int = 0) -> uuid.UUID:
+    def run(
+        self,
+        config_id: uuid.UUID,
+        *,
+        status: str = "running",
+        leads_total: int = 0,
+        run_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """A run; `run_id` fixes its id (the database makes one otherwise)."""
         return self._id(
-            "INSERT INTO campaign_runs (config_id, status, leads_total, leads_processed, started_at) "
-            "VALUES (%s, %s, %s, 0, now()) RETURNING id",
-            (config_id, status, leads_total),
+            "INSERT INTO campaign_runs (id, config_id, status, leads_total, leads_processed, started_at) "
+            "VALUES (coalesce(%s, gen_random_uuid()), %s, %s, %s, 0, now()) RETURNING id",
+            (run_id, config_id, status, leads_total),
         )
 
     def leads(

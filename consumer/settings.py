@@ -71,7 +71,19 @@ class Settings(BaseSettings):
     ai_requests_per_minute: int = Field(
         default=600,
         ge=1,
-        description="AI request budget of ONE process; split the provider's among processes.",
+        description="AI requests/min cap of ONE process; the shared budget is `campaignq limits set ai N`.",
+    )
+    ai_budget_refresh_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=5,
+        description="How often a process refreshes its slice of the shared AI budget.",
+    )
+    ai_budget_lease_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="A slice not refreshed this long returns to the other processes.",
     )
     ai_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one generate call.")
     split_timeout_s: float = Field(default=20.0, gt=0, description="Timeout of one split call.")
@@ -203,6 +215,14 @@ class Settings(BaseSettings):
     producer_batch_size: int = Field(default=5000, ge=1, description="Most rows one producer call queues.")
     producer_interval_s: float = Field(
         default=5.0, gt=0, description="Producer loop period (`produce --every`)."
+    )
+    queue_horizon_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="Fair share: the producer keeps this many seconds of consumption queued (0 = all due).",
+    )
+    queue_min_depth: int = Field(
+        default=500, ge=1, description="Fair share: the producer's visible-queue target is never below this."
     )
 
     # --- observability -------------------------------------------------------------------

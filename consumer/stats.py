@@ -158,6 +158,29 @@ INBOX_KEYS = (
     "held_inbox_paused",
     "skipped_opted_out_24h",
 )
+# Fair share and the shared AI budget (issue 12, views in db/migrations/0008).
+BUDGET_KEYS = (
+    "name",
+    "requests_per_minute",
+    "holders",
+    "granted_rpm",
+    "wanted_rpm",
+    "used_rpm",
+    "used_pct",
+    "cooldown_until",
+)
+BUDGET_HOLDER_KEYS = (
+    "name",
+    "holder",
+    "host",
+    "pid",
+    "cap_rpm",
+    "wanted_rpm",
+    "granted_rpm",
+    "used_rpm",
+    "seen_at",
+)
+FAIR_SHARE_KEYS = ("workspace_id", "weight", "running_runs", "due", "in_queue", "share_pct")
 TOP_LEVEL_KEYS = (
     "schema_version",
     "generated_at",
@@ -169,6 +192,9 @@ TOP_LEVEL_KEYS = (
     "ai_costs",
     "workspace_ai_costs",
     "inboxes",
+    "budgets",
+    "budget_holders",
+    "fair_share",
 )
 
 
@@ -196,6 +222,9 @@ def collect_stats(
         ai_costs = _rows(conn, "stats_ai_costs", {"run_id": run_id, "limit": runs_limit})
         workspace_ai_costs = _rows(conn, "stats_workspace_ai_costs", {"workspace_id": workspace_id})
         inboxes = _rows(conn, "stats_inboxes", {"limit": 100})
+        budgets = _rows(conn, "limits_usage", {})
+        holders = _rows(conn, "limits_holders", {})
+        fair_share = _rows(conn, "stats_fair_share", {})
     for inbox in inboxes:
         inbox["daily_cap_today"] = _cap_today(inbox, generated_at)
     for run in runs:
@@ -212,6 +241,9 @@ def collect_stats(
         "ai_costs": _project(ai_costs, AI_COST_KEYS),
         "workspace_ai_costs": _project(workspace_ai_costs, WORKSPACE_AI_COST_KEYS),
         "inboxes": _project(inboxes, INBOX_KEYS),
+        "budgets": _project(budgets, BUDGET_KEYS),
+        "budget_holders": _project(holders, BUDGET_HOLDER_KEYS),
+        "fair_share": _project(fair_share, FAIR_SHARE_KEYS),
     }
 
 
@@ -302,7 +334,51 @@ def render_stats(stats: Mapping[str, Any]) -> RenderableType:
         _ai_costs_table(stats.get("ai_costs", [])),
         _dead_letters_table(stats["dead_letters"]),
         _inboxes_table(stats.get("inboxes", [])),
+        _budgets_table(stats.get("budgets", []), stats.get("budget_holders", [])),
+        _fair_share_table(stats.get("fair_share", [])),
     )
+
+
+def _budgets_table(budgets: Sequence[Mapping[str, Any]], holders: Sequence[Mapping[str, Any]]) -> Table:
+    table = _table(
+        "Shared budgets (rpm)", ("budget / holder", "budget", "granted", "wanted", "used", "used %")
+    )
+    if not budgets:
+        table.add_row("none: each process keeps its own cap", "", "", "", "", "")
+    for b in budgets:
+        cooling = " (cooling down)" if b.get("cooldown_until") else ""
+        table.add_row(
+            f"{b['name']}{cooling}",
+            _n(b["requests_per_minute"]),
+            _n(b["granted_rpm"]),
+            _n(b["wanted_rpm"]),
+            _n(b["used_rpm"]),
+            f"{b['used_pct']}",
+        )
+        for h in holders:
+            if h["name"] == b["name"]:
+                table.add_row(
+                    f"  {h['holder']}", "", _n(h["granted_rpm"]), _n(h["wanted_rpm"]), _n(h["used_rpm"]), ""
+                )
+    return table
+
+
+def _fair_share_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    table = _table(
+        "Fair share (running workspaces)", ("workspace", "weight", "runs", "due", "in queue", "share %")
+    )
+    if not rows:
+        table.add_row("none running", "", "", "", "", "")
+    for r in rows:
+        table.add_row(
+            str(r["workspace_id"]),
+            _n(r["weight"]),
+            _n(r["running_runs"]),
+            _n(r["due"]),
+            _n(r["in_queue"]),
+            f"{r['share_pct']}",
+        )
+    return table
 
 
 def _table(title: str, headers: Sequence[str], *, left: int = 1) -> Table:

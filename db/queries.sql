@@ -43,6 +43,9 @@ GRANT SELECT, INSERT ON pgmq.q_campaign_messages_dlq TO campaignq_worker;
 -- issue 13 (sender safety): the shared pacing rows, and the automatic pause of an inbox.
 GRANT SELECT, INSERT, UPDATE ON inbox_pacing TO campaignq_worker;
 GRANT UPDATE (paused_at, pause_reason) ON inboxes TO campaignq_worker;
+-- The shared AI budget (0008): read the budget, hold a slice, share a cooldown.
+GRANT SELECT ON rate_limits TO campaignq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON rate_limit_slices, rate_limit_cooldowns TO campaignq_worker;
 
 -- name: read_messages
 SELECT msg_id, read_ct, enqueued_at, vt, message
@@ -420,3 +423,62 @@ SELECT extract(epoch FROM sent_at)::double precision
   FROM campaign_messages
  WHERE run_id = %(run_id)s::uuid AND status = 'sent'
  ORDER BY sent_at;
+
+-- === Fair share and the shared AI budget (issue 12, db/migrations/0008) ===================
+
+-- name: lease_rate_limit
+-- One refresh of this process's slice of a shared budget: about once a second per process.
+SELECT budget_rpm, granted_rpm, holders, cooldown_until
+  FROM campaignq_lease_rate_limit(
+           p_name       => %(name)s::text,
+           p_holder     => %(holder)s::text,
+           p_host       => %(host)s::text,
+           p_pid        => %(pid)s::integer,
+           p_cap_rpm    => %(cap_rpm)s::integer,
+           p_wanted_rpm => %(wanted_rpm)s::integer,
+           p_used_rpm   => %(used_rpm)s::integer,
+           p_requests   => %(requests)s::bigint,
+           p_lease_s    => %(lease_s)s::double precision);
+
+-- name: release_rate_limit
+DELETE FROM rate_limit_slices WHERE name = %(name)s::text AND holder = %(holder)s::text;
+
+-- name: rate_limit_cooldown
+SELECT campaignq_rate_limit_cooldown(%(name)s::text, %(seconds)s::double precision,
+                                     %(holder)s::text, %(reason)s::text);
+
+-- name: limits_usage
+SELECT name, requests_per_minute, holders, granted_rpm, wanted_rpm, used_rpm, used_pct,
+       cooldown_until, updated_at
+  FROM campaignq_rate_limit_usage
+ ORDER BY name;
+
+-- name: limits_holders
+SELECT name, holder, host, pid, cap_rpm, wanted_rpm, granted_rpm, used_rpm, requests_total,
+       joined_at, seen_at, seen_s_ago
+  FROM campaignq_rate_limit_holders
+ ORDER BY name, holder;
+
+-- name: limits_set
+INSERT INTO rate_limits (name, requests_per_minute) VALUES (%(name)s::text, %(rpm)s::integer)
+ON CONFLICT (name) DO UPDATE SET requests_per_minute = excluded.requests_per_minute
+RETURNING name, requests_per_minute;
+
+-- name: limits_delete
+DELETE FROM rate_limits WHERE name = %(name)s::text RETURNING name;
+
+-- name: weights_list
+SELECT workspace_id, weight, updated_at FROM workspace_weights ORDER BY workspace_id;
+
+-- name: weights_set
+INSERT INTO workspace_weights (workspace_id, weight) VALUES (%(workspace_id)s::uuid, %(weight)s::integer)
+ON CONFLICT (workspace_id) DO UPDATE SET weight = excluded.weight
+RETURNING workspace_id, weight;
+
+-- name: weights_delete
+DELETE FROM workspace_weights WHERE workspace_id = %(workspace_id)s::uuid RETURNING workspace_id;
+
+-- name: stats_fair_share
+SELECT workspace_id, weight, running_runs, due, in_queue, share_pct
+  FROM campaignq_fair_share
+ ORDER BY share_pct DESC, workspace_id;

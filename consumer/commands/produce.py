@@ -50,7 +50,14 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(settings)
     if args.once:
         with connect(url) as conn:
-            print(enqueue_due(conn, settings.producer_batch_size))
+            print(
+                enqueue_due(
+                    conn,
+                    settings.producer_batch_size,
+                    horizon_s=settings.queue_horizon_s,
+                    min_depth=settings.queue_min_depth,
+                )
+            )
         return 0
     stop_event = threading.Event()
 
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         interval_s=settings.producer_interval_s,
         batch_size=settings.producer_batch_size,
         stop_event=stop_event,
+        queue_horizon_s=settings.queue_horizon_s,
+        queue_min_depth=settings.queue_min_depth,
     )
     loop.run()
     if pregen_thread is not None:

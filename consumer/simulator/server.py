@@ -186,6 +186,7 @@ class Simulator:
         app.router.add_post("/_sim/fail-next/{target}", self._fail_next)
         app.router.add_get("/_sim/sends", self._get_sends)
         app.router.add_get("/_sim/stats", self._get_stats)
+        app.router.add_get("/_sim/ai-requests", self._get_ai_requests)
         app.router.add_post("/_sim/reset", self._post_reset)
         # handler_cancellation: a client that timed out and hung up cancels its hanging
         # handler, so "hang" faults do not pile up sleeping tasks. A short shutdown
@@ -761,6 +762,18 @@ class Simulator:
 
     async def _get_stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats())
+
+    async def _get_ai_requests(self, request: web.Request) -> web.StreamResponse:
+        """When each recent AI request arrived (CLOCK_MONOTONIC, comparable across processes on
+        one host) and what it got: the shared-budget tests and benchmark count requests per
+        window from these."""
+        return web.json_response(
+            {
+                "requests": [
+                    {"t": r.monotonic_s, "kind": r.kind, "outcome": r.outcome} for r in self._ai_requests
+                ]
+            }
+        )
 
     async def _post_reset(self, request: web.Request) -> web.StreamResponse:
         options = await _json_body(request) if request.can_read_body else {}

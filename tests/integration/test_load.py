@@ -60,6 +60,7 @@ def _seed(db: psycopg.Connection[Any]) -> None:
         phones=[f"+5511{900000000 + i}" for i in range(1, MESSAGES + 1)],
         workspace_id=uuid.UUID("00000000-0000-0000-0000-00000000000a"),
     )
+    db.execute("SET campaignq.queue_horizon_s = 0")  # all at once: this test is about depth
     row = db.execute("SELECT enqueue_due_campaign_messages(%s)", (MESSAGES,)).fetchone()
     assert row == (MESSAGES,)
 

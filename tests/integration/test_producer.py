@@ -90,6 +90,9 @@ def test_two_producers_racing_queue_each_row_exactly_once(database_url: str, see
 
     def producer() -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
+            # Just-in-time queueing (0008) would stop at the target depth with no consumer
+            # draining: turn it off, this test is about SKIP LOCKED between two producers.
+            conn.execute("SET campaignq.queue_horizon_s = 0")
             start.wait()
             while (n := conn.execute("SELECT enqueue_due_campaign_messages(700)").fetchone()[0]) > 0:  # type: ignore[index]
                 counts.append(n)
@@ -190,14 +193,19 @@ def _scans_during(db: psycopg.Connection[Any], statement: str) -> tuple[Any, dic
 AUDIT_INDEXES = ("campaign_runs_running_idx", "campaign_messages_pending_due_idx")
 
 
+@pytest.mark.parametrize(
+    ("horizon_s", "expected"),
+    [("0", 3_000), ("15", 500)],  # just-in-time (0008) off: all due; on: its 500-row floor
+)
 def test_producer_call_uses_both_audit_indexes_and_no_seq_scan_on_200k_rows(
-    db: psycopg.Connection[Any], seed: Seeder
+    db: psycopg.Connection[Any], seed: Seeder, horizon_s: str, expected: int
 ) -> None:
     _seed_large(db, seed, total=200_000, due=3_000, pending_elsewhere=20_000)
+    db.execute("SELECT set_config('campaignq.queue_horizon_s', %s, false)", (horizon_s,))
 
     queued, scans = _scans_during(db, "SELECT enqueue_due_campaign_messages(5000)")
 
-    assert queued == 3_000
+    assert queued == expected
     assert scans.get("seq:campaign_messages", 0) == 0, scans
     for index in AUDIT_INDEXES:
         assert scans.get(index, 0) >= 1, scans

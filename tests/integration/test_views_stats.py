@@ -27,6 +27,9 @@ TOP_LEVEL = {
     "ai_costs",  # issue 14
     "workspace_ai_costs",
     "inboxes",  # issue 13
+    "budgets",
+    "budget_holders",
+    "fair_share",
 }
 QUEUE = {
     "queue_name",
