@@ -30,8 +30,8 @@ from typing import Any
 from bench import common, fleet
 from bench import producer as producer_bench
 from consumer import sql as sqlfiles
-from consumer.producer import ProducerLoop, enqueue_due
-from consumer.seeding import Seeder
+from consumer.devtools.seeding import Seeder
+from consumer.runtime.producer import ProducerLoop, enqueue_due
 
 FULL_SIZES = (10_000, 1_000, 100)
 QUICK_SIZES = (1_000, 100, 10)

@@ -32,8 +32,8 @@ from typing import Any
 import psutil
 
 from bench import common
-from consumer.processes import Child, Simulator, child_env, simulator_env, spawn, stop_all
-from consumer.seeding import Seeder
+from consumer.devtools.processes import Child, Simulator, child_env, simulator_env, spawn, stop_all
+from consumer.devtools.seeding import Seeder
 
 AI_KEY = "sk-bench-simulator-key"
 WHATSAPP_KEY = "bench-whatsapp-key"
@@ -321,7 +321,7 @@ def seed_run(url: str, messages: int, *, split: bool = True, runs: int = 1) -> S
 
 def enqueue_all(url: str) -> int:
     """Queue every due message at once (the producer with an unlimited batch)."""
-    from consumer.producer import enqueue_due
+    from consumer.runtime.producer import enqueue_due
 
     with common.connect(url) as conn:
         # Just-in-time queueing (fair share, 0008) off: these benchmarks measure consumers

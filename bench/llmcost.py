@@ -40,13 +40,13 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bench import common
-from consumer.ai import AIClient
-from consumer.db import Database
-from consumer.pregenerate import BatchClient, Pregenerator
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.runtime.ai import AIClient
+from consumer.runtime.db import Database
+from consumer.runtime.pregenerate import BatchClient, Pregenerator
+from consumer.runtime.whatsapp import WhatsAppClient
+from consumer.runtime.worker import Worker
 from consumer.settings import Settings
-from consumer.simulator import Faults, Simulator
-from consumer.whatsapp import WhatsAppClient
-from consumer.worker import Worker
 
 BUDGET_RPM = 1200
 SHARED_PROMPT = "You are Ana from Acme Fitness. Be warm, concrete and brief; never invent prices. " * 100

@@ -297,8 +297,8 @@ def _cpu_per_message(sim: fleet.SimulatorProcess, n: int, *, case: str) -> dict[
 def _pure_checks_us() -> float:
     """µs per message of the pure checks (zone from the phone, window open?), cache warm as
     in a consumer that sees the same prefixes again."""
-    from consumer.models import SenderContext
-    from consumer.sender_safety import window_hold
+    from consumer.core.models import SenderContext
+    from consumer.runtime.sender_safety import window_hold
 
     sender = SenderContext(
         window_start=datetime.min.time(), window_end=datetime.max.time().replace(microsecond=0)

@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from consumer.processes import Child, campaignq_command, child_env, spawn
+from consumer.devtools.processes import Child, campaignq_command, child_env, spawn
 from tests import pg
 
 

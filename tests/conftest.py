@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from consumer.seeding import Seeder
+from consumer.devtools.seeding import Seeder
 from tests import pg
 
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import aiohttp
 
-from consumer.ai import AIClient
-from consumer.db import Database
+from consumer.devtools.simulator import Simulator
+from consumer.runtime.ai import AIClient
+from consumer.runtime.db import Database
+from consumer.runtime.whatsapp import WhatsAppClient
+from consumer.runtime.worker import Worker
 from consumer.settings import Settings
-from consumer.simulator import Simulator
-from consumer.whatsapp import WhatsAppClient
-from consumer.worker import Worker
 from tests import pg
 
 AI_KEY = "sk-test-0123456789abcdef"

@@ -15,9 +15,9 @@ from rich.live import Live
 from rich.text import Text
 
 from ..errors import DatabaseUnavailableError, one_line
-from ..migrate import connect
+from ..ops.migrate import connect
+from ..ops.stats import DEFAULT_RUNS_LIMIT, collect_stats, render_stats
 from ..settings import Settings
-from ..stats import DEFAULT_RUNS_LIMIT, collect_stats, render_stats
 from ._args import duration_s, positive_int
 from ._common import database_url, settings_from
 

@@ -46,8 +46,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from consumer.processes import Child, Simulator, simulator_env
-from consumer.seeding import Seeder
+from consumer.devtools.processes import Child, Simulator, simulator_env
+from consumer.devtools.seeding import Seeder
 from tests.chaos.tools import Restart, can_restart_server, processes, restart_server
 from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY

@@ -5,7 +5,7 @@
   restarted from here and the caller skips that step).
 * `processes`: kill whatever child process is still running when the block ends.
 
-The child processes themselves (the simulator, consumers) are `consumer.processes`'s.
+The child processes themselves (the simulator, consumers) are `consumer.devtools.processes`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-from consumer.processes import Child
+from consumer.devtools.processes import Child
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from consumer.seeding import Campaign, Seeder
+from consumer.devtools.seeding import Campaign, Seeder
 from tests.cli import campaignq_env
 
 ADMIN_TOKEN = "admin-token-0123456789"  # noqa: S105 (test token)

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
-from consumer.processes import SIMULATOR_READY, simulator_env
-from consumer.seeding import Seeder
+from consumer.devtools.processes import SIMULATOR_READY, simulator_env
+from consumer.devtools.seeding import Seeder
 from tests import pg
 from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, cli_process, console_process, dead_letter_bulk
 

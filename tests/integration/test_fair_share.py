@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from consumer import sql as sqlfiles
-from consumer.fairshare import fair_split
-from consumer.seeding import Campaign, Seeder
+from consumer.core.fairshare import fair_split
+from consumer.devtools.seeding import Campaign, Seeder
 from tests.unit.test_fairshare import FAIR_SPLIT_TABLE
 
 ROOM = 30

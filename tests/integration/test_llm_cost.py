@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from consumer.ai import AIClient
-from consumer.db import Database
-from consumer.pregenerate import BatchClient, Pregenerator, TickReport
-from consumer.seeding import Campaign, Seeder
+from consumer.devtools.seeding import Campaign, Seeder
+from consumer.devtools.simulator import NO_STRUCTURED_OUTPUT_MARK, Faults, Simulator
+from consumer.runtime.ai import AIClient
+from consumer.runtime.db import Database
+from consumer.runtime.pregenerate import BatchClient, Pregenerator, TickReport
 from consumer.settings import Settings
-from consumer.simulator import NO_STRUCTURED_OUTPUT_MARK, Faults, Simulator
 from tests.harness import consumer_settings, running_worker, wait_until
 
 LONG_PROMPT = "You are Ana from Acme Fitness. Be warm, concrete and brief. " * 140  # ~2,000 tokens
@@ -490,8 +490,8 @@ async def test_simulator_prompt_cache_is_per_key_and_model_after_first_sight(sim
 async def test_prometheus_gauges_show_cache_share_cost_per_1000_and_budget_per_run_and_workspace(
     db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
 ) -> None:
-    from consumer.metrics import ConsumerMetrics
-    from consumer.observability import QueueSampler
+    from consumer.runtime.metrics import ConsumerMetrics
+    from consumer.runtime.observability import QueueSampler
 
     campaign = seed.campaign(3, split=True, prompt=LONG_PROMPT)
     produce(db)

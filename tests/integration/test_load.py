@@ -30,8 +30,8 @@ import psutil
 import psycopg
 import pytest
 
-from consumer.processes import Simulator, simulator_env
-from consumer.seeding import Seeder
+from consumer.devtools.processes import Simulator, simulator_env
+from consumer.devtools.seeding import Seeder
 from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY
 

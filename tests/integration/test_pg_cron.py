@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from consumer.seeding import Seeder
+from consumer.devtools.seeding import Seeder
 from tests.cli import run_cli
 
 CRON_URL = os.environ.get("CAMPAIGNQ_TEST_CRON_DATABASE_URL")

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from consumer.seeding import Seeder
-from consumer.simulator import Faults, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
 from tests import pg
 from tests.cli import run_cli, spawn_cli
 from tests.harness import consumer_settings, running_worker, subprocess_env, wait_until

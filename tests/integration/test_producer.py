@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumer.seeding import Seeder
+from consumer.devtools.seeding import Seeder
 from tests.cli import run_cli, spawn_cli
 
 

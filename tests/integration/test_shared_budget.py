@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from consumer.budget import SharedBudget
-from consumer.fairshare import MIN_WANTED_RPM
-from consumer.processes import Child, Simulator
-from consumer.seeding import Seeder
+from consumer.core.fairshare import MIN_WANTED_RPM
+from consumer.devtools.processes import Child, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.runtime.budget import SharedBudget
 from tests.chaos.tools import processes
 from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY

@@ -12,7 +12,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from consumer.seeding import Campaign, Seeder
+from consumer.devtools.seeding import Campaign, Seeder
 from tests.cli import run_cli, spawn_cli
 
 # The documented JSON contract (docs/operations.md): a key may be added, never renamed.

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from consumer.devtools.simulator import Faults, SendFaultKind, Simulator
 from consumer.errors import (
     FatalError,
     InboxUnavailableError,
@@ -24,9 +25,8 @@ from consumer.errors import (
     ReconcileUnavailableError,
     SendOutcomeUnknownError,
 )
+from consumer.runtime.whatsapp import WhatsAppClient, typing_delay_ms
 from consumer.settings import Settings
-from consumer.simulator import Faults, SendFaultKind, Simulator
-from consumer.whatsapp import WhatsAppClient, typing_delay_ms
 
 API_KEY = "evo-test-secret-key"
 INBOX = "inbox-1"

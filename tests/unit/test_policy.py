@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer import policy
+from consumer.core import policy
+from consumer.core.policy import DeadLetter, Decision, Retry, backoff_delay_s, decide, error_class_of
 from consumer.errors import (
     CircuitOpenError,
     FatalError,
@@ -24,14 +25,6 @@ from consumer.errors import (
     ProviderUnavailableError,
     RateLimitedError,
     TemporaryError,
-)
-from consumer.policy import (
-    DeadLetter,
-    Decision,
-    Retry,
-    backoff_delay_s,
-    decide,
-    error_class_of,
 )
 
 BASE_S = 2.0

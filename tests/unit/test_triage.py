@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from consumer.models import MessageContext, QueueMessage, QueuePayload, SenderContext
-from consumer.triage import (
+from consumer.core.models import MessageContext, QueueMessage, QueuePayload, SenderContext
+from consumer.core.triage import (
     Action,
     ArchiveOnly,
     DeadLetterNow,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer import errors, policy
-from consumer.ai import StructuredOutputUnsupportedError
+from consumer import errors
+from consumer.core import policy
+from consumer.runtime.ai import StructuredOutputUnsupportedError
 from consumer.vocabulary import DeadLetterReason, ErrorClass, MessageStatus, RunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
