@@ -2,7 +2,7 @@
 
 Why: `CAMPAIGNQ_AI_REQUESTS_PER_MINUTE` alone is per process, so scaling out meant splitting
 the provider's budget by hand, a dead process's share was wasted and a new one overshot.
-With `rate_limits` row 'ai' every process leases a slice (db/migrations/0008, consumer/budget.py).
+With `rate_limits` row 'ai' every process leases a slice (db/migrations/0008, consumer/runtime/budget.py).
 
 Budget run: a backlog far larger than the budget allows in the run, 3 consumers (own cap 600
 rpm each, so the shared row is what binds), one SIGKILLed after `KILL_AT_S`, a new one
@@ -40,7 +40,7 @@ WINDOW_S = 5.0
 
 
 def _ai_times(sim: fleet.SimulatorProcess) -> list[float]:
-    return sorted(float(r["t"]) for r in sim._request("/_sim/ai-requests")["requests"])
+    return sorted(float(r["t"]) for r in sim.request("/_sim/ai-requests")["requests"])
 
 
 def busiest(times: list[float], window_s: float) -> int:
@@ -93,7 +93,7 @@ def budget_run(quick: bool, sim: fleet.SimulatorProcess) -> dict[str, Any]:
             with common.connect(url) as conn:
                 holders = conn.execute("SELECT count(*) FROM campaignq_rate_limit_holders").fetchone()
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         times = [t for t in _ai_times(sim) if started <= t < ended]
     assert seeded.messages == backlog
     first = times[0] if times else started
@@ -164,7 +164,7 @@ def gate_cost_us(requests: int = 200_000) -> dict[str, float]:
     """
     import asyncio
 
-    from consumer.budget import LeaseState, SharedBudget
+    from consumer.runtime.budget import LeaseState, SharedBudget
 
     async def measure(budget_rpm: int | None) -> float:
         gate = SharedBudget(pool=None, cap_rpm=10**9)

@@ -50,7 +50,7 @@ def admin_url() -> str:
     explicit = os.environ.get(BENCH_DATABASE_URL_ENV)
     if explicit:
         return explicit
-    from consumer.embedded import start_embedded
+    from consumer.runtime.embedded import start_embedded
 
     data_dir = Path(tempfile.mkdtemp(prefix="campaignq-bench-"))
     # Registered before the server starts, so (atexit runs last-in first-out) the folder
@@ -89,7 +89,7 @@ def fresh_database(label: str) -> Iterator[str]:
     """A new database migrated with campaignq's migrations (PGMQ included); dropped after."""
     from loguru import logger
 
-    from consumer.migrate import migrate
+    from consumer.ops.migrate import migrate
 
     name = _new_database_name(label)
     with connect(admin_url()) as conn:

@@ -142,7 +142,7 @@ def _point(
             cpu1 = _cpu(url, consumers, ai_sim, wa_sim)
             latencies = [c.mean_message_s() for c in consumers]
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         timing = fleet.run_timing(url, seeded.run_ids, slots)
     offsets = timing.finish_offsets_s
     rate = fleet.window_rate(offsets, warmup_s, warmup_s + window_s)

@@ -27,12 +27,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from bench import common, fleet
 from bench import producer as producer_bench
 from consumer import sql as sqlfiles
-from consumer.producer import ProducerLoop, enqueue_due
+from consumer.devtools.seeding import Seeder
+from consumer.runtime.producer import ProducerLoop, enqueue_due
 
 FULL_SIZES = (10_000, 1_000, 100)
 QUICK_SIZES = (1_000, 100, 10)
@@ -51,33 +50,22 @@ def _seed_workspace(conn: Any, messages: int, run_id: uuid.UUID) -> None:
     """One workspace, inbox, config and running run (fixed id: the 0002 producer walks runs
     in id order, so ids make "biggest first" deterministic)."""
     workspace_id = uuid.uuid4()
-    inbox = conn.execute(
-        "INSERT INTO inboxes (workspace_id, name, instance) VALUES (%s, 'bench', %s) RETURNING id",
-        (workspace_id, f"bench-{workspace_id.hex[:8]}"),
-    ).fetchone()
-    config = conn.execute(
-        "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
-        "split_messages, "
-        "max_parts) VALUES (%s, 'bench', 'openai/gpt-4o-mini', 'Short friendly messages.', %s, "
-        "false, 1) "
-        "RETURNING id",
-        (workspace_id, inbox[0]),
-    ).fetchone()
-    conn.execute(
-        "INSERT INTO campaign_runs (id, config_id, status, leads_total, leads_processed, started_at) "
-        "VALUES (%s, %s, 'running', %s, 0, now())",
-        (run_id, config[0], messages),
+    seed = Seeder(conn)
+    inbox_id = seed.inbox(workspace_id, f"bench-{workspace_id.hex[:8]}", name="bench")
+    config_id = seed.config(
+        workspace_id,
+        inbox_id,
+        split=False,
+        max_parts=1,
+        model="openai/gpt-4o-mini",
+        prompt="Short friendly messages.",
+        name="bench",
     )
-    conn.execute(
-        "INSERT INTO leads (workspace_id, name, phone, custom_fields) "
-        "SELECT %s, 'Lead ' || g, '+5511' || (900000000 + g), %s FROM generate_series(1, %s) g",
-        (workspace_id, Jsonb({"city": "São Paulo"}), messages),
+    seed.run(config_id, leads_total=messages, run_id=run_id)
+    lead_ids = seed.leads(
+        workspace_id, messages, phones=[f"+5511{900000000 + g}" for g in range(1, messages + 1)]
     )
-    conn.execute(
-        "INSERT INTO campaign_messages (run_id, lead_id, status, scheduled_at) "
-        "SELECT %s, id, 'pending', now() - interval '1 minute' FROM leads WHERE workspace_id = %s",
-        (run_id, workspace_id),
-    )
+    seed.messages(run_id, lead_ids)
 
 
 def equal_share_finish(sizes: list[int], rate: float) -> list[float]:
@@ -131,7 +119,7 @@ def _one_side(label: str, sizes: tuple[int, ...], sim: fleet.SimulatorProcess) -
             cpu1 = sum(fleet.cpu_seconds(c.pid) for c in consumers)
         finally:
             stop.set()
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         with common.connect(url) as conn:
             finished = {
                 uuid.UUID(str(r[0])): float(r[1])

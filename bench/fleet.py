@@ -19,12 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import selectors
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -32,14 +27,13 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
-from psycopg.types.json import Jsonb
 
 from bench import common
-from consumer.demo import child_env
+from consumer.devtools.processes import Child, Simulator, child_env, simulator_env, spawn, stop_all
+from consumer.devtools.seeding import Seeder
 
 AI_KEY = "sk-bench-simulator-key"
 WHATSAPP_KEY = "bench-whatsapp-key"
@@ -55,118 +49,43 @@ BASE_CONSUMER_ENV: dict[str, str] = {
 }
 
 
-def campaignq(*args: str) -> list[str]:
-    return [sys.executable, "-m", "consumer.cli", *args]
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _log_path(name: str) -> Path:
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    return LOG_DIR / f"{name}.log"
-
-
 # --- the simulator ------------------------------------------------------------------------
 
 
-class SimulatorProcess:
+class SimulatorProcess(Simulator):
     """`campaignq simulate` on a free port; latency changes through its control endpoint."""
 
     def __init__(self, *, ai_latency_s: float, send_latency_s: float, jitter: float = 0.1, name: str = "sim"):
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        super().__init__(log_dir=LOG_DIR, args=["--seed", "1"], name=name)
         self.name = name
         self.jitter = jitter
-        self.log_path = _log_path(name)
-        self._log = self.log_path.open("w", encoding="utf-8")
-        self.process = subprocess.Popen(
-            campaignq("simulate", "--port", "0", "--seed", "1"),
-            env=child_env({}),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-        )
-        self.base_url = self._read_base_url()
+        self.log_path = self.child.log_path
         self.configure(ai_latency_s=ai_latency_s, send_latency_s=send_latency_s)
 
-    def _read_base_url(self) -> str:
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        buffer = b""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if selector.select(timeout=0.5):
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        break
-                    buffer += chunk
-                    match = re.search(rb"CAMPAIGNQ_WHATSAPP_BASE_URL=(\S+)", buffer)
-                    if match:
-                        return match.group(1).decode()
-        self.stop()
-        raise RuntimeError(f"simulator did not start; see {self.log_path}")
-
-    @property
-    def ai_base_url(self) -> str:
-        return f"{self.base_url}/v1"
-
-    def _request(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        import json
-
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 (loopback http URL we built)
-            f"{self.base_url}{path}",
-            data=data,
-            headers={"Content-Type": "application/json"},
-            method="POST" if data is not None else "GET",
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
-            return json.loads(response.read())
-
     def configure(self, *, ai_latency_s: float, send_latency_s: float) -> None:
-        self._request(
-            "/_sim/faults",
-            {
-                "ai_latency_s": ai_latency_s,
-                "ai_latency_jitter_s": ai_latency_s * self.jitter,
-                "send_latency_s": send_latency_s,
-            },
+        self.set_faults(
+            ai_latency_s=ai_latency_s,
+            ai_latency_jitter_s=ai_latency_s * self.jitter,
+            send_latency_s=send_latency_s,
         )
-
-    def reset(self) -> None:
-        self._request("/_sim/reset", {"keep_faults": True})
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("/_sim/stats")
-        return result
 
     def cpu_s(self) -> float:
         return cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        stop_processes([self.process])
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
 
 
 # --- consumers --------------------------------------------------------------------------------
 
 
 @dataclass
-class ConsumerProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-    metrics_port: int
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+class ConsumerProcess(Child):
+    metrics_port: int = 0
 
     def metrics(self) -> dict[str, float]:
         """The process's Prometheus counters, flattened: ``name{labels}`` → value."""
@@ -191,41 +110,35 @@ class ConsumerProcess:
 def consumer_env(
     database_url: str, ai_base_url: str, whatsapp_base_url: str, **settings: Any
 ) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": database_url,
-        "CAMPAIGNQ_AI_BASE_URL": ai_base_url,
-        "CAMPAIGNQ_WHATSAPP_BASE_URL": whatsapp_base_url,
-        "CAMPAIGNQ_AI_API_KEY": AI_KEY,
-        "CAMPAIGNQ_WHATSAPP_API_KEY": WHATSAPP_KEY,
-        **BASE_CONSUMER_ENV,
-    }
+    env = simulator_env(
+        whatsapp_base_url, database_url=database_url, ai_key=AI_KEY, whatsapp_key=WHATSAPP_KEY
+    )
+    env.update(BASE_CONSUMER_ENV)
+    env["CAMPAIGNQ_AI_BASE_URL"] = ai_base_url  # the AI may be served by another simulator
     env.update({f"CAMPAIGNQ_{key.upper()}": str(value) for key, value in settings.items()})
     return child_env(env)
 
 
 def start_consumers(env: Mapping[str, str], count: int, *, label: str) -> list[ConsumerProcess]:
     """`count` processes of `campaignq consume`, each with a metrics port; returns once all are reading."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     consumers: list[ConsumerProcess] = []
     for index in range(count):
         port = free_port()
-        name = f"{label}-consumer-{index + 1}"
-        log_path = _log_path(name)
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                campaignq("consume", "--metrics-port", str(port)),
-                env={**env, "CAMPAIGNQ_LOG_JSON": "false"},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        consumers.append(ConsumerProcess(name, process, port, log_path))
+        child = spawn(
+            f"{label}-consumer-{index + 1}",
+            ["consume", "--metrics-port", str(port)],
+            env={**env, "CAMPAIGNQ_LOG_JSON": "false"},
+            log_dir=LOG_DIR,
+        )
+        consumers.append(ConsumerProcess(child.name, child.process, child.log_path, port))
     deadline = time.monotonic() + READY_TIMEOUT_S
     for consumer in consumers:
         # The metrics endpoint answers once the pool is open and the worker is being started
         # (whatever the log level): close enough to "reading" for a run queued afterwards.
         while not _answers(consumer.metrics_port):
             if consumer.process.poll() is not None or time.monotonic() > deadline:
-                stop_processes([c.process for c in consumers])
+                stop_all(consumers)
                 raise RuntimeError(f"{consumer.name} did not start; see {consumer.log_path}")
             time.sleep(0.05)
     time.sleep(0.2)  # the LISTEN connection: the queueing NOTIFY must find it subscribed
@@ -240,20 +153,9 @@ def _answers(port: int) -> bool:
         return False
 
 
-def stop_processes(processes: Sequence[subprocess.Popen[Any]], timeout_s: float = 20.0) -> list[int]:
-    for process in processes:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-    codes = []
-    deadline = time.monotonic() + timeout_s
-    for process in processes:
-        try:
-            codes.append(process.wait(timeout=max(0.1, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            codes.append(process.wait())
-    return codes
+def stop_processes(children: Sequence[Child], timeout_s: float = 20.0) -> list[int | None]:
+    """Stop benchmark processes (SIGTERM, then SIGKILL after `timeout_s`); their exit codes."""
+    return list(stop_all(children, timeout_s).values())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -391,42 +293,35 @@ def seed_run(url: str, messages: int, *, split: bool = True, runs: int = 1) -> S
     workspace_id = uuid.uuid4()
     instance = f"bench-{workspace_id.hex[:8]}"
     with common.connect(url) as conn, conn.transaction():
-        inbox = conn.execute(
-            "INSERT INTO inboxes (workspace_id, name, instance) VALUES (%s, 'bench', %s) RETURNING id",
-            (workspace_id, instance),
-        ).fetchone()
-        config = conn.execute(
-            "INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id, "
-            "split_messages, max_parts) VALUES (%s, 'bench', 'openai/gpt-4o-mini', "
-            "'You write short, friendly WhatsApp messages.', %s, %s, 3) RETURNING id",
-            (workspace_id, inbox[0] if inbox else None, split),
-        ).fetchone()
+        seed = Seeder(conn)
+        inbox_id = seed.inbox(workspace_id, instance, name="bench")
+        config_id = seed.config(
+            workspace_id,
+            inbox_id,
+            split=split,
+            max_parts=3,
+            model="openai/gpt-4o-mini",
+            prompt="You write short, friendly WhatsApp messages.",
+            name="bench",
+        )
         run_ids = [
-            uuid.UUID(str(row[0]))
-            for row in conn.execute(
-                "INSERT INTO campaign_runs (config_id, status, leads_total, leads_processed, started_at) "
-                "SELECT %s, 'running', %s / %s + CASE WHEN g <= %s %% %s THEN 1 ELSE 0 END, 0, now() "
-                "FROM generate_series(1, %s) g RETURNING id",
-                (config[0] if config else None, messages, runs, messages, runs, runs),
-            ).fetchall()
+            seed.run(config_id, leads_total=messages // runs + (1 if index < messages % runs else 0))
+            for index in range(runs)
         ]
-        conn.execute(
-            "INSERT INTO leads (workspace_id, name, phone, custom_fields) "
-            "SELECT %s, 'Lead ' || g, '+5511' || (900000000 + g), %s FROM generate_series(1, %s) g",
-            (workspace_id, Jsonb({"city": "São Paulo", "plan": "plus"}), messages),
+        lead_ids = seed.leads(
+            workspace_id,
+            messages,
+            phones=[f"+5511{900000000 + g}" for g in range(1, messages + 1)],
+            custom_fields={"city": "São Paulo", "plan": "plus"},
         )
-        conn.execute(
-            "INSERT INTO campaign_messages (run_id, lead_id, status, scheduled_at) "
-            "SELECT (%s::uuid[])[1 + (row_number() OVER (ORDER BY id) - 1) %% %s], id, 'pending', "
-            "now() - interval '1 minute' FROM leads WHERE workspace_id = %s",
-            (run_ids, runs, workspace_id),
-        )
+        for index, run_id in enumerate(run_ids):
+            seed.messages(run_id, lead_ids[index::runs])
     return SeededRun(run_ids, messages, instance)
 
 
 def enqueue_all(url: str) -> int:
     """Queue every due message at once (the producer with an unlimited batch)."""
-    from consumer.producer import enqueue_due
+    from consumer.runtime.producer import enqueue_due
 
     with common.connect(url) as conn:
         # Just-in-time queueing (fair share, 0008) off: these benchmarks measure consumers
@@ -672,7 +567,7 @@ def measure(
             pg1 = postgres_cpu_s(url)
         latencies = [c.mean_message_s() for c in consumers]
     finally:
-        stop_processes([c.process for c in consumers])
+        stop_processes(consumers)
     counted = sum(n for _, n in latencies)
     mean_latency = sum(m * n for m, n in latencies) / counted if counted else 0.0
     return Measurement(

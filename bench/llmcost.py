@@ -40,13 +40,13 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bench import common
-from consumer.ai import AIClient
-from consumer.db import Database
-from consumer.pregenerate import BatchClient, Pregenerator
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.runtime.ai import AIClient
+from consumer.runtime.db import Database
+from consumer.runtime.pregenerate import BatchClient, Pregenerator
+from consumer.runtime.whatsapp import WhatsAppClient
+from consumer.runtime.worker import Worker
 from consumer.settings import Settings
-from consumer.simulator import Faults, Simulator
-from consumer.whatsapp import WhatsAppClient
-from consumer.worker import Worker
 
 BUDGET_RPM = 1200
 SHARED_PROMPT = "You are Ana from Acme Fitness. Be warm, concrete and brief; never invent prices. " * 100
@@ -164,7 +164,7 @@ def _run_costs(url: str, run_id: uuid.UUID) -> dict[str, Any]:
 
 
 async def calls_and_throughput(n: int) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, structured in (("before: generate + split", False), ("after: one structured call", True)):
         with common.fresh_database(f"llmcost_calls_{structured}") as url:
             run_id = _seed(url, n, split=True, prompt="You write short friendly WhatsApp messages.")
@@ -229,7 +229,7 @@ async def cache_and_cost(leads: int, batch_leads: int) -> tuple[dict[str, Any], 
         "cached_share_from_20th": round(cached_20 / prompt_20, 4) if prompt_20 else None,
         "ai_calls_per_message": float(sync["ai_calls_per_message"] or 0),
     }
-    costs = [
+    costs: list[dict[str, Any]] = [
         {
             "path": "sync (one call, prompt cache)",
             "messages": int(sync["generated"]),
@@ -263,7 +263,7 @@ def _latencies(url: str, run_id: uuid.UUID) -> list[float]:
 
 
 async def due_time_latency(n: int) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     with common.fresh_database("llmcost_latency") as url:
         faults = Faults(seed=16, ai_latency_s=0.8, send_latency_s=0.02)
         async with Simulator(faults=faults, ai_api_key=AI_KEY) as sim:

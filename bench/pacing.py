@@ -118,7 +118,7 @@ def _finish_s(url: str, run_id: uuid.UUID) -> float:
             "FROM campaign_messages WHERE run_id = %s",
             (run_id,),
         ).fetchone()
-    return round(float(row[0] or 0.0), 2)
+    return round(float(row[0] or 0.0), 2) if row else 0.0
 
 
 def _env(url: str, sim: fleet.SimulatorProcess, **settings: Any) -> dict[str, str]:
@@ -128,7 +128,7 @@ def _env(url: str, sim: fleet.SimulatorProcess, **settings: Any) -> dict[str, st
 
 
 def _sends(sim: fleet.SimulatorProcess) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = sim._request("/_sim/sends")["sends"]
+    result: list[dict[str, Any]] = sim.request("/_sim/sends")["sends"]
     return result
 
 
@@ -146,13 +146,13 @@ def _free_alone(sim: fleet.SimulatorProcess, n_free: int) -> float:
             fleet.enqueue_all(url)
             fleet.wait_terminal(url, [free_run], n_free, timeout_s=300, watch=consumers)
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         return _finish_s(url, free_run)
 
 
 def _paced_beside_free(sim: fleet.SimulatorProcess, n_paced: int, n_free: int) -> dict[str, Any]:
     sim.reset()
-    sim._request(
+    sim.request(
         "/_sim/faults",
         {"instance_rate_limits": {"paced": PACED_PER_MINUTE // 6 + 1}, "instance_rate_window_s": 10},
     )
@@ -172,7 +172,7 @@ def _paced_beside_free(sim: fleet.SimulatorProcess, n_paced: int, n_free: int) -
             free_s = _finish_s(url, free_run)
             fleet.wait_terminal(url, [paced_run], n_paced, timeout_s=60 + n_paced * 4, watch=consumers)
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         sends = _sends(sim)
         paced_times = [s["at"] for s in sends if s["instance"] == "paced"]
         stats = sim.stats()["send_by_instance"]
@@ -232,7 +232,7 @@ def _quiet_hours(sim: fleet.SimulatorProcess, n_each: int) -> dict[str, Any]:
             fleet.enqueue_all(url)
             fleet.wait_terminal(url, runs, 3 * n_each, timeout_s=120 + n_each * 3 * 2, watch=consumers)
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         times = [s["at"] for s in _sends(sim) if s["instance"] == "quiet"]
         open_epoch = opens_at.replace(microsecond=0).timestamp()
         with common.connect(url) as conn:
@@ -284,7 +284,7 @@ def _cpu_per_message(sim: fleet.SimulatorProcess, n: int, *, case: str) -> dict[
             cpu = sum(fleet.cpu_seconds(c.pid) for c in consumers) - cpu0
             pg = fleet.postgres_cpu_s(url) - pg0
         finally:
-            fleet.stop_processes([c.process for c in consumers])
+            fleet.stop_processes(consumers)
         return {
             "case": CPU_CASES[case],
             "messages": n,
@@ -297,8 +297,8 @@ def _cpu_per_message(sim: fleet.SimulatorProcess, n: int, *, case: str) -> dict[
 def _pure_checks_us() -> float:
     """µs per message of the pure checks (zone from the phone, window open?), cache warm as
     in a consumer that sees the same prefixes again."""
-    from consumer.models import SenderContext
-    from consumer.sender_safety import window_hold
+    from consumer.core.models import SenderContext
+    from consumer.runtime.sender_safety import window_hold
 
     sender = SenderContext(
         window_start=datetime.min.time(), window_end=datetime.max.time().replace(microsecond=0)

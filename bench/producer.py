@@ -20,7 +20,7 @@ How:
    it costs two sequential scans per batch of 100.
 3. Drain = repeat one producer invocation until it moves nothing (the empty last call is
    included). Ours: ``SELECT enqueue_due_campaign_messages(n)`` through
-   ``consumer.producer.enqueue_due``, exactly what production runs. Original: the sweep,
+   ``consumer.runtime.producer.enqueue_due``, exactly what production runs. Original: the sweep,
    then ``get_and_lock_campaign_messages(n, one_hour_ago)``, as the Edge Function did
    (wrapped in ``count(*)`` so neither side pays for shipping rows to Python).
 4. Idle latency: after the batched drain and a VACUUM (steady state), the median of
@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol
 import psycopg
 
 from bench import common
-from consumer.producer import enqueue_due
+from consumer.runtime.producer import enqueue_due
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 ORIGINAL_SQL = common.load_queries(SQL_DIR / "original_producer.sql")

@@ -7,31 +7,28 @@ line on stderr and a non-zero exit status; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import Protocol
 
 from pydantic import ValidationError
 
 from . import __version__
+from .commands import (
+    bench,
+    consume,
+    demo,
+    limits,
+    migrate,
+    pregenerate,
+    produce,
+    prune,
+    replay,
+    serve,
+    simulate,
+    stats,
+)
 from .errors import CampaignqError, ConfigurationError, DatabaseUnavailableError
-
-# name -> module in consumer.commands exposing HELP, add_arguments(parser), run(args) -> int
-COMMANDS: dict[str, str] = {
-    "migrate": "migrate",
-    "produce": "produce",
-    "consume": "consume",
-    "pregenerate": "pregenerate",
-    "replay": "replay",
-    "stats": "stats",
-    "prune": "prune",
-    "limits": "limits",
-    "demo": "demo",
-    "simulate": "simulate",
-    "bench": "bench",
-    "serve": "serve",
-}
 
 
 class CommandModule(Protocol):
@@ -42,14 +39,21 @@ class CommandModule(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def _load(name: str) -> CommandModule | None:
-    try:
-        module = importlib.import_module(f"consumer.commands.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"consumer.commands.{name}":
-            return None  # command not built yet in this checkout
-        raise
-    return cast(CommandModule, module)
+# name -> module in consumer.commands exposing HELP, add_arguments(parser), run(args) -> int
+COMMANDS: dict[str, CommandModule] = {
+    "migrate": migrate,
+    "produce": produce,
+    "consume": consume,
+    "pregenerate": pregenerate,
+    "replay": replay,
+    "stats": stats,
+    "prune": prune,
+    "limits": limits,
+    "demo": demo,
+    "simulate": simulate,
+    "bench": bench,
+    "serve": serve,
+}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
@@ -60,10 +64,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
     parser.add_argument("--version", action="version", version=f"campaignq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules: dict[str, CommandModule] = {}
-    for name, module_name in COMMANDS.items():
-        module = _load(module_name)
-        if module is None:
-            continue
+    for name, module in COMMANDS.items():
         modules[name] = module
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         add_common_arguments(command_parser)

@@ -6,11 +6,13 @@ Driver and HTTP errors are translated into these classes at the edges (`db.py`, 
 
 from __future__ import annotations
 
+from .vocabulary import ErrorClass
+
 
 class CampaignqError(Exception):
     """Base of every error campaignq raises on purpose."""
 
-    error_class = "error"
+    error_class: str = ErrorClass.ERROR
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
@@ -19,31 +21,31 @@ class CampaignqError(Exception):
 class ConfigurationError(CampaignqError):
     """Bad settings or command-line input; reported as one line, exit status 2."""
 
-    error_class = "configuration"
+    error_class: str = ErrorClass.CONFIGURATION
 
 
 class DatabaseUnavailableError(CampaignqError):
     """The database cannot be reached."""
 
-    error_class = "database_unavailable"
+    error_class: str = ErrorClass.DATABASE_UNAVAILABLE
 
 
 class TemporaryError(CampaignqError):
     """Worth retrying later: timeouts, 5xx, connection resets, invalid AI output."""
 
-    error_class = "temporary"
+    error_class: str = ErrorClass.TEMPORARY
 
 
 class ProviderTimeoutError(TemporaryError):
     """A provider call exceeded its timeout."""
 
-    error_class = "timeout"
+    error_class: str = ErrorClass.TIMEOUT
 
 
 class ProviderUnavailableError(TemporaryError):
     """A provider answered 5xx or the connection failed."""
 
-    error_class = "provider_unavailable"
+    error_class: str = ErrorClass.PROVIDER_UNAVAILABLE
 
 
 class SendOutcomeUnknownError(TemporaryError):
@@ -51,25 +53,25 @@ class SendOutcomeUnknownError(TemporaryError):
     closed mid-call): the gateway may have delivered the bubble. The part is *uncertain*:
     it is reconciled with the gateway before any resend, never blindly repeated."""
 
-    error_class = "send_uncertain"
+    error_class: str = ErrorClass.SEND_UNCERTAIN
 
 
 class SendTimedOutError(SendOutcomeUnknownError, ProviderTimeoutError):
     """A send that did not answer within its timeout: uncertain, like a reset (see above)."""
 
-    error_class = "timeout"
+    error_class: str = ErrorClass.TIMEOUT
 
 
 class InvalidAIOutputError(TemporaryError):
     """The AI answered 200 but the content failed validation (empty, too short, error body)."""
 
-    error_class = "invalid_ai_output"
+    error_class: str = ErrorClass.INVALID_AI_OUTPUT
 
 
 class DeferralError(TemporaryError):
     """Not the message's fault (rate limit, inbox down): retry later without burning an attempt."""
 
-    error_class = "deferred"
+    error_class: str = ErrorClass.DEFERRED
 
     def __init__(self, message: str | None = None, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -79,33 +81,33 @@ class DeferralError(TemporaryError):
 class RateLimitedError(DeferralError):
     """The provider said 429 (or 402 in-flight budget): wait `retry_after_s`, no attempt burnt."""
 
-    error_class = "rate_limited"
+    error_class: str = ErrorClass.RATE_LIMITED
 
 
 class CircuitOpenError(DeferralError):
     """A circuit breaker is open for this provider or inbox; the call was not made."""
 
-    error_class = "circuit_open"
+    error_class: str = ErrorClass.CIRCUIT_OPEN
 
 
 class InboxUnavailableError(DeferralError):
     """The WhatsApp instance is disconnected or its socket is dead."""
 
-    error_class = "inbox_unavailable"
+    error_class: str = ErrorClass.INBOX_UNAVAILABLE
 
 
 class ReconcileUnavailableError(DeferralError):
     """The gateway could not say whether an uncertain part was delivered, and the policy is
     `verify`: check again later, without sending and without burning an attempt."""
 
-    error_class = "reconcile_unavailable"
+    error_class: str = ErrorClass.RECONCILE_UNAVAILABLE
 
 
 class InboxBannedError(InboxUnavailableError):
     """The gateway says the number was banned or logged out: the inbox is paused for an
     operator (issue 13); its messages wait in the queue without burning attempts."""
 
-    error_class = "inbox_banned"
+    error_class: str = ErrorClass.INBOX_BANNED
 
     def __init__(self, message: str | None = None, *, kind: str = "banned") -> None:
         super().__init__(message)
@@ -117,7 +119,7 @@ class SendHeldError(CampaignqError):
     send window says later. The message goes back to the queue until `delay_s` has passed,
     burning no attempt and not running the `deferred_too_long` clock (issue 13)."""
 
-    error_class = "held"
+    error_class: str = ErrorClass.HELD
 
     def __init__(self, message: str | None = None, *, reason: str, delay_s: float) -> None:
         super().__init__(message)
@@ -128,25 +130,25 @@ class SendHeldError(CampaignqError):
 class PermanentError(CampaignqError):
     """Retrying cannot help: dead-letter at once."""
 
-    error_class = "permanent"
+    error_class: str = ErrorClass.PERMANENT
 
 
 class ProviderRejectedError(PermanentError):
     """The provider answered 400/404/422 for this request."""
 
-    error_class = "provider_rejected"
+    error_class: str = ErrorClass.PROVIDER_REJECTED
 
 
 class InvalidLeadError(PermanentError):
     """The lead cannot be messaged (no phone, phone not E.164-like, not on WhatsApp)."""
 
-    error_class = "invalid_lead"
+    error_class: str = ErrorClass.INVALID_LEAD
 
 
 class InvalidConfigError(PermanentError):
     """The campaign config cannot produce a message (empty prompt, missing inbox)."""
 
-    error_class = "invalid_config"
+    error_class: str = ErrorClass.INVALID_CONFIG
 
 
 class UncertainSendHeldError(PermanentError):
@@ -154,17 +156,22 @@ class UncertainSendHeldError(PermanentError):
     `hold`: park the message in the dead-letter queue (reason `send_uncertain`) for an
     operator to check the chat and replay it, instead of risking a duplicate."""
 
-    error_class = "send_uncertain_held"
+    error_class: str = ErrorClass.SEND_UNCERTAIN_HELD
 
 
 class FatalError(CampaignqError):
     """The whole process cannot go on (bad API key, no credits): stop reading, exit non-zero."""
 
-    error_class = "fatal"
+    error_class: str = ErrorClass.FATAL
 
 
 class LeaseLostError(CampaignqError):
     """This worker no longer holds the queue message (its visibility timeout ran out and
     another worker read it): stop touching it, the new holder carries on."""
 
-    error_class = "lease_lost"
+    error_class: str = ErrorClass.LEASE_LOST
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one log line: its text with whitespace folded, else its type's name."""
+    return " ".join(str(exc).split()) or type(exc).__name__

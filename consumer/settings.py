@@ -87,7 +87,6 @@ class Settings(BaseSettings):
     )
     ai_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one generate call.")
     split_timeout_s: float = Field(default=20.0, gt=0, description="Timeout of one split call.")
-    ai_max_tokens: int = Field(default=1024, ge=16, description="max_tokens of a generate call.")
     split_max_tokens: int = Field(default=2048, ge=16, description="max_tokens of a split call.")
     ai_max_retry_after_s: float = Field(default=120.0, gt=0, description="Cap on a provider Retry-After.")
     ai_breaker_failures: int = Field(

@@ -51,8 +51,8 @@ def migrations() -> list[Migration]:
 
 
 # Named-query files, read in this order; a name may be defined only once across all of them.
-# The console's queries live in their own file so the worker's stay easy to read.
-QUERY_FILES = ("queries.sql", "console_queries.sql")
+# The console's and migrate's queries live in their own files so the worker's stay easy to read.
+QUERY_FILES = ("queries.sql", "console_queries.sql", "migrate_queries.sql")
 
 
 @functools.cache

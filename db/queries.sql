@@ -228,6 +228,10 @@ SELECT dlq_msg_id, campaign_message_id, run_id, reason, previous_status, action
            p_older_than   => make_interval(secs => %(older_than_s)s::double precision),
            p_newer_than   => make_interval(secs => %(newer_than_s)s::double precision));
 
+-- name: stats_now
+-- The snapshot's own clock (`campaignq stats` runs in one repeatable-read transaction).
+SELECT now();
+
 -- name: stats_queues
 SELECT queue_name, role, depth, visible, in_flight, delayed, oldest_age_s, dead_letters, archived_estimate
   FROM campaignq_queue_overview;
@@ -405,6 +409,21 @@ SELECT workspace_id, cached_token_share, cost_per_1000_messages_usd
 -- twice), so they are generated synchronously at due time; the batch is marked failed.
 UPDATE ai_batches SET status = 'failed', error = 'abandoned while preparing', finished_at = now()
  WHERE status = 'preparing' AND created_at < now() - make_interval(secs => %(older_than_s)s::double precision);
+
+-- name: demo_other_open_work
+-- `campaignq demo`: due messages of other running runs, which the demo's consumers also finish.
+SELECT count(*)
+  FROM campaign_messages m JOIN campaign_runs r ON r.id = m.run_id
+ WHERE r.status = 'running' AND m.run_id <> ALL(%(ours)s::uuid[])
+   AND m.status IN ('pending', 'queued', 'generating', 'sending') AND m.scheduled_at <= now();
+
+-- name: demo_sent_times
+-- `campaignq demo`: when each message of the paced run was sent (epoch seconds), for its busiest 10 s.
+SELECT extract(epoch FROM sent_at)::double precision
+  FROM campaign_messages
+ WHERE run_id = %(run_id)s::uuid AND status = 'sent'
+ ORDER BY sent_at;
+
 -- === Fair share and the shared AI budget (issue 12, db/migrations/0008) ===================
 
 -- name: lease_rate_limit

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Mapping
+from pathlib import Path
 
-from consumer.demo import child_env
+from consumer.devtools.processes import Child, campaignq_command, child_env, spawn
 from tests import pg
 
 
@@ -28,7 +28,7 @@ def run_cli(
     database_url, pooled = _pooled(args, database_url)
     full_env = campaignq_env(database_url, **pooled, **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "consumer.cli", *args],
+        campaignq_command(*args),
         env=full_env,
         capture_output=True,
         text=True,
@@ -43,9 +43,14 @@ def spawn_cli(
     database_url, pooled = _pooled(args, database_url)
     full_env = campaignq_env(database_url, **pooled, **(env or {}))
     return subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", *args],
+        campaignq_command(*args),
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def spawn_logged(name: str, args: list[str], *, env: Mapping[str, str], log_dir: Path) -> Child:
+    """A `campaignq` sub-command in a clean environment plus `env`, output to ``log_dir/NAME.log``."""
+    return spawn(name, args, env=campaignq_env(**env), log_dir=log_dir)

@@ -6,8 +6,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from consumer.devtools.seeding import Seeder
 from tests import pg
-from tests.factories import Seeder
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

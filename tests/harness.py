@@ -11,12 +11,13 @@ from typing import Any
 
 import aiohttp
 
-from consumer.ai import AIClient
-from consumer.db import Database
+from consumer.devtools.processes import simulator_env
+from consumer.devtools.simulator import Simulator
+from consumer.runtime.ai import AIClient
+from consumer.runtime.db import Database
+from consumer.runtime.whatsapp import WhatsAppClient
+from consumer.runtime.worker import Worker
 from consumer.settings import Settings
-from consumer.simulator import Simulator
-from consumer.whatsapp import WhatsAppClient
-from consumer.worker import Worker
 from tests import pg
 
 AI_KEY = "sk-test-0123456789abcdef"
@@ -49,15 +50,15 @@ def consumer_settings(database_url: str, sim: Simulator, **overrides: Any) -> Se
 
 
 def subprocess_env(database_url: str, sim: Simulator, **overrides: str) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": pg.through_pooler(database_url),
-        **({"CAMPAIGNQ_DB_POOLER": "transaction"} if pg.pgbouncer_port() else {}),
-        "CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url,
-        "CAMPAIGNQ_WHATSAPP_BASE_URL": sim.whatsapp_base_url,
-        "CAMPAIGNQ_AI_API_KEY": AI_KEY,
-        "CAMPAIGNQ_WHATSAPP_API_KEY": WHATSAPP_KEY,
-    }
-    env.update({f"CAMPAIGNQ_{k.upper()}": str(v) for k, v in FAST_TEST_SETTINGS.items()})
+    env = simulator_env(
+        sim.base_url,
+        database_url=pg.through_pooler(database_url),
+        ai_key=AI_KEY,
+        whatsapp_key=WHATSAPP_KEY,
+        settings=FAST_TEST_SETTINGS,
+    )
+    if pg.pgbouncer_port():
+        env["CAMPAIGNQ_DB_POOLER"] = "transaction"
     env.update(overrides)
     return env
 

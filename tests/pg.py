@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from consumer.migrate import migrate
+from consumer.ops.migrate import migrate
 
 PGMQ_IMAGE = "ghcr.io/pgmq/pg18-pgmq:v1.7.0"
 PGMQ_MATRIX_ENV = "CAMPAIGNQ_TEST_PGMQ"
@@ -140,7 +140,7 @@ def admin_url(tmp_dir: Path) -> Iterator[str]:
         with PostgresContainer(PGMQ_IMAGE, driver=None) as container:
             yield container.get_connection_url()
         return
-    from consumer.embedded import start_embedded
+    from consumer.runtime.embedded import start_embedded
 
     yield start_embedded(tmp_dir)  # stops when the test session exits
 

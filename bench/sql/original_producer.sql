@@ -1,6 +1,6 @@
 -- The ORIGINAL system's selection, reproduced for bench/producer.py (never used by campaignq).
 --
--- Source: the audit ../shared/seed/000_b5a5381474cb3f92.txt (beside the repository) (Portuguese), section 1.1
+-- Source: the original system's audit (Portuguese, kept outside this repository), section 1.1
 -- ("create_atomic_message_selection.sql:16-25", function get_and_lock_campaign_messages),
 -- section 1.3 (the "too old" sweep in campaign-process-queue/index.ts:394-421), section 7.1
 -- and 7.2 ("Índices Atuais": the indexes the old system had) and section 2.3 (batch_size

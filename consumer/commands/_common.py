@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..embedded import resolve_database_url
 from ..logs import configure_logging, register_secret
+from ..runtime.embedded import resolve_database_url
 from ..settings import Settings
 
 # argparse dest -> Settings field, for flags that override the environment

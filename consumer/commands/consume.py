@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from ..consume import run_consumer
+from ..runtime.consume import run_consumer
 from ._common import database_url, settings_from
 
 HELP = "process queued messages: generate with the LLM, split, send over WhatsApp (long-lived)"

@@ -7,8 +7,8 @@ import sys
 
 from rich.console import Console
 
-from ..demo import DemoOptions, run_demo
-from ..simulator import FAULT_PROFILES
+from ..devtools.demo import DemoOptions, run_demo
+from ..devtools.simulator import FAULT_PROFILES
 from ._args import duration_s, positive_int
 from ._common import database_url, settings_from
 

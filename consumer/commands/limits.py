@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..errors import ConfigurationError
-from ..migrate import connect
+from ..ops.migrate import connect
 from ..sql import query
 from ._args import positive_int
 from ._common import database_url, settings_from

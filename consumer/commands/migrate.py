@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..migrate import migrate
+from ..ops.migrate import migrate
 from ._common import database_url, settings_from
 
 HELP = "install PGMQ and apply the SQL migrations in db/ (safe to run twice or concurrently)"

@@ -7,7 +7,7 @@ import asyncio
 import signal
 
 from ..durations import parse_duration_s
-from ..pregenerate import run_pregenerate
+from ..runtime.pregenerate import run_pregenerate
 from ._common import database_url, settings_from
 
 HELP = "generate messages due hours ahead through the provider's Batch API (about half price)"

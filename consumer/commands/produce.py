@@ -9,9 +9,9 @@ import threading
 from types import FrameType
 
 from ..durations import parse_duration_s
-from ..migrate import connect
-from ..pregenerate import run_pregenerate
-from ..producer import ProducerLoop, enqueue_due
+from ..ops.migrate import connect
+from ..runtime.pregenerate import run_pregenerate
+from ..runtime.producer import ProducerLoop, enqueue_due
 from ..settings import Settings
 from ._common import database_url, settings_from
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..migrate import connect
-from ..prune import DEFAULT_BATCH_SIZE, prune_archives
+from ..ops.migrate import connect
+from ..ops.prune import DEFAULT_BATCH_SIZE, prune_archives
 from ._args import duration_s, positive_int
 from ._common import database_url, settings_from
 

@@ -6,8 +6,8 @@ import argparse
 import json
 import uuid
 
-from ..migrate import connect
-from ..replay import DEFAULT_BATCH_SIZE, ReplayFilters, format_report, replay_dead_letters
+from ..ops.migrate import connect
+from ..ops.replay import DEFAULT_BATCH_SIZE, ReplayFilters, format_report, replay_dead_letters
 from ._args import duration_s, positive_int
 from ._common import database_url, settings_from
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..console.server import check_bind, serve
+from ..ops.console.server import check_bind, serve
 from ._common import database_url, settings_from
 
 HELP = "operator console: live pages and an API for queues, runs, dead letters, budgets and inboxes"

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import signal
 
+from ..devtools.simulator import FAULT_PROFILES, Simulator, fault_profile
 from ..durations import parse_duration_s
 from ..errors import ConfigurationError
 from ..logs import configure_logging
-from ..simulator import FAULT_PROFILES, Simulator, fault_profile
 
 HELP = "run the fake AI + WhatsApp providers on loopback (latency, faults) for demos and tests"
 

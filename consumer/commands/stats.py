@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from ..errors import DatabaseUnavailableError
-from ..migrate import connect
+from ..errors import DatabaseUnavailableError, one_line
+from ..ops.migrate import connect
+from ..ops.stats import DEFAULT_RUNS_LIMIT, collect_stats, render_stats
 from ..settings import Settings
-from ..stats import DEFAULT_RUNS_LIMIT, collect_stats, render_stats
 from ._args import duration_s, positive_int
 from ._common import database_url, settings_from
 
@@ -99,7 +99,7 @@ def _watch_table(url: str, settings: Settings, args: argparse.Namespace, interva
                         conn = connect(url)
                     live.update(render_stats(_collect(conn, settings, args)), refresh=True)
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
-                    message = " ".join(str(exc).split())
+                    message = one_line(exc)
                     live.update(Text(f"{message}; retrying every {interval_s:g} s"), refresh=True)
                     if conn is not None:
                         conn.close()

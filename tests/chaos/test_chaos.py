@@ -46,17 +46,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.chaos.tools import (
-    LoggedProcess,
-    Restart,
-    SimulatorProcess,
-    can_restart_server,
-    processes,
-    restart_server,
-    spawn_logged,
-)
-from tests.cli import run_cli
-from tests.factories import Seeder
+from consumer.devtools.processes import Child, Simulator, simulator_env
+from consumer.devtools.seeding import Seeder
+from tests.chaos.tools import Restart, can_restart_server, processes, restart_server
+from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -160,7 +153,7 @@ class Probe:
 
 
 def wait_for(
-    what: str, predicate: Callable[[], bool], *, timeout_s: float, watch: list[LoggedProcess], probe: Probe
+    what: str, predicate: Callable[[], bool], *, timeout_s: float, watch: list[Child], probe: Probe
 ) -> None:
     """Poll until `predicate`; every watched process must stay alive meanwhile."""
     deadline = time.monotonic() + timeout_s
@@ -208,27 +201,24 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
     simulator_args = ["--ai-key", AI_KEY, "--whatsapp-key", WHATSAPP_KEY]
 
     with (
-        SimulatorProcess(log_dir=tmp_path, seed=20240601, extra_args=simulator_args) as sim,
+        Simulator(log_dir=tmp_path, args=["--seed", "20240601", *simulator_args]) as sim,
         processes() as procs,
     ):
         sim.set_faults(**CHAOS_FAULTS, reject_phones=rejected)
         env = {
             "DATABASE_URL": database_url,
-            "CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url,
-            "CAMPAIGNQ_WHATSAPP_BASE_URL": sim.whatsapp_base_url,
-            "CAMPAIGNQ_AI_API_KEY": AI_KEY,
-            "CAMPAIGNQ_WHATSAPP_API_KEY": WHATSAPP_KEY,
+            **simulator_env(sim.base_url, ai_key=AI_KEY, whatsapp_key=WHATSAPP_KEY),
             **CONSUMER_ENV,
         }
 
-        def spawn(name: str, *args: str) -> LoggedProcess:
+        def spawn(name: str, *args: str) -> Child:
             proc = spawn_logged(name, list(args), env=env, log_dir=tmp_path)
             procs.append(proc)
             return proc
 
         ports: dict[str, int] = {}
 
-        def consumer(name: str) -> LoggedProcess:
+        def consumer(name: str) -> Child:
             ports[name] = free_port()
             return spawn(name, "consume", "--metrics-port", str(ports[name]))
 
@@ -236,7 +226,7 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
         first, second = consumer("consumer-1"), consumer("consumer-2")
         timeline.mark("producer and two consumers started")
 
-        def wait_sent(n: int, *watch: LoggedProcess) -> None:
+        def wait_sent(n: int, *watch: Child) -> None:
             wait_for(
                 f"{n} sent",
                 lambda: probe.statuses().get("sent", 0) >= n,
@@ -424,7 +414,7 @@ def merge_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def reconciliations(consumers: list[LoggedProcess]) -> dict[str, int]:
+def reconciliations(consumers: list[Child]) -> dict[str, int]:
     """What the gateway said about uncertain parts, and what was done, from every consumer's log."""
     found: Counter[str] = Counter()
     for proc in consumers:
@@ -508,7 +498,7 @@ def check_invariants(
     return duplicates, crashed
 
 
-def check_faults_were_exercised(probe: Probe, consumers: list[LoggedProcess], *, held_back: int) -> None:
+def check_faults_were_exercised(probe: Probe, consumers: list[Child], *, held_back: int) -> None:
     """The run really went through each fault (a quiet run would prove nothing)."""
     for error_class in ("rate_limited", "timeout", "provider_unavailable", "inbox_unavailable"):
         assert probe.with_history(error_class), f"no message met a {error_class} fault"
@@ -539,7 +529,7 @@ def check_replayed_sent_once(
     assert new_numbers <= {digits(r["phone"]) for r in rows}, "replay re-sent a message that was not dead"
 
 
-def check_no_secret_or_phone_in_logs(procs: list[LoggedProcess], *, phones: list[str]) -> None:
+def check_no_secret_or_phone_in_logs(procs: list[Child], *, phones: list[str]) -> None:
     wanted = {digits(p) for p in phones}
     for proc in procs:
         text = proc.log()

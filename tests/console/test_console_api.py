@@ -15,13 +15,13 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from consumer.console import auth
-from consumer.console.app import ConsoleConfig, create_app
-from consumer.console.store import Store
+from consumer.devtools.seeding import Seeder
+from consumer.ops.console import auth
+from consumer.ops.console.app import ConsoleConfig, create_app
+from consumer.ops.console.store import Store
+from consumer.ops.stats import collect_stats
 from consumer.settings import DEFAULT_MODEL_PRICES
-from consumer.stats import collect_stats
 from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_KEY, dead_letter_bulk, dlq_count
-from tests.factories import Seeder
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}

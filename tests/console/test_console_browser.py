@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
+from consumer.devtools.processes import SIMULATOR_READY, simulator_env
+from consumer.devtools.seeding import Seeder
 from tests import pg
 from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, cli_process, console_process, dead_letter_bulk
-from tests.factories import Seeder
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -100,13 +101,10 @@ def test_overview_numbers_change_while_a_consumer_works(
         ["simulate", "--port", "0", "--ai-latency", "150ms", "--send-latency", "20ms"],
         module_db_url,
         {},
-        r"CAMPAIGNQ_WHATSAPP_BASE_URL=(\S+)",
+        SIMULATOR_READY,
     ) as sim_url:
         env = {
-            "CAMPAIGNQ_AI_BASE_URL": f"{sim_url}/v1",
-            "CAMPAIGNQ_WHATSAPP_BASE_URL": sim_url,
-            "CAMPAIGNQ_AI_API_KEY": AI_KEY,
-            "CAMPAIGNQ_WHATSAPP_API_KEY": "wa-test-key-0123456789",
+            **simulator_env(sim_url, ai_key=AI_KEY, whatsapp_key="wa-test-key-0123456789"),
             "CAMPAIGNQ_CONCURRENCY": "4",
             "CAMPAIGNQ_POLL_INTERVAL_S": "0.2",
             "CAMPAIGNQ_TYPING_DELAY_CAP_S": "0",

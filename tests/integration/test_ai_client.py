@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from consumer.ai import AIClient, Completion, parse_retry_after_s, rate_limiter_for
+from consumer.devtools.simulator import AIFaultKind, Faults, Simulator
 from consumer.errors import (
     CircuitOpenError,
     FatalError,
@@ -25,8 +25,8 @@ from consumer.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
+from consumer.runtime.ai import AIClient, Completion, parse_retry_after_s, rate_limiter_for
 from consumer.settings import Settings
-from consumer.simulator import AIFaultKind, Faults, Simulator
 
 API_KEY = "sk-test-very-secret-key-123"
 MODEL = "openai/gpt-4o-mini"

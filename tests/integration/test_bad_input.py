@@ -27,8 +27,8 @@ import pytest
 from aiohttp import web
 from psycopg.types.json import Jsonb
 
-from consumer.simulator import Faults, Simulator
-from tests.factories import Campaign, Seeder
+from consumer.devtools.seeding import Campaign, Seeder
+from consumer.devtools.simulator import Faults, Simulator
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, message_row, produce, queue_count, terminal
 

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from consumer.simulator import Faults, Simulator
-from tests.factories import Campaign, Seeder
+from consumer.devtools.seeding import Campaign, Seeder
+from consumer.devtools.simulator import Faults, Simulator
 from tests.harness import consumer_settings, running_worker, wait_until
 
 

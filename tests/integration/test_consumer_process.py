@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumer.simulator import Faults, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
 from tests.cli import spawn_cli
-from tests.factories import Seeder
 from tests.harness import AI_KEY, subprocess_env, wait_until
 from tests.integration.test_consumer import message_row, produce, terminal
 

@@ -16,11 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumer.db import PERSIST_MAX_DELAY_S
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.runtime.db import PERSIST_MAX_DELAY_S
 from consumer.settings import Settings
-from consumer.simulator import Faults, Simulator
-from tests.chaos.tools import can_restart_server, restart_server, spawn_logged
-from tests.factories import Seeder
+from tests.chaos.tools import can_restart_server, restart_server
+from tests.cli import spawn_logged
 from tests.harness import RunningWorker, consumer_settings, running_worker, subprocess_env, wait_until
 from tests.integration.test_consumer import message_row, produce, terminal
 

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from consumer.db import Database
-from consumer.models import QueueMessage
-from consumer.simulator import Faults, Simulator
-from tests.factories import Campaign, Seeder
+from consumer.core.models import QueueMessage
+from consumer.devtools.seeding import Campaign, Seeder
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.runtime.db import Database
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, message_row, produce, terminal
 

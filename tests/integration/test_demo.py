@@ -18,7 +18,7 @@ import pytest
 from tests.cli import campaignq_env
 
 TERMINAL = {"sent", "failed", "skipped"}
-STALE_LEADS = 3  # consumer.demo.STALE_LEADS: the demo's rows older than the producer's window
+STALE_LEADS = 3  # consumer.devtools.demo.STALE_LEADS: the demo's rows older than the producer's window
 
 
 def run_demo(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from consumer import sql as sqlfiles
-from consumer.fairshare import fair_split
-from tests.factories import Campaign, Seeder
+from consumer.core.fairshare import fair_split
+from consumer.devtools.seeding import Campaign, Seeder
 from tests.unit.test_fairshare import FAIR_SPLIT_TABLE
 
 ROOM = 30
@@ -200,7 +200,7 @@ def test_demand_and_selection_use_the_pending_index_and_no_seq_scan_on_200k_rows
     )
     for statement, rows in ((demand, 1), (selection, 3000)):
         with db.transaction():
-            row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement).fetchone()  # type: ignore[operator]
+            row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement).fetchone()
         assert row is not None
         nodes = _plan_nodes(row[0][0]["Plan"])
         on_messages = [n for n in nodes if n.get("Relation Name") == "campaign_messages"]

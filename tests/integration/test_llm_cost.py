@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from consumer.ai import AIClient
-from consumer.db import Database
-from consumer.pregenerate import BatchClient, Pregenerator, TickReport
+from consumer.devtools.seeding import Campaign, Seeder
+from consumer.devtools.simulator import NO_STRUCTURED_OUTPUT_MARK, Faults, Simulator
+from consumer.runtime.ai import AIClient
+from consumer.runtime.db import Database
+from consumer.runtime.pregenerate import BatchClient, Pregenerator, TickReport
 from consumer.settings import Settings
-from consumer.simulator import NO_STRUCTURED_OUTPUT_MARK, Faults, Simulator
-from tests.factories import Campaign, Seeder
 from tests.harness import consumer_settings, running_worker, wait_until
 
 LONG_PROMPT = "You are Ana from Acme Fitness. Be warm, concrete and brief. " * 140  # ~2,000 tokens
@@ -490,8 +490,8 @@ async def test_simulator_prompt_cache_is_per_key_and_model_after_first_sight(sim
 async def test_prometheus_gauges_show_cache_share_cost_per_1000_and_budget_per_run_and_workspace(
     db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
 ) -> None:
-    from consumer.metrics import ConsumerMetrics
-    from consumer.observability import QueueSampler
+    from consumer.runtime.metrics import ConsumerMetrics
+    from consumer.runtime.observability import QueueSampler
 
     campaign = seed.campaign(3, split=True, prompt=LONG_PROMPT)
     produce(db)
@@ -509,7 +509,12 @@ async def test_prometheus_gauges_show_cache_share_cost_per_1000_and_budget_per_r
         await pool.close()
     run = str(campaign.run_id)
     workspace = str(campaign.workspace_id)
-    value = metrics.registry.get_sample_value
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        sample = metrics.registry.get_sample_value(name, labels)
+        assert sample is not None, (name, labels)
+        return sample
+
     assert value("campaignq_run_ai_cached_token_share", {"run_id": run}) > 0.5
     assert value("campaignq_run_ai_cost_per_1000_messages_usd", {"run_id": run}) > 0
     assert value("campaignq_run_budget_exhausted", {"run_id": run}) == 1.0

@@ -22,6 +22,7 @@ budget, so it runs only when selected: ``pytest -m load`` (marked `chaos` too, s
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ import psutil
 import psycopg
 import pytest
 
-from tests.chaos.tools import SimulatorProcess, spawn_logged
-from tests.cli import run_cli
+from consumer.devtools.processes import Simulator, simulator_env
+from consumer.devtools.seeding import Seeder
+from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY
 
 pytestmark = [
@@ -50,29 +52,13 @@ FIGURES: dict[str, Any] = {}
 
 def _seed(db: psycopg.Connection[Any]) -> None:
     """20,000 leads and due messages in one run, queued in one producer call."""
-    db.execute(
-        """
-        WITH inbox AS (
-            INSERT INTO inboxes (workspace_id, name, instance)
-            VALUES ('00000000-0000-0000-0000-00000000000a', 'load', 'load-inbox') RETURNING id, workspace_id
-        ), config AS (
-            INSERT INTO campaign_configs (workspace_id, name, ai_model, system_prompt, inbox_id)
-            SELECT workspace_id, 'load', 'openai/gpt-4o-mini', 'Write a short friendly message.', id
-              FROM inbox
-            RETURNING id, workspace_id
-        ), run AS (
-            INSERT INTO campaign_runs (config_id, status, leads_total)
-            SELECT id, 'running', %(n)s FROM config RETURNING id
-        ), leads AS (
-            INSERT INTO leads (workspace_id, name, phone)
-            SELECT config.workspace_id, 'Lead ' || i, '+5511' || (900000000 + i)::text
-              FROM config, generate_series(1, %(n)s) AS i
-            RETURNING id
-        )
-        INSERT INTO campaign_messages (run_id, lead_id, scheduled_at)
-        SELECT run.id, leads.id, now() - interval '1 minute' FROM run, leads
-        """,
-        {"n": MESSAGES},
+    Seeder(db).campaign(
+        MESSAGES,
+        instance="load-inbox",
+        model="openai/gpt-4o-mini",
+        prompt="Write a short friendly message.",
+        phones=[f"+5511{900000000 + i}" for i in range(1, MESSAGES + 1)],
+        workspace_id=uuid.UUID("00000000-0000-0000-0000-00000000000a"),
     )
     db.execute("SET campaignq.queue_horizon_s = 0")  # all at once: this test is about depth
     row = db.execute("SELECT enqueue_due_campaign_messages(%s)", (MESSAGES,)).fetchone()
@@ -94,13 +80,10 @@ def test_one_consumer_at_concurrency_256_stays_flat_over_20000_messages(
 ) -> None:
     _seed(db)
     latency = ["--ai-latency", "1s", "--ai-jitter", "300ms"]
-    with SimulatorProcess(log_dir=tmp_path, seed=1, extra_args=latency) as sim:
+    with Simulator(log_dir=tmp_path, args=["--seed", "1", *latency]) as sim:
         env = {
             "DATABASE_URL": database_url,
-            "CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url,
-            "CAMPAIGNQ_WHATSAPP_BASE_URL": sim.whatsapp_base_url,
-            "CAMPAIGNQ_AI_API_KEY": AI_KEY,
-            "CAMPAIGNQ_WHATSAPP_API_KEY": WHATSAPP_KEY,
+            **simulator_env(sim.base_url, ai_key=AI_KEY, whatsapp_key=WHATSAPP_KEY),
             "CAMPAIGNQ_CONCURRENCY": str(CONCURRENCY),
             "CAMPAIGNQ_BATCH_SIZE": "100",
             "CAMPAIGNQ_AI_REQUESTS_PER_MINUTE": "600000",

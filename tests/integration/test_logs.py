@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
 from consumer.logs import configure_logging, register_secret
-from consumer.simulator import Faults, Simulator
-from tests.factories import Seeder
 from tests.harness import AI_KEY, WHATSAPP_KEY, consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import produce, terminal
 

@@ -13,10 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
 
-from consumer.observability import serve_metrics
-from consumer.simulator import Faults, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.runtime.observability import serve_metrics
 from tests.cli import spawn_cli
-from tests.factories import Seeder
 from tests.harness import consumer_settings, running_worker, subprocess_env, wait_until
 from tests.integration.test_consumer import produce, terminal
 

@@ -11,7 +11,7 @@ import pytest
 
 from consumer import sql as sqlfiles
 from consumer.errors import ConfigurationError
-from consumer.migrate import migrate
+from consumer.ops.migrate import migrate
 from tests.cli import campaignq_env, run_cli, spawn_cli
 
 # The team's shared checker when this checkout sits beside ../shared, else the vendored copy.

@@ -13,8 +13,8 @@ import time
 import psycopg
 import pytest
 
+from consumer.devtools.seeding import Seeder
 from tests.cli import run_cli
-from tests.factories import Seeder
 
 CRON_URL = os.environ.get("CAMPAIGNQ_TEST_CRON_DATABASE_URL")
 

@@ -17,10 +17,10 @@ import pytest
 from psycopg import sql
 
 from consumer import sql as sqlfiles
-from consumer.migrate import SUPERSEDED_CHECKSUMS, migrate
+from consumer.devtools.seeding import Seeder
+from consumer.ops.migrate import SUPERSEDED_CHECKSUMS, migrate
 from tests import pg
 from tests.cli import run_cli
-from tests.factories import Seeder
 from tests.integration.test_consumer import produce
 
 OLD_0004 = Path(__file__).resolve().parent / "data" / "0004_consumer_outcomes.v1.sql"
@@ -143,7 +143,7 @@ def test_a_database_migrated_with_the_old_0004_is_brought_up_to_date(database_ur
 def test_a_bundled_install_records_its_version_where_the_next_migrate_reads_it(
     empty_database_url: str,
 ) -> None:
-    from consumer.migrate import _ensure_pgmq, _inspect_pgmq
+    from consumer.ops.migrate import _ensure_pgmq, _inspect_pgmq
 
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         assert _ensure_pgmq(conn, "bundled-sql") == "bundled-sql"

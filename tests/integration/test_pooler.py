@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from consumer.simulator import Faults, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
 from tests import pg
 from tests.cli import run_cli, spawn_cli
-from tests.factories import Seeder
 from tests.harness import consumer_settings, running_worker, subprocess_env, wait_until
 from tests.integration.test_consumer import dead_letters, queue_count, terminal
 

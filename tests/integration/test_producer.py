@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumer.devtools.seeding import Seeder
 from tests.cli import run_cli, spawn_cli
-from tests.factories import Seeder
 
 
 def _queue_payloads(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -184,7 +184,7 @@ def _scan_counts(db: psycopg.Connection[Any]) -> dict[str, int]:
 def _scans_during(db: psycopg.Connection[Any], statement: str) -> tuple[Any, dict[str, int]]:
     """Run `statement` (a real call of the function) and return its result and the scans it made."""
     before = _scan_counts(db)
-    row = db.execute(statement).fetchone()  # type: ignore[call-overload]
+    row = db.execute(statement).fetchone()
     after = _scan_counts(db)
     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     return (row[0] if row else None), delta

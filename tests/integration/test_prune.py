@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consumer.prune import prune_archives
+from consumer.ops.prune import prune_archives
 from tests.cli import run_cli
 
 

@@ -13,10 +13,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from consumer.cli import main as cli_main
-from consumer.replay import ReplayFilters, replay_dead_letters
-from consumer.simulator import Faults, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.ops.replay import ReplayFilters, replay_dead_letters
 from tests.cli import run_cli
-from tests.factories import Seeder
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import _phones, produce, terminal
 

@@ -15,10 +15,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from consumer.migrate import WORKER_ROLE
-from consumer.simulator import Faults, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.ops.migrate import WORKER_ROLE
 from tests.cli import run_cli
-from tests.factories import Seeder
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, produce, queue_count, terminal
 

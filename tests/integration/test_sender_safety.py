@@ -25,10 +25,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from consumer.simulator import Faults, SentMessage, Simulator
-from tests.chaos.tools import spawn_logged
-from tests.cli import run_cli
-from tests.factories import Campaign, Seeder
+from consumer.devtools.seeding import Campaign, Seeder
+from consumer.devtools.simulator import Faults, SentMessage, Simulator
+from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, subprocess_env, wait_until
 from tests.integration.test_consumer import message_row, produce, terminal
 
@@ -424,7 +423,7 @@ async def test_the_client_reads_the_numbers_own_limit_ban_and_logout_without_bla
     import aiohttp
 
     from consumer.errors import FatalError, InboxBannedError, RateLimitedError
-    from consumer.whatsapp import WhatsAppClient
+    from consumer.runtime.whatsapp import WhatsAppClient
 
     sim.set_faults(
         instance_rate_limits={"limited": 2},

@@ -18,11 +18,12 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from consumer.budget import SharedBudget
-from consumer.fairshare import MIN_WANTED_RPM
-from tests.chaos.tools import LoggedProcess, SimulatorProcess, processes, spawn_logged
-from tests.cli import run_cli
-from tests.factories import Seeder
+from consumer.core.fairshare import MIN_WANTED_RPM
+from consumer.devtools.processes import Child, Simulator
+from consumer.devtools.seeding import Seeder
+from consumer.runtime.budget import SharedBudget
+from tests.chaos.tools import processes
+from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY
 
 BUDGET_RPM = 240  # 4 requests/s across every process
@@ -31,8 +32,8 @@ LEASE_S = 2.0
 REFRESH_S = 0.5
 
 
-def _ai_times(sim: SimulatorProcess) -> list[float]:
-    return [r["t"] for r in sim._call("GET", "/_sim/ai-requests")["requests"]]
+def _ai_times(sim: Simulator) -> list[float]:
+    return [r["t"] for r in sim.request("/_sim/ai-requests")["requests"]]
 
 
 def _busiest(times: list[float], window_s: float) -> int:
@@ -70,7 +71,7 @@ def test_three_processes_share_one_budget_survive_a_kill_and_follow_edits(
     db.execute("SET campaignq.queue_horizon_s = 0")
     db.execute("SELECT enqueue_due_campaign_messages(5000)")
     with (
-        SimulatorProcess(log_dir=tmp_path, seed=7, extra_args=["--ai-latency", "20ms"]) as sim,
+        Simulator(log_dir=tmp_path, args=["--seed", "7", "--ai-latency", "20ms"]) as sim,
         processes() as started,
     ):
         env = {
@@ -87,7 +88,7 @@ def test_three_processes_share_one_budget_survive_a_kill_and_follow_edits(
             "CAMPAIGNQ_TYPING_DELAY_CAP_S": "0",
             "CAMPAIGNQ_LOG_LEVEL": "INFO",
         }
-        consumers: list[LoggedProcess] = []
+        consumers: list[Child] = []
         for index in range(PROCESSES):
             consumers.append(spawn_logged(f"consumer-{index}", ["consume"], env=env, log_dir=tmp_path))
             started.append(consumers[-1])

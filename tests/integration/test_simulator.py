@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from consumer.simulator import FAULT_PROFILES, Faults, Simulator, fault_profile
+from consumer.devtools.simulator import FAULT_PROFILES, Faults, Simulator, fault_profile
 
 AI_HEADERS = {"Authorization": "Bearer sk-anything"}
 WA_HEADERS = {"apikey": "evo-anything"}

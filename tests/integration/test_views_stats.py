@@ -12,8 +12,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from consumer.devtools.seeding import Campaign, Seeder
 from tests.cli import run_cli, spawn_cli
-from tests.factories import Campaign, Seeder
 
 # The documented JSON contract (docs/operations.md): a key may be added, never renamed.
 TOP_LEVEL = {

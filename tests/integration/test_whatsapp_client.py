@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from consumer.devtools.simulator import Faults, SendFaultKind, Simulator
 from consumer.errors import (
     FatalError,
     InboxUnavailableError,
@@ -24,9 +25,8 @@ from consumer.errors import (
     ReconcileUnavailableError,
     SendOutcomeUnknownError,
 )
+from consumer.runtime.whatsapp import WhatsAppClient, typing_delay_ms
 from consumer.settings import Settings
-from consumer.simulator import Faults, SendFaultKind, Simulator
-from consumer.whatsapp import WhatsAppClient, typing_delay_ms
 
 API_KEY = "evo-test-secret-key"
 INBOX = "inbox-1"
@@ -421,6 +421,6 @@ async def test_a_gateway_that_cannot_list_messages_is_unavailable_not_absent(
     client = make_client(reconcile_timeout_s=0.2)
     sim.set_faults(hang_s=2.0)
     for kind in ("500", "hang", "bad_json"):
-        sim.fail_next_find(kind)  # type: ignore[arg-type]
+        sim.fail_next_find(kind)
         with pytest.raises(ReconcileUnavailableError):
             await client.find_sent(instance=INBOX, number=NUMBER, text="x", since_epoch_s=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.breaker import CircuitBreaker
+from consumer.core.breaker import CircuitBreaker
 
 COOLDOWN_S = 30.0
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from consumer.console import auth
-from consumer.console.filters import FilterError, parse_dry_run, parse_filter
-from consumer.console.optout import is_opt_out
-from consumer.console.sampler import Sampler
+from consumer.ops.console import auth
+from consumer.ops.console.filters import FilterError, parse_dry_run, parse_filter
+from consumer.ops.console.optout import is_opt_out
+from consumer.ops.console.sampler import Sampler
 
 TOKENS = auth.Tokens(admin="admin-secret-1234", read="read-secret-1234")
 

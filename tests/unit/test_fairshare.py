@@ -1,4 +1,4 @@
-"""The pure maths of fair share and the shared AI budget (consumer.fairshare)."""
+"""The pure maths of fair share and the shared AI budget (consumer.core.fairshare)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from consumer.fairshare import MIN_WANTED_RPM, TokenBucket, fair_split, grant_rpm, wanted_rpm
+from consumer.core.fairshare import MIN_WANTED_RPM, TokenBucket, fair_split, grant_rpm, wanted_rpm
 
 # (total, weights, demands, rotation, expected) — also run against the SQL twin in
 # tests/integration/test_fair_share.py, so keep every row meaningful for both.

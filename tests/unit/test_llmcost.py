@@ -8,9 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from consumer.errors import InvalidAIOutputError
-from consumer.generation import parts_from_structured
-from consumer.llmcost import (
+from consumer.core.llmcost import (
     PARTS_SCHEMA_NAME,
     StructuredOutputMemory,
     cache_key,
@@ -20,8 +18,10 @@ from consumer.llmcost import (
     parts_response_format,
     prompt_layout,
 )
-from consumer.models import CampaignConfig
-from consumer.prompt import build_user_prompt
+from consumer.core.models import CampaignConfig
+from consumer.core.prompt import build_user_prompt
+from consumer.errors import InvalidAIOutputError
+from consumer.runtime.generation import parts_from_structured
 from consumer.settings import Settings
 
 SYSTEM = "You are Ana from Acme. Write warm, short WhatsApp messages. " * 20

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from consumer.errors import ConfigurationError
-from consumer.migrate import PgmqFound, decide_pgmq
+from consumer.ops.migrate import PgmqFound, decide_pgmq
 from consumer.pooler import uses_transaction_pooler
 
 ALL_THERE: tuple[str, ...] = ()

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer import policy
+from consumer.core import policy
+from consumer.core.policy import DeadLetter, Decision, Retry, backoff_delay_s, decide, error_class_of
 from consumer.errors import (
     CircuitOpenError,
     FatalError,
@@ -24,14 +25,6 @@ from consumer.errors import (
     ProviderUnavailableError,
     RateLimitedError,
     TemporaryError,
-)
-from consumer.policy import (
-    DeadLetter,
-    Decision,
-    Retry,
-    backoff_delay_s,
-    decide,
-    error_class_of,
 )
 
 BASE_S = 2.0
@@ -214,7 +207,7 @@ def test_reasons_are_distinct_documented_constants() -> None:
         policy.REASON_MAX_ATTEMPTS: "max_attempts",
         policy.REASON_DEFERRED_TOO_LONG: "deferred_too_long",
         policy.REASON_INVALID_PAYLOAD: "invalid_payload",
-        policy.REASON_RUN_GONE: "run_gone",
+        policy.REASON_UNKNOWN_MESSAGE: "unknown_message",
         policy.REASON_SEND_UNCERTAIN: "send_uncertain",
     }
     assert all(constant == value for constant, value in reasons.items())

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.prompt import TRUNCATED_MARK, build_user_prompt
+from consumer.core.prompt import TRUNCATED_MARK, build_user_prompt
 
 
 def test_golden_prompt() -> None:

@@ -19,8 +19,25 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer import policy
-from consumer.ai import parse_retry_after_s
+from consumer.core import policy
+from consumer.core.models import (
+    InvalidPayloadError,
+    MessageContext,
+    QueueMessage,
+    QueuePayload,
+    parse_payload,
+)
+from consumer.core.split import parse_split_answer
+from consumer.core.triage import (
+    ArchiveOnly,
+    DeadLetterNow,
+    LeaseLost,
+    Process,
+    ReleaseToPending,
+    Skip,
+    triage,
+)
+from consumer.core.validation import normalize_phone
 from consumer.errors import (
     CircuitOpenError,
     InboxUnavailableError,
@@ -32,21 +49,9 @@ from consumer.errors import (
     RateLimitedError,
 )
 from consumer.logs import redact, register_secret
-from consumer.models import InvalidPayloadError, MessageContext, QueueMessage, QueuePayload, parse_payload
-from consumer.split import parse_split_answer
-from consumer.triage import (
-    IN_FLIGHT_STATUSES,
-    TERMINAL_STATUSES,
-    ArchiveOnly,
-    DeadLetterNow,
-    LeaseLost,
-    Process,
-    ReleaseToPending,
-    Skip,
-    triage,
-)
-from consumer.validation import normalize_phone
-from consumer.whatsapp import typing_delay_ms
+from consumer.runtime.ai import parse_retry_after_s
+from consumer.runtime.whatsapp import typing_delay_ms
+from consumer.vocabulary import IN_FLIGHT_STATUSES, TERMINAL_STATUSES
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from consumer.models import SenderContext
-from consumer.optout import is_opt_out_reply, normalize_reply
-from consumer.pacing import (
+from consumer.core.models import SenderContext
+from consumer.core.optout import is_opt_out_reply, normalize_reply
+from consumer.core.pacing import (
     InboxSafety,
     booking_usable,
     daily_cap,
@@ -22,8 +22,8 @@ from consumer.pacing import (
     pace_gap_s,
     plan_message,
 )
-from consumer.send_window import is_open, lead_zone, next_opening, zone_of_phone
-from consumer.sender_safety import HOLD_INBOX_PAUSED, HOLD_SEND_WINDOW, paused_hold, window_hold
+from consumer.core.send_window import is_open, lead_zone, next_opening, zone_of_phone
+from consumer.runtime.sender_safety import HOLD_INBOX_PAUSED, HOLD_SEND_WINDOW, paused_hold, window_hold
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 INBOX = uuid.uuid4()
@@ -296,8 +296,8 @@ def test_normalize_reply() -> None:
 
 
 def test_a_started_message_is_completed_even_after_its_window_closed() -> None:
-    from consumer.models import MessageContext, QueueMessage
-    from consumer.sender_safety import SenderSafety
+    from consumer.core.models import MessageContext, QueueMessage
+    from consumer.runtime.sender_safety import SenderSafety
     from consumer.settings import Settings
 
     sender = SenderContext(window_start=time(9), window_end=time(20), config_timezone="Asia/Tokyo")

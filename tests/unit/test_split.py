@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.split import (
+from consumer.core.split import (
     WHATSAPP_MAX_PART_CHARS,
     SplitAnswer,
     parse_split_answer,

@@ -8,7 +8,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumer import policy
+from consumer.core import policy
+from consumer.core.models import MessageContext, QueueMessage, QueuePayload
+from consumer.core.policy import (
+    Acknowledged,
+    CheckLater,
+    DeadLetter,
+    Hold,
+    Retry,
+    SendAgain,
+    decide_uncertain,
+)
+from consumer.core.triage import parts_to_reconcile
 from consumer.errors import (
     LeaseLostError,
     ProviderTimeoutError,
@@ -17,10 +28,7 @@ from consumer.errors import (
     SendTimedOutError,
     UncertainSendHeldError,
 )
-from consumer.lease import Lease, has_room
-from consumer.models import MessageContext, QueueMessage, QueuePayload
-from consumer.policy import Acknowledged, CheckLater, DeadLetter, Hold, Retry, SendAgain, decide_uncertain
-from consumer.triage import parts_to_reconcile
+from consumer.runtime.lease import Lease, has_room
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

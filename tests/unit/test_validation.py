@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumer.core.validation import normalize_phone, validate_generated_text
 from consumer.errors import InvalidAIOutputError, InvalidLeadError, PermanentError, TemporaryError
-from consumer.validation import normalize_phone, validate_generated_text
 
 # --- generated text ---------------------------------------------------------------------
 

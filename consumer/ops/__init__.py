@@ -1,0 +1,1 @@
+"""Operating campaignq: migrate, stats, replay, prune, and the web console."""

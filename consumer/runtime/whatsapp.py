@@ -1,0 +1,444 @@
+"""The WhatsApp edge: an Evolution-API-shaped gateway over aiohttp, translated into `errors` types.
+
+The distinction that matters here is *whose fault* a failure is. A number that is not on
+WhatsApp is the lead's (permanent); a dead socket behind an instance that claims to be
+"open" is the inbox's (defer every message of that inbox, do not burn their attempts); a
+502 page from a proxy is the gateway's (temporary). Each instance gets its own circuit
+breaker so one broken inbox cannot slow the others down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from loguru import logger
+
+from ..core.breaker import CircuitBreaker
+from ..errors import (
+    FatalError,
+    InboxBannedError,
+    InboxUnavailableError,
+    InvalidConfigError,
+    InvalidLeadError,
+    ProviderRejectedError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    ReconcileUnavailableError,
+    SendOutcomeUnknownError,
+    SendTimedOutError,
+)
+from ..logs import mask_phone
+from ..settings import Settings
+from .ai import parse_retry_after_s
+from .provider_http import json_object, provider_text
+
+CONNECTED_STATE = "open"
+# Evolution's answer when Baileys' socket is gone although connectionState still says "open".
+DEAD_SOCKET_MARKER = "connection closed"
+# Issue 13: answers that mean the number itself is in trouble (WhatsApp banned or locked it,
+# or closed its session). Not our API key's fault, so never fatal for the process: the inbox
+# is paused for an operator and its messages wait.
+BAN_MARKERS = ("banned", "account locked", "131031", "temporarily blocked")
+LOGOUT_MARKERS = ("logged out", "loggedout", "logout")
+# Reconciliation reads at most this many pages of a chat (newest first), and allows this much
+# clock difference between us and the gateway when comparing a record's time with the attempt's.
+RECONCILE_MAX_PAGES = 5
+RECONCILE_CLOCK_SKEW_S = 30.0
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    message_id: str | None
+    status: str
+
+
+def typing_delay_ms(text: str, *, words_per_minute: float, cap_s: float) -> int:
+    """How long "typing…" shows before a bubble, like Typebot: words / wpm, capped.
+
+    The cap keeps a long bubble from holding a send (and its HTTP call) for ages; callers
+    pass 0 for the first bubble, which Typebot sends at once.
+    """
+    words = len(text.split())
+    if words == 0 or words_per_minute <= 0:
+        return 0
+    return round(min(words / words_per_minute * 60.0, cap_s) * 1000)
+
+
+@dataclass(frozen=True)
+class _CachedState:
+    """What the gateway last said about an instance: its state, or why we could not learn it."""
+
+    state: str | None
+    unavailable_reason: str | None
+    fetched_at: float
+
+
+class WhatsAppClient:
+    """Sends text through one gateway for many instances (inboxes), with per-instance health."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        send_timeout_s: float = 10.0,
+        reconcile_timeout_s: float = 5.0,
+        state_ttl_s: float = 10.0,
+        breaker_failures: int = 3,
+        breaker_cooldown_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._send_timeout_s = send_timeout_s
+        self._reconcile_timeout_s = reconcile_timeout_s
+        self._state_ttl_s = state_ttl_s
+        self._breaker_failures = breaker_failures
+        self._breaker_cooldown_s = breaker_cooldown_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._states: dict[str, _CachedState] = {}
+        self._state_locks: dict[str, asyncio.Lock] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, session: aiohttp.ClientSession) -> WhatsAppClient:
+        return cls(
+            session=session,
+            base_url=settings.whatsapp_base_url,
+            api_key=settings.whatsapp_key(),
+            send_timeout_s=settings.send_timeout_s,
+            reconcile_timeout_s=settings.reconcile_timeout_s,
+            state_ttl_s=settings.inbox_state_ttl_s,
+            breaker_failures=settings.inbox_breaker_failures,
+            breaker_cooldown_s=settings.inbox_breaker_cooldown_s,
+        )
+
+    # --- connection state -----------------------------------------------------------------
+
+    async def ensure_connected(self, instance: str) -> None:
+        """Raise unless `instance` can send; asks the gateway at most once per `state_ttl_s`.
+
+        Meant to be called before generating, so no AI budget is spent for an inbox that is
+        down. Only a peek at the breaker here: `send_text` claims the half-open trial.
+        """
+        breaker = self._breakers.get(instance)
+        now = self._clock()
+        if breaker is not None and breaker.current_state(now) == "open":
+            raise InboxUnavailableError(
+                f"inbox {instance!r} is failing sends; paused", retry_after_s=breaker.retry_after_s(now)
+            )
+        state = await self._connection_state(instance)
+        if state != CONNECTED_STATE:
+            raise InboxUnavailableError(f"inbox {instance!r} is not connected (state {state!r})")
+
+    def invalidate(self, instance: str) -> None:
+        """Forget the cached state so the next `ensure_connected` asks the gateway again."""
+        self._states.pop(instance, None)
+
+    def breaker_states(self) -> dict[str, str]:
+        now = self._clock()
+        return {instance: breaker.current_state(now) for instance, breaker in self._breakers.items()}
+
+    async def _connection_state(self, instance: str) -> str:
+        cached = self._fresh_state(instance)
+        if cached is None:
+            # One request per instance even when a whole batch asks at once: the others
+            # wait for it and then read the cache, failures included, so a gateway that
+            # times out costs one timeout per TTL, not one per waiting message.
+            async with self._state_locks.setdefault(instance, asyncio.Lock()):
+                cached = self._fresh_state(instance)
+                if cached is None:
+                    cached = await self._fetch_and_cache_state(instance)
+        if cached.state is None:
+            raise InboxUnavailableError(cached.unavailable_reason)
+        return cached.state
+
+    async def _fetch_and_cache_state(self, instance: str) -> _CachedState:
+        try:
+            state = await self._fetch_state(instance)
+        except InboxUnavailableError as exc:
+            cached = _CachedState(state=None, unavailable_reason=str(exc), fetched_at=self._clock())
+        else:
+            cached = _CachedState(state=state, unavailable_reason=None, fetched_at=self._clock())
+        self._states[instance] = cached
+        return cached
+
+    def _fresh_state(self, instance: str) -> _CachedState | None:
+        cached = self._states.get(instance)
+        if cached is None or self._clock() - cached.fetched_at >= self._state_ttl_s:
+            return None
+        return cached
+
+    async def _fetch_state(self, instance: str) -> str:
+        url = f"{self._base_url}/instance/connectionState/{quote(instance, safe='')}"
+        try:
+            async with self._session.get(
+                url,
+                headers={"apikey": self._api_key},
+                timeout=aiohttp.ClientTimeout(total=self._send_timeout_s),
+            ) as response:
+                status, body = response.status, await response.read()
+        except TimeoutError as exc:
+            raise InboxUnavailableError(f"connection state of {instance!r} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise InboxUnavailableError(f"gateway unreachable: {type(exc).__name__}") from exc
+        if status == 404:
+            raise InvalidConfigError(f"WhatsApp instance {instance!r} does not exist on the gateway")
+        if status in (401, 403):
+            raise FatalError(f"WhatsApp gateway refused our API key ({status})")
+        if status != 200:
+            raise InboxUnavailableError(f"connection state of {instance!r} unavailable ({status})")
+        data = json_object(body)
+        inner = data.get("instance") if data else None
+        state = inner.get("state") if isinstance(inner, Mapping) else None
+        if not isinstance(state, str):
+            raise InboxUnavailableError(f"connection state of {instance!r} unreadable")
+        return state
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def send_text(self, *, instance: str, number: str, text: str, delay_ms: int = 0) -> SendReceipt:
+        """Send one bubble. A receipt means the gateway took it: never send that part again."""
+        breaker = self._breakers.setdefault(
+            instance,
+            CircuitBreaker(failure_threshold=self._breaker_failures, cooldown_s=self._breaker_cooldown_s),
+        )
+        now = self._clock()
+        if not breaker.allow(now):
+            raise InboxUnavailableError(
+                f"inbox {instance!r} is failing sends; paused", retry_after_s=breaker.retry_after_s(now)
+            )
+        payload: dict[str, Any] = {"number": number, "text": text}
+        if delay_ms > 0:
+            payload["delay"] = delay_ms
+        # Evolution holds the HTTP call open while it shows "typing…" for `delay` ms.
+        timeout_s = self._send_timeout_s + max(0, delay_ms) / 1000.0
+        try:
+            receipt = await self._post_text(instance, number, payload, timeout_s)
+        except InboxUnavailableError:
+            self._inbox_failed(instance, breaker)
+            raise
+        except BaseException:
+            breaker.record_neutral()
+            raise
+        breaker.record_success(self._clock())
+        return receipt
+
+    # --- reconciling uncertain sends ---------------------------------------------------------
+
+    async def find_sent(self, *, instance: str, number: str, text: str, since_epoch_s: float) -> bool:
+        """Whether the gateway lists a message from us to `number` with exactly `text`, sent at
+        or after `since_epoch_s` (less `RECONCILE_CLOCK_SKEW_S`).
+
+        Evolution API v2 ``POST /chat/findMessages/{instance}`` lists a chat's stored messages,
+        newest first, by page. True: the uncertain part was delivered (count it sent). False:
+        the gateway answered and has no such message. Raises `ReconcileUnavailableError` when
+        it cannot answer (error, timeout, unreadable body): the caller's policy decides.
+        Needs a gateway that stores sent messages (Evolution: DATABASE_SAVE_DATA_NEW_MESSAGE).
+        """
+        jid = f"{''.join(ch for ch in number if ch.isdigit())}@s.whatsapp.net"
+        oldest_wanted = since_epoch_s - RECONCILE_CLOCK_SKEW_S
+        for page in range(1, RECONCILE_MAX_PAGES + 1):
+            data = await self._find_messages(instance, {"where": {"key": {"remoteJid": jid}}, "page": page})
+            records, pages = _message_records(data)
+            if records is None:
+                raise ReconcileUnavailableError(f"findMessages on {instance!r} answered an unreadable body")
+            oldest_on_page: float | None = None
+            for record in records:
+                stamp = _record_timestamp(record)
+                if stamp is not None:
+                    oldest_on_page = stamp if oldest_on_page is None else min(oldest_on_page, stamp)
+                if _is_our_copy(record, jid=jid, text=text) and (stamp is None or stamp >= oldest_wanted):
+                    return True
+            older_than_wanted = oldest_on_page is not None and oldest_on_page < oldest_wanted
+            if not records or page >= pages or older_than_wanted:
+                return False
+        return False
+
+    async def _find_messages(self, instance: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self._base_url}/chat/findMessages/{quote(instance, safe='')}"
+        try:
+            async with self._session.post(
+                url,
+                json=body,
+                headers={"apikey": self._api_key},
+                timeout=aiohttp.ClientTimeout(total=self._reconcile_timeout_s),
+            ) as response:
+                status, raw = response.status, await response.read()
+        except TimeoutError as exc:
+            raise ReconcileUnavailableError(f"findMessages on {instance!r} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise ReconcileUnavailableError(f"findMessages unreachable: {type(exc).__name__}") from exc
+        data = json_object(raw)
+        if status not in (200, 201) or data is None:
+            raise ReconcileUnavailableError(f"findMessages on {instance!r} answered {status}")
+        return data
+
+    def _inbox_failed(self, instance: str, breaker: CircuitBreaker) -> None:
+        was_open = breaker.state == "open"
+        breaker.record_failure(self._clock())
+        self.invalidate(instance)
+        if breaker.state == "open" and not was_open:
+            logger.warning(
+                "inbox {!r}: circuit breaker opened after {} dead-socket sends; pausing {}s",
+                instance,
+                breaker.consecutive_failures,
+                breaker.cooldown_s,
+            )
+
+    async def _post_text(
+        self, instance: str, number: str, payload: dict[str, Any], timeout_s: float
+    ) -> SendReceipt:
+        url = f"{self._base_url}/message/sendText/{quote(instance, safe='')}"
+        try:
+            async with self._session.post(
+                url,
+                json=payload,
+                headers={"apikey": self._api_key},
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                status, body = response.status, await response.read()
+                content_type = response.content_type
+                headers = response.headers
+        except aiohttp.ConnectionTimeoutError as exc:
+            # Never connected, so nothing was written: a plain timeout, safe to resend.
+            raise ProviderTimeoutError(
+                f"WhatsApp gateway did not accept a connection within {timeout_s:g}s"
+            ) from exc
+        except TimeoutError as exc:
+            # Ambiguous: the gateway may have sent it. The part is uncertain (reconciled later).
+            raise SendTimedOutError(f"WhatsApp send did not answer within {timeout_s:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ProviderUnavailableError(f"WhatsApp gateway unreachable: {type(exc).__name__}") from exc
+        except aiohttp.ClientError as exc:
+            # Connected and (at least partly) written, then reset or closed before the answer.
+            raise SendOutcomeUnknownError(
+                f"WhatsApp send lost its connection before the answer: {type(exc).__name__}"
+            ) from exc
+        if status in (200, 201):
+            data = json_object(body)
+            if data is not None and data.get("error") and not isinstance(data.get("key"), Mapping):
+                # An explicit error and no message key: the gateway (or a proxy in front of
+                # it) says it did not send. Not an acknowledgement, so the part is retried.
+                reason = self._provider_text(data, body)
+                raise ProviderUnavailableError(f"WhatsApp gateway answered {status} with an error: {reason}")
+            return _receipt_from(body)
+        raise self._send_error(instance, number, status, content_type, headers, body)
+
+    def _send_error(
+        self,
+        instance: str,
+        number: str,
+        status: int,
+        content_type: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Exception:
+        data = json_object(body)
+        message = self._provider_text(data, body)
+        lowered = message.lower()
+        if status != 429 and any(marker in lowered for marker in BAN_MARKERS):  # issue 13
+            return InboxBannedError(f"inbox {instance!r} is banned: {message}", kind="banned")
+        if status != 429 and any(marker in lowered for marker in LOGOUT_MARKERS):  # issue 13
+            return InboxBannedError(f"inbox {instance!r} was logged out: {message}", kind="logged_out")
+        if status in (401, 403):
+            return FatalError(f"WhatsApp gateway refused our API key ({status})")
+        if status == 429:
+            retry_after_s = parse_retry_after_s(headers, now_epoch_s=self._wall_clock())
+            return RateLimitedError(
+                f"WhatsApp gateway rate limited (429): {message}", retry_after_s=retry_after_s
+            )
+        if data is None and (content_type == "text/html" or body.lstrip().startswith(b"<")):
+            return ProviderUnavailableError(f"WhatsApp gateway answered {status} with an HTML page")
+        if status >= 500:
+            if DEAD_SOCKET_MARKER in message.lower():
+                return InboxUnavailableError(f"inbox {instance!r} lost its WhatsApp connection: {message}")
+            return ProviderUnavailableError(f"WhatsApp gateway unavailable ({status}): {message}")
+        if status == 404:
+            return InvalidConfigError(f"WhatsApp instance {instance!r} does not exist on the gateway")
+        if status == 400 and _not_on_whatsapp(data):
+            return InvalidLeadError(f"{mask_phone(number)} is not on WhatsApp")
+        if status in (400, 422):
+            return ProviderRejectedError(f"WhatsApp gateway rejected the message ({status}): {message}")
+        return ProviderUnavailableError(f"WhatsApp gateway answered {status}: {message}")
+
+    def _provider_text(self, data: Mapping[str, Any] | None, body: bytes) -> str:
+        """Evolution nests its reason in ``response.message`` (a string or a list); mask phones."""
+        text = ""
+        if data is not None:
+            response = data.get("response")
+            reason = response.get("message") if isinstance(response, Mapping) else data.get("message")
+            if reason is None:
+                reason = data.get("error")
+            if reason is not None:
+                text = reason if isinstance(reason, str) else json.dumps(reason, ensure_ascii=False)
+        return provider_text(text, body, api_key=self._api_key)
+
+
+def _not_on_whatsapp(data: Mapping[str, Any] | None) -> bool:
+    response = data.get("response") if data else None
+    entries = response.get("message") if isinstance(response, Mapping) else None
+    if not isinstance(entries, list):
+        return False
+    return any(isinstance(entry, Mapping) and entry.get("exists") is False for entry in entries)
+
+
+def _receipt_from(body: bytes) -> SendReceipt:
+    """A 2xx is an acknowledgement even if its body is odd: resending would risk a duplicate."""
+    data = json_object(body) or {}
+    key = data.get("key")
+    message_id = key.get("id") if isinstance(key, Mapping) else None
+    status = data.get("status")
+    return SendReceipt(
+        message_id=message_id if isinstance(message_id, str) and message_id else None,
+        status=status if isinstance(status, str) and status else "UNKNOWN",
+    )
+
+
+def _message_records(data: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]] | None, int]:
+    """``{"messages": {"pages", "records": [...]}}`` → (records, pages); None when unreadable."""
+    messages = data.get("messages")
+    if not isinstance(messages, Mapping):
+        return None, 0
+    records = messages.get("records")
+    if not isinstance(records, list):
+        return None, 0
+    pages = messages.get("pages")
+    return [r for r in records if isinstance(r, Mapping)], pages if isinstance(pages, int) else 1
+
+
+def _record_timestamp(record: Mapping[str, Any]) -> float | None:
+    stamp = record.get("messageTimestamp")
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float | str):
+        return None
+    try:
+        return float(stamp)
+    except ValueError:
+        return None
+
+
+def _is_our_copy(record: Mapping[str, Any], *, jid: str, text: str) -> bool:
+    key = record.get("key")
+    if not isinstance(key, Mapping) or key.get("fromMe") is not True:
+        return False
+    remote = key.get("remoteJid")
+    if isinstance(remote, str) and remote != jid:
+        return False
+    message = record.get("message")
+    if not isinstance(message, Mapping):
+        return False
+    extended = message.get("extendedTextMessage")
+    extended_text = extended.get("text") if isinstance(extended, Mapping) else None
+    return text in (message.get("conversation"), extended_text)
