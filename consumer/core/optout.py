@@ -53,6 +53,7 @@ STOP_PHRASES: frozenset[str] = frozenset(
         "baja",
         "darme de baja",
         "alto",
+        "detener",
         "no mas",
         "no mas mensajes",
         "no quiero",

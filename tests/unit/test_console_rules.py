@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from consumer.core.optout import is_opt_out_reply
 from consumer.ops.console import auth
 from consumer.ops.console.filters import FilterError, parse_dry_run, parse_filter
-from consumer.ops.console.optout import is_opt_out
 from consumer.ops.console.sampler import Sampler
 
 TOKENS = auth.Tokens(admin="admin-secret-1234", read="read-secret-1234")
@@ -114,7 +114,7 @@ def test_dry_run_refuses_anything_else() -> None:
 
 @pytest.mark.parametrize("text", ["STOP", "stop.", " Pare ", "SAIR!", "não quero", "Unsubscribe", "baja"])
 def test_opt_out_replies(text: str) -> None:
-    assert is_opt_out(text)
+    assert is_opt_out_reply(text)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_opt_out_replies(text: str) -> None:
     [None, "", "don't stop", "stop by tomorrow please", "Thanks!", "quero sair mais cedo hoje", "x" * 80],
 )
 def test_other_replies_are_not_opt_outs(text: str | None) -> None:
-    assert not is_opt_out(text)
+    assert not is_opt_out_reply(text)
 
 
 async def test_one_read_serves_every_subscriber() -> None:

@@ -2,6 +2,6 @@
 
 Layers, top to bottom: `app` (aiohttp routes, auth, headers) → `sampler` (one shared reader
 per process feeding every open page) → `store` (the only module that issues queries, all
-named in db/console_queries.sql). `auth`, `filters` and `optout` are pure decisions with
-unit tests of their own.
+named in db/console_queries.sql). `auth` and `filters` are pure decisions with unit tests
+of their own; the webhook asks `core.optout` whether a reply is a STOP.
 """

@@ -28,11 +28,11 @@ from aiohttp import web
 from loguru import logger
 from psycopg_pool import PoolTimeout
 
+from ...core.optout import is_opt_out_reply
 from ...errors import one_line
 from ..replay import DEFAULT_BATCH_SIZE
 from . import auth
 from .filters import REPLAY_KEYS, FilterError, parse_dry_run, parse_filter
-from .optout import is_opt_out
 from .sampler import Sampler
 from .store import AI_BUDGET, RUN_TRANSITIONS, Actor, ConflictError, NotFoundError, Store
 
@@ -459,7 +459,7 @@ async def _webhook_evolution(request: web.Request) -> web.StreamResponse:
         opted_out = 0
         for message in data if isinstance(data, list) else [data]:
             phone, text = _inbound_text(message)
-            if phone and is_opt_out(text):
+            if phone and is_opt_out_reply(text):
                 opted_out += await asyncio.to_thread(
                     store.record_opt_out, instance, phone, actor=WEBHOOK_ACTOR
                 )
