@@ -83,7 +83,7 @@ async def test_a_lease_that_expires_mid_message_stops_the_old_holder_before_its_
             # What pgmq.read does for the next holder: a new read_ct, a new visibility timeout.
             holder.execute(
                 "UPDATE pgmq.q_campaign_messages SET read_ct = read_ct + 1, "
-                "vt = clock_timestamp() + interval '60 seconds', last_read_at = clock_timestamp() "
+                "vt = clock_timestamp() + interval '60 seconds' "
                 "WHERE msg_id = %s",
                 (msg_id,),
             )
