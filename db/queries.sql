@@ -4,6 +4,16 @@
 -- name: enqueue_due
 SELECT enqueue_due_campaign_messages(%(limit)s::integer);
 
+-- name: enqueue_due_with_target
+-- The same call with the just-in-time target (0008) set for this statement's transaction
+-- only: one statement, so behind a transaction pooler it runs on one server connection, and
+-- the MATERIALIZED CTE is read (settings applied) before the producer function runs.
+WITH target AS MATERIALIZED (
+    SELECT set_config('campaignq.queue_horizon_s', %(horizon_s)s::text, true),
+           set_config('campaignq.queue_min_depth', %(min_depth)s::text, true)
+)
+SELECT enqueue_due_campaign_messages(%(limit)s::integer) FROM target;
+
 -- name: grant_worker_role
 -- Least privilege for `campaignq consume`: read context, update its messages and their
 -- runs, and drive the two queues. No DDL, no DELETE on business tables, no sequences (PGMQ's

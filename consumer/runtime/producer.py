@@ -32,17 +32,21 @@ def enqueue_due(
     """One producer call in its own transaction; returns how many messages it queued.
 
     `horizon_s` / `min_depth` are the just-in-time target of the fair-share producer (see
-    db/migrations/0008), set with `set_config(…, true)` inside the call's own transaction:
-    behind a transaction pooler a session setting would land on whichever server connection
-    ran it, not on the next one. Left out, the SQL reads the database's settings
-    (`ALTER DATABASE … SET campaignq.queue_horizon_s = …`) or 0008's defaults — as pg_cron does.
+    db/migrations/0008), set for this call's own transaction in the same statement: behind a
+    transaction pooler a session setting would stay on whichever server connection ran it.
+    Left out, the SQL reads the database's settings (`ALTER DATABASE … SET
+    campaignq.queue_horizon_s = …`) or 0008's defaults — as pg_cron does.
     """
     with conn.transaction():
-        if horizon_s is not None:
-            conn.execute("SELECT set_config('campaignq.queue_horizon_s', %s, true)", (str(horizon_s),))
-        if min_depth is not None:
-            conn.execute("SELECT set_config('campaignq.queue_min_depth', %s, true)", (str(min_depth),))
-        row = conn.execute(query("enqueue_due"), {"limit": limit}).fetchone()
+        if horizon_s is None and min_depth is None:
+            row = conn.execute(query("enqueue_due"), {"limit": limit}).fetchone()
+        else:
+            params = {
+                "limit": limit,
+                "horizon_s": str(horizon_s if horizon_s is not None else 15.0),
+                "min_depth": str(min_depth if min_depth is not None else 500),
+            }
+            row = conn.execute(query("enqueue_due_with_target"), params).fetchone()
     return int(str(row[0])) if row else 0
 
 

@@ -19,6 +19,7 @@ import pytest
 from consumer import sql as sqlfiles
 from consumer.core.fairshare import fair_split
 from consumer.devtools.seeding import Campaign, Seeder
+from tests.cli import run_cli
 from tests.unit.test_fairshare import FAIR_SPLIT_TABLE
 
 ROOM = 30
@@ -221,3 +222,15 @@ def test_each_row_queued_once_with_fairness_across_many_calls(
     assert len(ids) == len(set(ids)) == 333
     assert set(ids) == {str(m) for c in campaigns for m in c.message_ids}
     assert uuid.UUID(ids[0])
+
+
+@pytest.mark.parametrize(("env", "expected"), [({"CAMPAIGNQ_QUEUE_MIN_DEPTH": "7"}, 7), ({}, 12)])
+def test_produce_once_applies_the_just_in_time_target_from_its_settings(
+    database_url: str, seed: Seeder, env: dict[str, str], expected: int
+) -> None:
+    """`campaignq produce` hands its settings to the SQL for its own transaction only (one
+    statement, pooler-safe): a floor of 7 queues 7 of 12 due; the default floor (500) all."""
+    seed.campaign(12)
+    result = run_cli("produce", "--once", database_url=database_url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(expected)

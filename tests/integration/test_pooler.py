@@ -135,14 +135,19 @@ async def test_the_producer_loop_keeps_running_through_pgbouncer(
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         later = seed.campaign(3)
-        await wait_until(
-            lambda: seed.statuses(later.run_id) == {"queued": 3}, what="rows queued after the cut"
-        )
+        queued_after_cut = True
+        try:
+            await wait_until(
+                lambda: seed.statuses(later.run_id) == {"queued": 3}, what="rows queued after the cut"
+            )
+        except AssertionError:
+            queued_after_cut = False
         process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 30)
     finally:
         process.kill()
         _, err = process.communicate()
+    assert queued_after_cut, f"no rows queued after the cut; the producer said: {err}"
     assert code == 0, err
     assert "lost the database" not in err and "prepared statement" not in err, err
     assert queue_count(db) == 4
