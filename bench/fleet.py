@@ -18,8 +18,14 @@ everything the message costs in the process, database round trips included.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -27,6 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -119,18 +126,25 @@ def consumer_env(
     return child_env(env)
 
 
-def start_consumers(env: Mapping[str, str], count: int, *, label: str) -> list[ConsumerProcess]:
-    """`count` processes of `campaignq consume`, each with a metrics port; returns once all are reading."""
+def start_consumers(
+    env: Mapping[str, str], count: int, *, label: str, tree: Path | None = None
+) -> list[ConsumerProcess]:
+    """`count` processes of `campaignq consume`, each with a metrics port; returns once all are reading.
+
+    With `tree` (a source tree such as `baseline_tree`'s), the consumers import *that* tree's
+    `consumer` package instead of this checkout's (see `spawn_in_tree`).
+    """
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     consumers: list[ConsumerProcess] = []
     for index in range(count):
         port = free_port()
-        child = spawn(
-            f"{label}-consumer-{index + 1}",
-            ["consume", "--metrics-port", str(port)],
-            env={**env, "CAMPAIGNQ_LOG_JSON": "false"},
-            log_dir=LOG_DIR,
-        )
+        name = f"{label}-consumer-{index + 1}"
+        args = ["consume", "--metrics-port", str(port)]
+        child_env_ = {**env, "CAMPAIGNQ_LOG_JSON": "false"}
+        if tree is None:
+            child = spawn(name, args, env=child_env_, log_dir=LOG_DIR)
+        else:
+            child = spawn_in_tree(name, ["-m", "consumer.cli", *args], env=child_env_, tree=tree)
         consumers.append(ConsumerProcess(child.name, child.process, child.log_path, port))
     deadline = time.monotonic() + READY_TIMEOUT_S
     for consumer in consumers:
@@ -143,6 +157,261 @@ def start_consumers(env: Mapping[str, str], count: int, *, label: str) -> list[C
             time.sleep(0.05)
     time.sleep(0.2)  # the LISTEN connection: the queueing NOTIFY must find it subscribed
     return consumers
+
+
+def spawn_in_tree(name: str, args: Sequence[str], *, env: Mapping[str, str], tree: Path | None) -> Child:
+    """``python ARGS`` (this interpreter) importing packages from `tree` first, output to a log.
+
+    `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: so the
+    child runs *in* `tree` (or, without one, in this checkout) with ``PYTHONPATH=tree``, and
+    this checkout's editable install (a site-packages .pth, after PYTHONPATH) loses.
+    """
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{name}.log"
+    cwd = tree or REPO_ROOT
+    full_env = dict(env)
+    if tree is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return Child(name, process, log_path)
+
+
+# --- the baseline tree ("before") -------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASELINE_REF_ENV = "BENCH_BASELINE_REF"
+# The tree before issue 15 (consumer CPU per message): "before" in before/after comparisons.
+BASELINE_REF = "bcfb24a"
+
+
+def baseline_ref() -> str:
+    return os.environ.get(BASELINE_REF_ENV) or BASELINE_REF
+
+
+@functools.cache
+def baseline_tree(ref: str | None = None) -> Path:
+    """`ref`'s files (``git archive REF | tar -x``) in a temporary folder removed at exit.
+
+    Run with `spawn_in_tree` / ``start_consumers(tree=…)``: those processes import the old
+    `consumer` package against the database this checkout migrated (migrations only add, and
+    old SQL functions stay). Raises RuntimeError when git or the ref is not there, and checks
+    that a child really imports the old tree.
+    """
+    import atexit
+
+    ref = ref or baseline_ref()
+    git = shutil.which("git")
+    if git is None:
+        raise RuntimeError(
+            f"git is not installed: cannot extract the baseline tree {ref} (set {BASELINE_REF_ENV})"
+        )
+    folder = Path(tempfile.mkdtemp(prefix=f"campaignq-baseline-{ref[:12]}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    archive = subprocess.run(
+        [git, "-C", str(REPO_ROOT), "archive", "--format=tar", ref], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(
+            f"git archive {ref} failed in {REPO_ROOT} ({archive.stderr.decode(errors='replace').strip()}); "
+            f"is this a git checkout with that commit? (set {BASELINE_REF_ENV})"
+        )
+    subprocess.run(
+        ["tar", "-x", "-C", str(folder)],
+        input=archive.stdout,
+        check=True,
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import consumer; print(consumer.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(folder)},
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if not Path(probe.stdout.strip()).resolve().is_relative_to(folder.resolve()):
+        raise RuntimeError(f"a child in {folder} imports {probe.stdout.strip()}, not the baseline tree")
+    return folder
+
+
+def baseline_commit(ref: str | None = None) -> str | None:
+    """The full commit id `ref` names (recorded beside the results), or None without git."""
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", ref or baseline_ref()],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    return None
+
+
+# --- the Python floor -------------------------------------------------------------------------
+
+
+def start_floor(
+    url: str, ai_base_url: str, whatsapp_base_url: str, *, concurrency: int, batch: int, label: str
+) -> Child:
+    """``python -m bench.floor_loop`` (see bench/floor_loop.py) on `url`'s queue; returns at once:
+    the loop polls an empty queue, so messages queued afterwards are found."""
+    return spawn_in_tree(
+        f"{label}-floor",
+        [
+            "-m",
+            "bench.floor_loop",
+            "--database-url",
+            url,
+            "--ai-base-url",
+            ai_base_url,
+            "--ai-key",
+            AI_KEY,
+            "--whatsapp-base-url",
+            whatsapp_base_url,
+            "--whatsapp-key",
+            WHATSAPP_KEY,
+            "--concurrency",
+            str(concurrency),
+            "--batch",
+            str(batch),
+        ],
+        env=child_env({}),
+        tree=None,
+    )
+
+
+# --- governance on (issue 15: the measured setup keeps its checks) ----------------------------
+
+SHARED_AI_BUDGET_RPM = 100_000_000  # a shared budget row that never binds
+WORKSPACE_WEIGHT = 3
+
+
+def governance_on(url: str, run_ids: Sequence[uuid.UUID]) -> dict[str, Any]:
+    """Shared AI budget (`campaignq limits set ai N`, as its query), a workspace weight, and an
+    open send window (now ± 6 h, UTC, so it wraps midnight half the day) on the runs' configs."""
+    from consumer.sql import query
+
+    now = dt.datetime.now(dt.UTC)
+    start = (now - dt.timedelta(hours=6)).time().replace(microsecond=0)
+    end = (now + dt.timedelta(hours=6)).time().replace(microsecond=0)
+    with common.connect(url) as conn, conn.transaction():
+        conn.execute(query("limits_set"), {"name": "ai", "rpm": SHARED_AI_BUDGET_RPM})
+        workspaces = conn.execute(
+            "UPDATE campaign_configs c SET send_window_start = %s, send_window_end = %s, timezone = 'UTC' "
+            "  FROM campaign_runs r WHERE r.config_id = c.id AND r.id = ANY(%s) RETURNING c.workspace_id",
+            (start, end, list(run_ids)),
+        ).fetchall()
+        for (workspace_id,) in set(workspaces):
+            conn.execute(query("weights_set"), {"workspace_id": workspace_id, "weight": WORKSPACE_WEIGHT})
+    return {
+        "shared_ai_budget_rpm": SHARED_AI_BUDGET_RPM,
+        "workspace_weight": WORKSPACE_WEIGHT,
+        "send_window_utc": f"{start}-{end}",
+        "producer": "just in time at 0008's defaults (horizon 15 s, min depth 500), ticking every "
+        f"{PRODUCER_TICK_S:g} s",
+    }
+
+
+PRODUCER_TICK_S = 0.25
+
+
+class ProducerThread:
+    """The producer's loop (`enqueue_due_campaign_messages`, just in time at the database's
+    defaults) in a thread of the benchmark: its work is PostgreSQL's, counted there."""
+
+    def __init__(self, url: str, *, tick_s: float = PRODUCER_TICK_S, batch: int = 5000) -> None:
+        self._url = url
+        self._tick_s = tick_s
+        self._batch = batch
+        self._stop = threading.Event()
+        self.queued = 0
+        self.calls = 0
+        self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def _run(self) -> None:
+        from consumer.runtime.producer import enqueue_due
+
+        with common.connect(self._url) as conn:
+            while not self._stop.is_set():
+                queued = enqueue_due(conn, self._batch)
+                self.calls += 1
+                self.queued += queued
+                if queued < self._batch:
+                    self._stop.wait(self._tick_s)
+
+    def __enter__(self) -> ProducerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- what the database did --------------------------------------------------------------------
+
+
+def enable_function_tracking(url: str) -> None:
+    """``ALTER DATABASE … SET track_functions = 'all'``: new sessions count every call of a
+    PL/pgSQL or SQL function (top level and nested) in pg_stat_user_functions."""
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
+    dbname = str(conninfo_to_dict(url).get("dbname"))
+    with contextlib.suppress(Exception), common.connect(url) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET track_functions = 'all'").format(sql.Identifier(dbname)))
+
+
+@dataclass
+class DbCounters:
+    transactions: int
+    function_calls: dict[str, int]
+    statements: int | None  # pg_stat_statements calls, when that extension is installed
+
+    def minus(self, before: DbCounters) -> DbCounters:
+        return DbCounters(
+            transactions=self.transactions - before.transactions,
+            function_calls={
+                k: v - before.function_calls.get(k, 0)
+                for k, v in self.function_calls.items()
+                if v - before.function_calls.get(k, 0)
+            },
+            statements=None
+            if self.statements is None or before.statements is None
+            else self.statements - before.statements,
+        )
+
+
+def db_counters(url: str) -> DbCounters:
+    """Committed + rolled-back transactions of this database, its function calls and (when
+    available) pg_stat_statements' call count. Read in a fresh snapshot; a backend flushes its
+    counters at most once a second and at exit, so read after the measured processes stopped."""
+    with common.connect(url) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        functions = {
+            f"{schema}.{name}": int(calls)
+            for schema, name, calls in conn.execute(
+                "SELECT schemaname, funcname, sum(calls) FROM pg_stat_user_functions GROUP BY 1, 2"
+            ).fetchall()
+        }
+        statements: int | None = None
+        with contextlib.suppress(Exception):
+            found = conn.execute(
+                "SELECT sum(calls) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                "WHERE d.datname = current_database()"
+            ).fetchone()
+            statements = int(found[0]) if found and found[0] is not None else None
+    return DbCounters(int(row[0]) if row else 0, functions, statements)
 
 
 def _answers(port: int) -> bool:
@@ -368,7 +637,7 @@ def wait_terminal(
     total: int,
     *,
     timeout_s: float,
-    watch: Sequence[ConsumerProcess] = (),
+    watch: Sequence[Child] = (),
     on_poll: Any = None,
 ) -> int:
     deadline = time.monotonic() + timeout_s
