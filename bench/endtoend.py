@@ -324,7 +324,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         0.01,
         0.01,
         f"{machine['cpu_model']}, {machine['cpu_logical']} CPUs, PostgreSQL {machine['postgresql']}; "
-        f"AI {result['params']['ai_latency_s']:g} s, send {result['params']['send_latency_s']:g} s, split on",
+        f"AI {result['params']['ai_latency_s']:g} s, send {result['params']['send_latency_s']:g} s, "
+        f"split on, governance on; load at start {result['load_at_start']['load_1m']}",
         fontsize=7,
     )
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
