@@ -437,7 +437,8 @@ def _report(
         "just-in-time producer at defaults (in the benchmark's thread; its SQL counts as PostgreSQL CPU)",
         f"PostgreSQL target ≤ {POSTGRES_TARGET_MS:g} ms/msg: its CPU includes the producer's queueing",
         "xacts/msg: pg_stat_database commit+rollback deltas minus the producer's calls and our polls; "
-        "fn calls/msg: pg_stat_user_functions (track_functions=all), nested calls included; "
+        "fn calls/msg: pg_stat_user_functions (track_functions=all): nested calls, triggers and "
+        "the producer's calls included; "
         + (
             "statements/msg: pg_stat_statements"
             if statements_known
