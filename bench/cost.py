@@ -566,7 +566,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         0.01,
         0.01,
         f"{machine['cpu_model']}, {machine['cpu_logical']} CPUs (consumer, PostgreSQL, simulator); "
-        f"PostgreSQL {machine['postgresql']}; load at start {load.get('load_1m')}; "
+        f"PostgreSQL {machine['postgresql']}; load at start {load.get('load_1m')}, "
+        f"{result['params'].get('box_cores_busy_during_passes')} cores busy on the box during the passes; "
         f"before = {result['params']['baseline_ref']}; {result['params']['passes']} passes",
         fontsize=7,
     )
