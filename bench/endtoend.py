@@ -18,13 +18,14 @@ over a fixed window from the finish times the database recorded. The AI and the 
 simulators are separate processes so neither is the single-core bottleneck for the other.
 CPU of every process group over the window (consumers, PostgreSQL, simulators, everything
 else on the box) gives cores and ms per message; the consumers' ms/msg is divided by the
-zero-latency "now, split on" median of cost.json (same output folder) when there is one,
-else by a zero-latency measurement taken here. BENCH_E2E_SIDES="now,before" runs each
+zero-latency "now, split on" median of bench/out/cost.json (quick/ with --quick;
+BENCH_E2E_COST_JSON overrides) when there is one, else by a zero-latency measurement
+taken here. BENCH_E2E_SIDES="now,before" runs each
 configuration with the baseline tree too (see `fleet.baseline_tree`).
 
 Sizes: BENCH_E2E_CONFIGS ("3x512/1,3x512/8,4x384/8"), BENCH_E2E_WARMUP_S (20),
 BENCH_E2E_WINDOW_S (40), BENCH_E2E_SIDES ("now"), BENCH_E2E_ZERO_MESSAGES (3,000; the
-zero-latency reference when cost.json is missing).
+zero-latency reference when cost.json is missing), BENCH_E2E_COST_JSON.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _sides() -> list[str]:
 
 def zero_latency_reference(quick: bool, sides: list[str]) -> dict[str, Any]:
     """Consumer CPU ms/msg at zero latency, split on, per side: from cost.json, else measured."""
-    path = (common.OUT_DIR / "quick" if quick else common.OUT_DIR) / "cost.json"
+    default = (common.OUT_DIR / "quick" if quick else common.OUT_DIR) / "cost.json"
+    path = Path(os.environ.get("BENCH_E2E_COST_JSON") or default)
     found: dict[str, float] = {}
     if path.exists():
         document = json.loads(path.read_text(encoding="utf-8"))
