@@ -6,7 +6,7 @@ consumer runs flat out and what it spends per message is its own overhead: the n
 that decides how many messages one core can move. Issue 15's targets: consumer CPU
 ≤ 1.0 ms/msg split off, ≤ 1.5 ms split on, and at most 1.5x the *Python floor* — a
 minimal asyncio + aiohttp + psycopg loop doing the same HTTP calls with batched PGMQ
-reads and archives (bench/floor_loop.py) — measured beside it; PostgreSQL CPU ≤ 1.0 ms/msg.
+reads and archives (bench/floor.py, bench/floor_loop.py) — measured beside it; PostgreSQL CPU ≤ 1.0 ms/msg.
 A number measured on a shared 2-core box moves with the box, so "before" (the tree of
 `fleet.BASELINE_REF`, the state before issue 15) runs in the same invocation, on the same
 server, interleaved with "now" and the floor: the ratios survive the noise that the
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import common, fleet, profile
+from bench import common, fleet, floor, profile
 from consumer.devtools.processes import Child
 
 CONCURRENCY = 64
@@ -122,10 +122,10 @@ def _wait_ready(child: Child, line: str) -> None:
 
 def _start(side: str, url: str, sim: fleet.SimulatorProcess, label: str) -> Child:
     if side == "floor":
-        child = fleet.start_floor(
+        child = floor.start_floor(
             url, sim.ai_base_url, sim.base_url, concurrency=CONCURRENCY, batch=BATCH, label=label
         )
-        _wait_ready(child, "floor: ready")
+        _wait_ready(child, floor.READY_LINE)
         return child
     env = fleet.consumer_env(
         url,

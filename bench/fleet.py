@@ -254,39 +254,6 @@ def baseline_commit(ref: str | None = None) -> str | None:
     return None
 
 
-# --- the Python floor -------------------------------------------------------------------------
-
-
-def start_floor(
-    url: str, ai_base_url: str, whatsapp_base_url: str, *, concurrency: int, batch: int, label: str
-) -> Child:
-    """``python -m bench.floor_loop`` (see bench/floor_loop.py) on `url`'s queue; returns at once:
-    the loop polls an empty queue, so messages queued afterwards are found."""
-    return spawn_in_tree(
-        f"{label}-floor",
-        [
-            "-m",
-            "bench.floor_loop",
-            "--database-url",
-            url,
-            "--ai-base-url",
-            ai_base_url,
-            "--ai-key",
-            AI_KEY,
-            "--whatsapp-base-url",
-            whatsapp_base_url,
-            "--whatsapp-key",
-            WHATSAPP_KEY,
-            "--concurrency",
-            str(concurrency),
-            "--batch",
-            str(batch),
-        ],
-        env=child_env({}),
-        tree=None,
-    )
-
-
 # --- governance on (issue 15: the measured setup keeps its checks) ----------------------------
 
 SHARED_AI_BUDGET_RPM = 100_000_000  # a shared budget row that never binds
