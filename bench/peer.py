@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import psycopg
 
@@ -108,6 +108,74 @@ def require_peer() -> None:
     major, minor = (int(part) for part in procrastinate.__version__.split(".")[:2])
     if (major, minor) < (3, 10):
         raise SystemExit(f"bench peer needs procrastinate>=3.10, found {procrastinate.__version__}")
+
+
+def check_same_request() -> None:
+    """The peer's AI request body is byte-for-byte the one campaignq's `Generator` sends.
+
+    campaignq's real generation path is run against a session that records the request and
+    stops there; a change on either side fails the benchmark instead of skewing it.
+    """
+    import asyncio
+    import json
+
+    import aiohttp
+
+    from bench.peer_app import chat_body
+    from consumer.core.models import CampaignConfig
+    from consumer.runtime.ai import AIClient
+    from consumer.runtime.generation import Generator
+    from consumer.runtime.metrics import ConsumerMetrics
+    from consumer.settings import Settings
+
+    class Recorded(Exception):
+        pass
+
+    sent: list[Any] = []
+
+    class RecordingSession:
+        def post(self, url: str, *, json: Any, **_: Any) -> Any:
+            sent.append(json)
+            raise Recorded
+
+    config = CampaignConfig(
+        id=uuid.uuid4(),
+        workspace_id=uuid.uuid4(),
+        ai_model="openai/gpt-4o-mini",
+        system_prompt="You write short, friendly WhatsApp messages.",
+        split_messages=False,
+        max_parts=3,
+        max_tokens=300,
+        inbox_id=uuid.uuid4(),
+        instance="bench",
+    )
+    lead: dict[str, Any] = {"lead_name": "Lead 7", "custom_fields": {"city": "São Paulo", "plan": "plus"}}
+    session = cast(aiohttp.ClientSession, RecordingSession())
+    ai = AIClient(session=session, base_url="http://127.0.0.1/v1", api_key="k", requests_per_minute=60)
+    generator = Generator(
+        ai=ai, settings=Settings(database_url="postgresql:///unused"), metrics=ConsumerMetrics()
+    )
+    with contextlib.suppress(Exception):
+        asyncio.run(
+            generator.generate(
+                config,
+                lead_name=lead["lead_name"],
+                custom_fields=lead["custom_fields"],
+                on_stage=lambda _: None,
+                log_id="check",
+            )
+        )
+    peer = chat_body(
+        {
+            **lead,
+            "system_prompt": config.system_prompt,
+            "config_id": config.id,
+            "ai_model": config.ai_model,
+            "max_tokens": config.max_tokens,
+        }
+    )
+    if not sent or json.dumps(sent[0]) != json.dumps(peer):
+        raise SystemExit(f"bench peer: the peer's AI request differs from campaignq's:\n{sent[:1]}\n{peer}")
 
 
 # --- the seeded data ----------------------------------------------------------------------------
@@ -525,6 +593,7 @@ def template(s: Sizes) -> Iterator[tuple[str, Seeded]]:
 
 def run(quick: bool) -> dict[str, Any]:
     require_peer()
+    check_same_request()
     load = fleet.other_load()
     s = sizes(quick)
     sides: dict[str, Side] = {"campaignq": Campaignq(), "procrastinate": Procrastinate()}
