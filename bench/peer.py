@@ -42,7 +42,8 @@ How (same run, interleaved A, B, A, B … for `BENCH_PEER_PASSES` passes; median
    one send per message at the simulator, no duplicate send.
 
 Sizes: BENCH_PEER_MESSAGES (3,000), BENCH_PEER_LATENCY_MESSAGES (400), BENCH_PEER_AI_LATENCY_S
-(1.0), BENCH_PEER_PASSES (2), BENCH_PEER_PROBES (3 single-message probes per pass).
+(1.0), BENCH_PEER_PASSES (2), BENCH_PEER_PROBES (3 single-message probes per pass),
+BENCH_PEER_POOL_MAX_SIZE (16 connections per worker, both sides).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ from consumer.devtools.processes import child_env
 from consumer.devtools.seeding import Seeder
 
 CONCURRENCY = 64
-POOL_MAX_SIZE = 16  # both sides: campaignq's db_pool_max_size, the peer's psycopg pool max_size
+# Both sides: campaignq's db_pool_max_size, the peer's psycopg pool max_size.
+POOL_MAX_SIZE = fleet.env_int("BENCH_PEER_POOL_MAX_SIZE", 16)
 COLD_MESSAGES = 64
 JITTER = 0.1  # as the other benchmarks: AI latency ± 10 %
 LITTLE_GOAL = 0.90
@@ -89,7 +91,7 @@ class Sizes:
 
 def sizes(quick: bool) -> Sizes:
     return Sizes(
-        messages=fleet.env_int("BENCH_PEER_MESSAGES", 300 if quick else 3_000),
+        messages=fleet.env_int("BENCH_PEER_MESSAGES", 200 if quick else 3_000),
         latency_messages=fleet.env_int("BENCH_PEER_LATENCY_MESSAGES", 128 if quick else 400),
         ai_latency_s=fleet.env_floats("BENCH_PEER_AI_LATENCY_S", [1.0])[0],
         passes=fleet.env_int("BENCH_PEER_PASSES", 2),
@@ -459,8 +461,10 @@ class Cpu:
     simulator: float
 
     @classmethod
-    def read(cls, worker: fleet.ConsumerProcess, url: str, sim: fleet.SimulatorProcess) -> Cpu:
-        return cls(fleet.cpu_seconds(worker.pid), fleet.postgres_cpu_s(url), sim.cpu_s())
+    def read(cls, worker: fleet.ConsumerProcess, sim: fleet.SimulatorProcess) -> Cpu:
+        # The server's processes are found through the admin database, so reading them adds
+        # no connection (and no transaction) to the measured one.
+        return cls(fleet.cpu_seconds(worker.pid), fleet.postgres_cpu_s(common.admin_url()), sim.cpu_s())
 
     def __sub__(self, other: Cpu) -> Cpu:
         return Cpu(
@@ -504,10 +508,10 @@ def measure_throughput(
     worker = side.start(url, sim, f"{label}-bulk")
     try:
         wait_for_listen(monitor, worker)
-        cpu0 = Cpu.read(worker, url, sim)
+        cpu0 = Cpu.read(worker, sim)
         group = side.enqueue(monitor, [runs.bulk], s.messages)
         first, last = wait_done(side, monitor, group, worker)
-        cpu = Cpu.read(worker, url, sim) - cpu0
+        cpu = Cpu.read(worker, sim) - cpu0
         check_outcome(monitor, group.runs, s.messages, sim.stats())
     finally:
         fleet.stop_processes([worker])
@@ -554,10 +558,10 @@ def measure_latency_and_start(
         sim.reset()
         time.sleep(IDLE_SETTLE_S)
         sum0, count0 = side.mean_latency(worker)
-        cpu0 = Cpu.read(worker, url, sim)
+        cpu0 = Cpu.read(worker, sim)
         group = side.enqueue(monitor, [runs.latency], s.latency_messages)
         _, last = wait_done(side, monitor, group, worker)
-        cpu = Cpu.read(worker, url, sim) - cpu0
+        cpu = Cpu.read(worker, sim) - cpu0
         sum1, count1 = side.mean_latency(worker)
         check_outcome(monitor, group.runs, s.latency_messages, sim.stats())
     finally:
