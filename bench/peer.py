@@ -515,10 +515,9 @@ def measure_throughput(
         check_outcome(monitor, group.runs, s.messages, sim.stats())
     finally:
         fleet.stop_processes([worker])
-    statements = monitor.statements
-    monitor.close()
+        monitor.close()
     time.sleep(0.5)  # exiting backends flush their statistics
-    transactions = xacts(url) - xact0 - statements - harness_xacts
+    transactions = xacts(url) - xact0 - monitor.statements - harness_xacts
     elapsed = _seconds(last, group.t0)
     n = s.messages
     return {
