@@ -697,6 +697,7 @@ def report(passes: list[dict[str, Any]], s: Sizes) -> dict[str, Any]:
             "xacts/msg": p["xacts_per_msg"],
             "sim CPU ms/msg": p["simulator_cpu_ms_per_msg"],
             "% Little": 100 * p["little_share"],
+            "% 64/AI latency": 100 * p["provider_share"],
             "latency s": p["mean_message_latency_s"],
             "first msg ms": 1000 * p["first_message_s"],
             "cold start s": p["cold_start_s"],
