@@ -716,6 +716,9 @@ def report(passes: list[dict[str, Any]], s: Sizes) -> dict[str, Any]:
         f"'% of 64 / AI latency' divides both rates by the same bound ({CONCURRENCY} / {s.ai_latency_s:g} s)",
         "transactions/msg include each worker's start-up, idle and shutdown transactions over its life "
         f"({s.messages:,} messages dilute them)",
+        "procrastinate's connector checks every pooled connection on checkout (psycopg_pool's "
+        "check_connection: an empty query, which PostgreSQL counts as a transaction); a job takes 4 "
+        "checkouts (fetch, lead query, outcome, finish), and its worker fetches one job per round trip",
         "campaignq also writes the generation before sending (its durability: a retry never pays the AI "
         "twice or sends a different text) and checks the inbox state every 10 s; the peer does not",
     ]
