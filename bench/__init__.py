@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "fairness": "bench.fairness",
     "budget": "bench.budget",
     "grouped": "bench.grouped",
+    "peer": "bench.peer",
 }
 
 
