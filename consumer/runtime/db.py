@@ -10,6 +10,7 @@ functions of ``0013_batched_outcomes.sql``), and each caller still gets its own 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import uuid
 from collections import Counter
@@ -56,6 +57,13 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, PoolTimeout, 
 # statement. Settings `outcome_batch_window_ms` / `outcome_batch_max` override them.
 OUTCOME_BATCH_WINDOW_S = 0.003
 OUTCOME_BATCH_MAX = 64
+WRITES_IN_FLIGHT: contextvars.ContextVar[list[asyncio.Future[Any]]] = contextvars.ContextVar(
+    "campaignq_writes_in_flight"
+)
+"""The writes of the message handled in this task that may still be running elsewhere (a
+shielded write's task, an `OutcomeBatcher` statement): a task that is cancelled waits for
+them before it releases the message, so a released message can never be written by its old
+holder (issue 9, the drain race). Set by the pipeline per message; None elsewhere."""
 PERSIST_FIRST_DELAY_S = 0.2
 PERSIST_MAX_DELAY_S = 2.0
 
@@ -136,6 +144,8 @@ class OutcomeBatcher(Generic[I, R]):
         self.window_s = window_s
         self.max_items = max(1, max_items)
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
+        self._pending_done: asyncio.Future[None] | None = None
+        """Resolved when the statement of the batch being collected has finished, whatever it did."""
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
         self.flushes = 0
@@ -144,6 +154,13 @@ class OutcomeBatcher(Generic[I, R]):
     async def submit(self, item: I) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
+        if self._pending_done is None:
+            self._pending_done = loop.create_future()
+        writes = WRITES_IN_FLIGHT.get(None)
+        if writes is not None:
+            # A caller cancelled while it waits stops waiting, but its item is still written
+            # (by our task): its message's handler must wait for that before releasing it.
+            writes.append(self._pending_done)
         self._pending.append((item, future))
         if len(self._pending) >= self.max_items:
             self._start_flush()
@@ -156,13 +173,23 @@ class OutcomeBatcher(Generic[I, R]):
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending, []
-        if not batch:
+        done, self._pending_done = self._pending_done, None
+        if not batch or done is None:
             return
-        task = asyncio.get_running_loop().create_task(self._run(batch), name=f"campaignq-batch-{self.name}")
+        task = asyncio.get_running_loop().create_task(
+            self._run(batch, done), name=f"campaignq-batch-{self.name}"
+        )
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
-    async def _run(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+    async def _run(self, batch: list[tuple[I, asyncio.Future[R]]], done: asyncio.Future[None]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    async def _send(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         self.flushes += 1
         try:
             results = await self._flush([item for item, _ in batch])

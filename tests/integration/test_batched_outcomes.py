@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -14,7 +15,9 @@ from psycopg.types.json import Jsonb
 
 from consumer.core.models import QueueMessage
 from consumer.devtools.seeding import Campaign, Seeder
-from consumer.runtime.db import Database
+from consumer.devtools.simulator import Faults, Simulator
+from consumer.runtime.db import WRITES_IN_FLIGHT, Database
+from tests.harness import consumer_settings, running_worker
 from tests.integration.test_consumer import message_row, produce
 
 PARTS = ["Hello there, part one.", "And part two of it."]
@@ -283,4 +286,80 @@ async def test_window_zero_uses_the_single_message_functions(
     assert answers == [True, True]
     assert database.completions.flushes == 0
     assert database.statements["complete_sent"] == 2
+    assert run_row(db, campaign.run_id)[:2] == ("completed", 2)
+
+
+# --- P4: batched writes need no shield of their own -------------------------------------------------
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(faults=Faults(seed=15)) as simulator:
+        yield simulator
+
+
+class GatedCompletionDatabase(Database):
+    """The real database, except that a batch of successes waits for `gate` (a slow commit)."""
+
+    gate: asyncio.Event
+    entered: asyncio.Event
+
+    async def _complete_sent_many(self, items: list[Any]) -> list[bool]:
+        self.entered.set()
+        await self.gate.wait()
+        return await super()._complete_sent_many(items)
+
+
+def visible_count(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT count(*) FROM pgmq.q_campaign_messages WHERE vt <= clock_timestamp()").fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_task_cancelled_while_its_batched_success_is_on_the_way_waits_for_it(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    """The drain timeout cancels a message whose success is in a batch not yet committed. The
+    write is not the task's (no shield): the task must still wait for it before releasing the
+    message, and the message ends sent, once, with nothing visible in the queue."""
+    campaign = seed.campaign(1)
+    produce(db)
+    GatedCompletionDatabase.gate = asyncio.Event()
+    GatedCompletionDatabase.entered = asyncio.Event()
+    settings = consumer_settings(database_url, sim, drain_timeout_s=0.2)
+    async with running_worker(settings, db_class=GatedCompletionDatabase) as running:
+        await asyncio.wait_for(GatedCompletionDatabase.entered.wait(), timeout=30)
+        running.worker.stop()
+        await asyncio.sleep(1.0)  # the drain timeout passed: the task is cancelled and waiting
+        assert visible_count(db) == 0  # not released while its success is on its way
+        assert message_row(db, campaign.message_ids[0])["status"] == "sending"
+        GatedCompletionDatabase.gate.set()
+        await asyncio.wait_for(running.task, timeout=30)
+
+    row = message_row(db, campaign.message_ids[0])
+    assert (row["status"], row["retry_count"]) == ("sent", 0)
+    assert db.execute("SELECT count(*) FROM pgmq.q_campaign_messages").fetchone() == (0,)
+    assert len(sim.sends) == 1
+    assert run_row(db, campaign.run_id)[:2] == ("completed", 1)
+
+
+async def test_a_caller_that_stops_waiting_does_not_stop_its_write(
+    db: psycopg.Connection[Any], seed: Seeder, open_db: Any
+) -> None:
+    campaign, leases = leased(db, seed, 2)
+    database: Database = await open_db(outcome_batch_window_s=0.1, outcome_batch_max=64)
+    writes: list[asyncio.Future[Any]] = []
+
+    async def caller(mid: uuid.UUID) -> bool:
+        WRITES_IN_FLIGHT.set(writes)
+        return await database.complete_sent(leases[mid], mid, send_ms=1)
+
+    first, second = campaign.message_ids
+    cancelled = asyncio.create_task(caller(first))
+    other = asyncio.create_task(caller(second))
+    await asyncio.sleep(0.02)
+    cancelled.cancel()
+    assert await other is True
+    assert cancelled.cancelled()
+    assert writes and all(w.done() for w in writes)  # what a cancelled handler waits for
+    assert message_row(db, first)["status"] == "sent"  # its write went through all the same
     assert run_row(db, campaign.run_id)[:2] == ("completed", 2)
