@@ -158,8 +158,10 @@ LANGUAGE sql AS $$
 $$;
 
 -- Generations, for a batch: campaignq_store_ai_generation (0010) per element — same lease
--- guard, same "never overwrite" rule, same spend bookkeeping and budget check — in msg_id
--- order (the queue-row locks are taken in the heartbeat's order), in one transaction.
+-- guard, same "never overwrite" rule, same spend bookkeeping and budget check — in one
+-- transaction. Lock order as everywhere in this file: the queue rows first, in msg_id order
+-- (the heartbeat's), then the elements one run after another (a capped run's row is updated
+-- by the spend bookkeeping; runs in id order, as campaignq_complete_sent_many takes them).
 -- Returns one row per element in input order: ok is that element's own answer, so each
 -- caller still learns before its first send whether its text was stored.
 CREATE OR REPLACE FUNCTION campaignq_store_ai_generations_many(
@@ -175,7 +177,18 @@ DECLARE
     i       integer;
     v_ok    boolean[] := array_fill(false, ARRAY[coalesce(cardinality(p_msg_ids), 0)]);
 BEGIN
-    FOR i IN SELECT s.i FROM generate_subscripts(p_msg_ids, 1) AS s(i) ORDER BY p_msg_ids[s.i], s.i LOOP
+    PERFORM 1
+       FROM pgmq.q_campaign_messages q
+       JOIN unnest(p_msg_ids, p_read_cts) AS u(msg_id, read_ct)
+         ON q.msg_id = u.msg_id AND q.read_ct = u.read_ct
+      ORDER BY q.msg_id
+        FOR SHARE OF q;
+    FOR i IN
+        SELECT s.i
+          FROM generate_subscripts(p_msg_ids, 1) AS s(i)
+          LEFT JOIN campaign_messages m ON m.id = p_message_ids[s.i]
+         ORDER BY m.run_id, p_msg_ids[s.i], s.i
+    LOOP
         v_ok[i] := campaignq_store_ai_generation(
             p_msg_ids[i], p_read_cts[i], p_message_ids[i], p_texts[i], p_parts[i],
             p_prompt_tokens[i], p_completion_tokens[i], p_cost_usd[i], p_ai_ms[i], p_split_ms[i],
