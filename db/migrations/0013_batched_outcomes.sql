@@ -25,23 +25,28 @@ CREATE OR REPLACE FUNCTION finalize_campaign_run_if_complete(p_run_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM campaign_messages m WHERE m.run_id = p_run_id)
+    -- The probes, cheapest first, none of them locking: the run (primary key), its pending
+    -- rows (campaign_messages_pending_due_idx), its rows in flight (..._run_in_flight_idx).
+    IF NOT EXISTS (SELECT 1 FROM campaign_runs r WHERE r.id = p_run_id AND r.status = 'running')
        OR EXISTS (SELECT 1 FROM campaign_messages m
                    WHERE m.run_id = p_run_id AND m.status = 'pending')
        OR EXISTS (SELECT 1 FROM campaign_messages m
                    WHERE m.run_id = p_run_id AND m.status IN ('queued', 'generating', 'sending'))
-       OR NOT EXISTS (SELECT 1 FROM campaign_runs r WHERE r.id = p_run_id AND r.status = 'running')
     THEN
         RETURN false;
     END IF;
+    -- 0002's statement, unchanged: it re-checks everything under the row lock.
     UPDATE campaign_runs r
        SET status = 'completed', finished_at = now()
      WHERE r.id = p_run_id
        AND r.status = 'running'
-       AND NOT EXISTS (SELECT 1 FROM campaign_messages m
-                        WHERE m.run_id = r.id AND m.status = 'pending')
-       AND NOT EXISTS (SELECT 1 FROM campaign_messages m
-                        WHERE m.run_id = r.id AND m.status IN ('queued', 'generating', 'sending'));
+       AND EXISTS (SELECT 1 FROM campaign_messages m WHERE m.run_id = r.id)
+       AND NOT EXISTS (
+             SELECT 1 FROM campaign_messages m
+              WHERE m.run_id = r.id AND m.status = 'pending')
+       AND NOT EXISTS (
+             SELECT 1 FROM campaign_messages m
+              WHERE m.run_id = r.id AND m.status IN ('queued', 'generating', 'sending'));
     RETURN FOUND;
 END;
 $$;
