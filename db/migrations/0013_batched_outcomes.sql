@@ -25,13 +25,20 @@ CREATE OR REPLACE FUNCTION finalize_campaign_run_if_complete(p_run_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- The probes, cheapest first, none of them locking: the run (primary key), its pending
-    -- rows (campaign_messages_pending_due_idx), its rows in flight (..._run_in_flight_idx).
-    IF NOT EXISTS (SELECT 1 FROM campaign_runs r WHERE r.id = p_run_id AND r.status = 'running')
-       OR EXISTS (SELECT 1 FROM campaign_messages m
-                   WHERE m.run_id = p_run_id AND m.status = 'pending')
-       OR EXISTS (SELECT 1 FROM campaign_messages m
-                   WHERE m.run_id = p_run_id AND m.status IN ('queued', 'generating', 'sending'))
+    -- The probe: 0002's conditions as a plain SELECT (no lock, no new row version), in the
+    -- same shape — correlated with the run row, so each NOT EXISTS is an index probe
+    -- (campaign_messages_pending_due_idx, ..._run_in_flight_idx) whatever the run's size.
+    IF NOT EXISTS (
+        SELECT 1
+          FROM campaign_runs r
+         WHERE r.id = p_run_id
+           AND r.status = 'running'
+           AND NOT EXISTS (
+                 SELECT 1 FROM campaign_messages m
+                  WHERE m.run_id = r.id AND m.status = 'pending')
+           AND NOT EXISTS (
+                 SELECT 1 FROM campaign_messages m
+                  WHERE m.run_id = r.id AND m.status IN ('queued', 'generating', 'sending')))
     THEN
         RETURN false;
     END IF;
