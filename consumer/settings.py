@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         default=15_000, ge=0, description="Server-side cap on any one statement (0 = none)."
     )
+    outcome_batch_window_ms: float = Field(
+        default=3.0,
+        ge=0,
+        le=1000,
+        description=(
+            "Outcome writes (generation stored, parts acknowledged, success) wait this long to share "
+            "one statement with others (0 = one statement per write)."
+        ),
+    )
+    outcome_batch_max: int = Field(
+        default=64, ge=1, le=1000, description="An outcome batch is sent at once when it holds this many."
+    )
     db_pooler: PoolerMode = Field(
         default="auto",
         description=(

@@ -176,6 +176,25 @@ SELECT campaignq_record_part_sent(%(message_id)s::uuid, %(parts_sent)s::integer)
 SELECT campaignq_complete_sent(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
                                %(send_ms)s::integer);
 
+-- name: complete_sent_many
+-- 0013: a batch of complete_sent (consumer/runtime/db.py OutcomeBatcher), one row per element.
+SELECT ord, msg_id, ok
+  FROM campaignq_complete_sent_many(%(msg_ids)s::bigint[], %(read_cts)s::integer[],
+                                    %(message_ids)s::uuid[], %(send_ms)s::integer[]);
+
+-- name: record_parts_sent_many
+SELECT campaignq_record_parts_sent_many(%(message_ids)s::uuid[], %(parts_sent)s::integer[]);
+
+-- name: store_generations_many
+SELECT ord, msg_id, ok
+  FROM campaignq_store_ai_generations_many(
+    %(msg_ids)s::bigint[], %(read_cts)s::integer[], %(message_ids)s::uuid[],
+    %(texts)s::text[], %(parts)s::jsonb[],
+    %(prompt_tokens)s::integer[], %(completion_tokens)s::integer[], %(cost_usd)s::numeric[],
+    %(ai_ms)s::integer[], %(split_ms)s::integer[],
+    %(cached_tokens)s::integer[], %(cache_write_tokens)s::integer[], %(ai_calls)s::integer[],
+    %(modes)s::text[]);
+
 -- name: retry_later
 SELECT campaignq_retry_later(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
                              %(delay_s)s::double precision, %(burns_attempt)s::boolean,

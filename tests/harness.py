@@ -85,6 +85,8 @@ async def running_worker(
         max_size=settings.db_pool_max_size,
         statement_timeout_ms=settings.db_statement_timeout_ms,
         transaction_pooled=settings.transaction_pooled(),
+        outcome_batch_window_s=settings.outcome_batch_window_ms / 1000,
+        outcome_batch_max=settings.outcome_batch_max,
     )
     try:
         async with aiohttp.ClientSession() as session:

@@ -35,6 +35,8 @@ async def run_consumer(
             max_size=settings.db_pool_max_size,
             statement_timeout_ms=settings.db_statement_timeout_ms,
             transaction_pooled=settings.transaction_pooled(database_url),
+            outcome_batch_window_s=settings.outcome_batch_window_ms / 1000,
+            outcome_batch_max=settings.outcome_batch_max,
         )
     except PoolTimeout as exc:
         raise DatabaseUnavailableError("cannot connect to the database (pool did not open in time)") from exc

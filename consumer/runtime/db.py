@@ -1,19 +1,24 @@
 """The consumer's only door to PostgreSQL: every statement comes from ``db/queries.sql``.
 
 Each outcome is one call to a SQL function from ``db/migrations/0004_consumer_outcomes.sql``
-(one round trip, one transaction, guarded by the (msg_id, read_ct) lease).
+(one round trip, one transaction, guarded by the (msg_id, read_ct) lease). The three writes
+of the hot success path — generation stored, parts acknowledged, success — go through an
+`OutcomeBatcher` each: calls made within a few ms share one statement (the set-based
+functions of ``0013_batched_outcomes.sql``), and each caller still gets its own answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from loguru import logger
@@ -26,6 +31,8 @@ from ..errors import one_line
 from ..sql import query
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 (an item of a batch)
+R = TypeVar("R")
 
 QUEUE = "campaign_messages"
 NOTIFY_CHANNEL = "pgmq.q_campaign_messages.INSERT"
@@ -46,6 +53,17 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 # and pool error, the transient ones above and also a refused statement, so a bad grant or a
 # migration half-applied costs the loop a turn, not the process.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, PoolTimeout, OSError)
+# Outcome batching (OutcomeBatcher): how long a write waits for company, and the most per
+# statement. Settings `outcome_batch_window_ms` / `outcome_batch_max` override them.
+OUTCOME_BATCH_WINDOW_S = 0.003
+OUTCOME_BATCH_MAX = 64
+WRITES_IN_FLIGHT: contextvars.ContextVar[list[asyncio.Future[Any]]] = contextvars.ContextVar(
+    "campaignq_writes_in_flight"
+)
+"""The writes of the message handled in this task that may still be running elsewhere (a
+shielded write's task, an `OutcomeBatcher` statement): a task that is cancelled waits for
+them before it releases the message, so a released message can never be written by its old
+holder (issue 9, the drain race). Set by the pipeline per message; None elsewhere."""
 PERSIST_FIRST_DELAY_S = 0.2
 PERSIST_MAX_DELAY_S = 2.0
 
@@ -87,6 +105,136 @@ async def persist(call: Callable[[], Awaitable[T]], *, what: str, within_s: floa
         return result
 
 
+@dataclass(frozen=True)
+class _Completion:
+    msg_id: int
+    read_ct: int
+    message_id: uuid.UUID
+    send_ms: int
+
+
+class OutcomeBatcher(Generic[I, R]):
+    """Collects calls for up to `window_s` (or until `max_items` are waiting) and sends them to
+    the database as one statement (`flush`), resolving each caller with its own result.
+
+    - `flush(items)` returns one result per item, in order; each element is lease-checked on
+      its own in SQL, so a lost lease answers False for that element only.
+    - The statement runs in a task of the batcher, not of a caller: a caller cancelled while
+      it waits does not cancel the write of the others (nor its own; it only stops waiting).
+    - Errors: when the statement fails with a transient error (connection lost, timeout, pool
+      exhausted: `TRANSIENT_DB_ERRORS`), every caller of that flush gets that exception, so
+      each one's `persist(...)` retry sends its item again (in a later batch). Any other error
+      (a refused statement: a bug or bad data in one element) is not allowed to fail the
+      others: the batch is replayed one item at a time through `single`, so each caller gets
+      its own result or its own exception.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        flush: Callable[[list[I]], Awaitable[list[R]]],
+        single: Callable[[I], Awaitable[R]],
+        window_s: float,
+        max_items: int,
+    ) -> None:
+        self.name = name
+        self._flush = flush
+        self._single = single
+        self.window_s = window_s
+        self.max_items = max(1, max_items)
+        self._pending: list[tuple[I, asyncio.Future[R]]] = []
+        self._pending_done: asyncio.Future[None] | None = None
+        """Resolved when the statement of the batch being collected has finished, whatever it did."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+        self.flushes = 0
+        """Statements sent (batches), for tests and the curious."""
+
+    async def submit(self, item: I) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        if self._pending_done is None:
+            self._pending_done = loop.create_future()
+        writes = WRITES_IN_FLIGHT.get(None)
+        if writes is not None:
+            # A caller cancelled while it waits stops waiting, but its item is still written
+            # (by our task): its message's handler must wait for that before releasing it.
+            writes.append(self._pending_done)
+        self._pending.append((item, future))
+        if len(self._pending) >= self.max_items:
+            self._start_flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.window_s, self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        done, self._pending_done = self._pending_done, None
+        if not batch or done is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run(batch, done), name=f"campaignq-batch-{self.name}"
+        )
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _run(self, batch: list[tuple[I, asyncio.Future[R]]], done: asyncio.Future[None]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    async def _send(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        self.flushes += 1
+        try:
+            results = await self._flush([item for item, _ in batch])
+            if len(results) != len(batch):  # a broken flush function: resolve nobody wrongly
+                raise RuntimeError(f"batched {self.name}: {len(results)} results for {len(batch)} items")
+        except TRANSIENT_DB_ERRORS as exc:
+            _fail_all(batch, exc)
+        except Exception as exc:  # refused: isolate the element at fault, one by one
+            if len(batch) == 1:
+                _fail_all(batch, exc)
+                return
+            logger.warning("batched {} of {} refused ({}); one by one", self.name, len(batch), one_line(exc))
+            await asyncio.gather(*(self._run_single(item, future) for item, future in batch))
+        except BaseException:  # cancelled (the loop is closing): nobody waits forever
+            for _, future in batch:
+                future.cancel()
+            raise
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _run_single(self, item: I, future: asyncio.Future[R]) -> None:
+        try:
+            result = await self._single(item)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(result)
+
+    async def close(self) -> None:
+        """Send what is waiting now and wait for every statement under way."""
+        self._start_flush()
+        while self._flushing:
+            await asyncio.gather(*list(self._flushing), return_exceptions=True)
+
+
+def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
 class Database:
     def __init__(
         self,
@@ -94,6 +242,8 @@ class Database:
         pool: AsyncConnectionPool[Any],
         transaction_pooled: bool = False,
         statement_timeout_ms: int = 0,
+        outcome_batch_window_s: float = OUTCOME_BATCH_WINDOW_S,
+        outcome_batch_max: int = OUTCOME_BATCH_MAX,
     ) -> None:
         self.pool = pool
         # Behind a transaction-mode pooler (consumer/pooler.py) a session setting would leak to
@@ -104,6 +254,30 @@ class Database:
         # Statements sent, by query name: how tests (and curious operators) can see that a
         # batch costs one context query, not one per message.
         self.statements: Counter[str] = Counter()
+        # The hot path's three writes, batched (0 s window: the single-message functions).
+        # Batched statements count in `statements` under the outcome's name, once per statement.
+        self.batching = outcome_batch_window_s > 0
+        self.completions: OutcomeBatcher[_Completion, bool] = OutcomeBatcher(
+            name="complete_sent",
+            flush=self._complete_sent_many,
+            single=self._complete_sent_one,
+            window_s=outcome_batch_window_s,
+            max_items=outcome_batch_max,
+        )
+        self.acknowledgements: OutcomeBatcher[tuple[uuid.UUID, int], None] = OutcomeBatcher(
+            name="record_part_sent",
+            flush=self._record_parts_sent_many,
+            single=self._record_part_sent_one,
+            window_s=outcome_batch_window_s,
+            max_items=outcome_batch_max,
+        )
+        self.generations: OutcomeBatcher[dict[str, Any], bool] = OutcomeBatcher(
+            name="store_generation",
+            flush=self._store_generations_many,
+            single=self._store_generation_one,
+            window_s=outcome_batch_window_s,
+            max_items=outcome_batch_max,
+        )
 
     @classmethod
     async def open(
@@ -114,6 +288,8 @@ class Database:
         statement_timeout_ms: int = 15_000,
         timeout_s: float = 10.0,
         transaction_pooled: bool = False,
+        outcome_batch_window_s: float = OUTCOME_BATCH_WINDOW_S,
+        outcome_batch_max: int = OUTCOME_BATCH_MAX,
     ) -> Database:
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
         if transaction_pooled:
@@ -134,7 +310,11 @@ class Database:
         )
         await pool.open(wait=True, timeout=timeout_s)
         return cls(
-            pool=pool, transaction_pooled=transaction_pooled, statement_timeout_ms=statement_timeout_ms
+            pool=pool,
+            transaction_pooled=transaction_pooled,
+            statement_timeout_ms=statement_timeout_ms,
+            outcome_batch_window_s=outcome_batch_window_s,
+            outcome_batch_max=outcome_batch_max,
         )
 
     @asynccontextmanager
@@ -152,6 +332,8 @@ class Database:
                 yield conn
 
     async def close(self) -> None:
+        for batcher in (self.generations, self.acknowledgements, self.completions):
+            await batcher.close()
         await self.pool.close()
 
     async def _scalar(self, name: str, params: dict[str, Any]) -> Any:
@@ -234,42 +416,108 @@ class Database:
         ai_calls: int | None = None,
         mode: str | None = None,
     ) -> bool:
-        return bool(
-            await self._scalar(
-                "store_generation",
-                {
-                    "cached_tokens": cached_tokens,
-                    "cache_write_tokens": cache_write_tokens,
-                    "ai_calls": ai_calls,
-                    "mode": mode,
-                    "msg_id": msg.msg_id,
-                    "read_ct": msg.read_ct,
-                    "message_id": message_id,
-                    "text": text,
-                    "parts": Jsonb(parts),
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "cost_usd": cost_usd,
-                    "ai_ms": ai_ms,
-                    "split_ms": split_ms,
-                },
-            )
-        )
+        """Store the text and parts before any send; False when the lease is gone or another
+        holder already stored one. Batched (its own answer all the same)."""
+        params = {
+            "cached_tokens": cached_tokens,
+            "cache_write_tokens": cache_write_tokens,
+            "ai_calls": ai_calls,
+            "mode": mode,
+            "msg_id": msg.msg_id,
+            "read_ct": msg.read_ct,
+            "message_id": message_id,
+            "text": text,
+            "parts": parts,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": cost_usd,
+            "ai_ms": ai_ms,
+            "split_ms": split_ms,
+        }
+        if not self.batching:
+            return await self._store_generation_one(params)
+        return await self.generations.submit(params)
+
+    async def _store_generation_one(self, params: dict[str, Any]) -> bool:
+        return bool(await self._scalar("store_generation", {**params, "parts": Jsonb(params["parts"])}))
+
+    async def _store_generations_many(self, items: list[dict[str, Any]]) -> list[bool]:
+        self.statements["store_generation"] += 1
+        params = {
+            "msg_ids": [i["msg_id"] for i in items],
+            "read_cts": [i["read_ct"] for i in items],
+            "message_ids": [i["message_id"] for i in items],
+            "texts": [i["text"] for i in items],
+            "parts": [Jsonb(i["parts"]) for i in items],
+            "prompt_tokens": [i["prompt_tokens"] for i in items],
+            "completion_tokens": [i["completion_tokens"] for i in items],
+            # one element type per array (psycopg picks it from the values): text, cast in SQL
+            "cost_usd": [None if i["cost_usd"] is None else repr(float(i["cost_usd"])) for i in items],
+            "ai_ms": [i["ai_ms"] for i in items],
+            "split_ms": [i["split_ms"] for i in items],
+            "cached_tokens": [i["cached_tokens"] for i in items],
+            "cache_write_tokens": [i["cache_write_tokens"] for i in items],
+            "ai_calls": [i["ai_calls"] for i in items],
+            "modes": [i["mode"] for i in items],
+        }
+        return await self._many("store_generations_many", params, len(items))
+
+    async def _many(self, name: str, params: dict[str, Any], n: int) -> list[bool]:
+        """Run a set-based outcome returning (ord, msg_id, ok) per element, in input order."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query(name), params)
+            rows = await cur.fetchall()
+        answers = [False] * n
+        for ord_, _msg_id, ok in rows:
+            answers[int(ord_) - 1] = bool(ok)
+        return answers
 
     async def record_part_uncertain(self, message_id: uuid.UUID, part: int, *, since: datetime) -> None:
         """Part `part` (0-based) may have been delivered by a send that began at `since`."""
         await self._scalar("record_part_uncertain", {"message_id": message_id, "part": part, "since": since})
 
     async def record_part_sent(self, message_id: uuid.UUID, parts_sent: int) -> None:
-        await self._scalar("record_part_sent", {"message_id": message_id, "parts_sent": parts_sent})
+        """The gateway acknowledged `parts_sent` parts (monotonic, unguarded). Batched."""
+        if not self.batching:
+            return await self._record_part_sent_one((message_id, parts_sent))
+        return await self.acknowledgements.submit((message_id, parts_sent))
+
+    async def _record_part_sent_one(self, item: tuple[uuid.UUID, int]) -> None:
+        await self._scalar("record_part_sent", {"message_id": item[0], "parts_sent": item[1]})
+
+    async def _record_parts_sent_many(self, items: list[tuple[uuid.UUID, int]]) -> list[None]:
+        self.statements["record_part_sent"] += 1
+        params = {"message_ids": [m for m, _ in items], "parts_sent": [n for _, n in items]}
+        async with self.connection() as conn:
+            await conn.execute(query("record_parts_sent_many"), params)
+        return [None] * len(items)
 
     async def complete_sent(self, msg: QueueMessage, message_id: uuid.UUID, *, send_ms: int) -> bool:
-        return bool(
-            await self._scalar(
-                "complete_sent",
-                {"msg_id": msg.msg_id, "read_ct": msg.read_ct, "message_id": message_id, "send_ms": send_ms},
-            )
-        )
+        """Success: archive (lease-checked), row sent, run counted and finalised. False when
+        the lease was lost. Batched: the run's row is updated once per batch, not per message."""
+        item = _Completion(msg.msg_id, msg.read_ct, message_id, send_ms)
+        if not self.batching:
+            return await self._complete_sent_one(item)
+        return await self.completions.submit(item)
+
+    async def _complete_sent_one(self, item: _Completion) -> bool:
+        params = {
+            "msg_id": item.msg_id,
+            "read_ct": item.read_ct,
+            "message_id": item.message_id,
+            "send_ms": item.send_ms,
+        }
+        return bool(await self._scalar("complete_sent", params))
+
+    async def _complete_sent_many(self, items: list[_Completion]) -> list[bool]:
+        self.statements["complete_sent"] += 1
+        params = {
+            "msg_ids": [i.msg_id for i in items],
+            "read_cts": [i.read_ct for i in items],
+            "message_ids": [i.message_id for i in items],
+            "send_ms": [i.send_ms for i in items],
+        }
+        return await self._many("complete_sent_many", params, len(items))
 
     async def retry_later(
         self,

@@ -46,7 +46,7 @@ from ..errors import (
 from ..settings import Settings
 from ..vocabulary import ErrorClass, Outcome
 from .ai import AIClient
-from .db import Database, persist
+from .db import WRITES_IN_FLIGHT, Database, persist
 from .generation import Generator
 from .lease import Lease
 from .metrics import ConsumerMetrics
@@ -58,10 +58,14 @@ T = TypeVar("T")
 SHUTDOWN_PERSIST_S = 5.0
 """How long a drain-timeout release keeps retrying its writes through a database outage."""
 
-_WRITES: contextvars.ContextVar[list[asyncio.Future[Any]]] = contextvars.ContextVar("campaignq_writes")
-"""The shielded writes of the message being handled in this task (see `_shielded`): a task
-that is cancelled waits for them before it releases the message, so a released message can
-never be written by its old holder (issue 9, the drain race)."""
+_WRITES = WRITES_IN_FLIGHT
+"""The writes of the message being handled in this task that run outside it (a `_shielded`
+write's task, a batched statement of `db.OutcomeBatcher`): a task that is cancelled waits for
+them before it releases the message, so a released message can never be written by its old
+holder (issue 9, the drain race)."""
+_SHIELDED: contextvars.ContextVar[bool] = contextvars.ContextVar("campaignq_shielded", default=False)
+"""True inside a `_shielded` task: nothing can cancel it but the loop's own shutdown, so the
+writes it makes need no shield of their own (one shield per sequence, not one per write)."""
 
 
 @dataclass
@@ -209,7 +213,9 @@ class MessagePipeline:
             return await _shielded(self._fail(ctx, attempt, exc))
         message_id = ctx.require_message_id()
         done = await self._persist(
-            lambda: self.db.complete_sent(ctx.msg, message_id, send_ms=attempt.send_ms), "success"
+            lambda: self.db.complete_sent(ctx.msg, message_id, send_ms=attempt.send_ms),
+            "success",
+            batched=True,
         )
         self._recorded(attempt)
         if not done:
@@ -234,7 +240,9 @@ class MessagePipeline:
             await self._persist(record, "uncertain part", within_s=within_s)
             attempt.uncertain_unrecorded = False
 
-    async def _record_progress(self, ctx: MessageContext, *, within_s: float | None = None) -> None:
+    async def _record_progress(
+        self, ctx: MessageContext, *, within_s: float | None = None, batched: bool = False
+    ) -> None:
         """Persist the parts acknowledged so far (the last one is otherwise only recorded on success)."""
         message_id, parts_sent = ctx.message_id, ctx.parts_sent
         if parts_sent > 0 and message_id is not None:
@@ -242,14 +250,35 @@ class MessagePipeline:
                 lambda: self.db.record_part_sent(message_id, parts_sent),
                 "acknowledged parts",
                 within_s=within_s,
+                batched=batched,
             )
 
     async def _persist(
-        self, call: Callable[[], Awaitable[T]], what: str, *, within_s: float | None = None
+        self,
+        call: Callable[[], Awaitable[T]],
+        what: str,
+        *,
+        within_s: float | None = None,
+        batched: bool = False,
     ) -> T:
-        """A write that records what already happened: shielded from cancellation, and retried
-        through a database outage for as long as our lease lasts (`db.persist`)."""
+        """A write that records what already happened: safe from cancellation, and retried
+        through a database outage for as long as our lease lasts (`db.persist`).
+
+        Safe from cancellation without a Task per write (P4, issue 15):
+        - inside a `_shielded` sequence the write runs inline (the sequence is shielded once);
+        - `batched=True`, for the hot path's writes that go through an `OutcomeBatcher` (parts
+          acknowledged, success): the statement runs in the batcher's task, which our
+          cancellation cannot reach, and is registered in `_WRITES`, so a cancelled task still
+          waits for it before it releases the message. What a cancellation does stop is the
+          retry after a transient error; the cancelled task's handler then records the facts
+          itself (`_record_facts`, shielded and retried), and a success that did not land
+          leaves the message to the next holder, which finds every part acknowledged and
+          completes it without sending anything;
+        - otherwise (store_generation, the cold paths, or batching off) one shield.
+        """
         window_s = self.settings.visibility_timeout_s if within_s is None else within_s
+        if _SHIELDED.get() or (batched and self.db.batching):
+            return await persist(call, what=what, within_s=window_s)
         return await _shielded(persist(call, what=what, within_s=window_s))
 
     async def _deliver(self, ctx: MessageContext, attempt: Attempt, lease: Lease) -> None:
@@ -330,10 +359,12 @@ class MessagePipeline:
         attempt.parts_sent_now += 1
         attempt.answered_at = time.perf_counter()
         if index + 1 < total:
-            # The gateway has this part: record it now (shielded from cancellation, retried
-            # through a database outage) so no retry sends it again. The last part is
-            # recorded by the success transaction itself, one round trip fewer per message.
-            await self._record_progress(ctx)
+            # The gateway has this part: record it now (safe from cancellation, retried
+            # through a database outage: `_persist`) so no retry sends it again. The last part
+            # is recorded by the success transaction itself, one round trip fewer per message.
+            # If we are cancelled while it is on its way, `attempt.answered_at` is still set and
+            # the handler records it again (monotonic) before anything else.
+            await self._record_progress(ctx, batched=True)
             self._recorded(attempt)
 
     def _recorded(self, attempt: Attempt) -> None:
@@ -528,11 +559,16 @@ async def _shielded(awaitable: Awaitable[T]) -> T:
 
     The write is registered with the message being handled (`_WRITES`), so a cancelled
     task can wait for it before releasing the message."""
-    future = asyncio.ensure_future(awaitable)
+    future = asyncio.ensure_future(_inside_shield(awaitable))
     writes = _WRITES.get(None)
     if writes is not None:
         writes.append(future)
     return await asyncio.shield(future)
+
+
+async def _inside_shield(awaitable: Awaitable[T]) -> T:
+    _SHIELDED.set(True)  # this task's own context (a copy): the caller's is unchanged
+    return await awaitable
 
 
 async def _wait_for(writes: list[asyncio.Future[Any]]) -> None:

@@ -250,16 +250,21 @@ async def test_batch_of_50_loads_context_in_one_query(
     campaign = seed.campaign(50)
     produce(db)
 
-    settings = consumer_settings(database_url, sim, concurrency=50, batch_size=50)
+    # The simulator answers these 50 about 100 ms apart: a window of 250 ms lets their outcome
+    # writes share statements (the default of a few ms does so at full speed).
+    settings = consumer_settings(
+        database_url, sim, concurrency=50, batch_size=50, outcome_batch_window_ms=250
+    )
     async with running_worker(settings) as running:
         await wait_until(lambda: terminal(seed, campaign), what="all sent")
         statements = dict(running.db.statements)
 
     assert seed.statuses(campaign.run_id) == {"sent": 50}
     assert statements["claim_batch"] == 1
-    assert statements["complete_sent"] == 50
-    # per message: one store_generation, one record_part_sent per part, one outcome
-    assert statements["store_generation"] == 50
+    # The outcome writes are batched (OutcomeBatcher, 0013): each statement stores several
+    # generations / completes several messages, still answering each message on its own.
+    assert statements["store_generation"] <= 25
+    assert statements["complete_sent"] <= 25
 
 
 async def test_a_lost_lease_can_neither_ack_nor_extend(db: psycopg.Connection[Any], seed: Seeder) -> None:

@@ -1,0 +1,214 @@
+-- 0013_batched_outcomes (issue 15, P1/P2): the hot success path's writes, set-based.
+--
+-- A consumer at full speed used to spend ~3 statements (and 3 commits) per message on its
+-- outcome writes — store the generation, record each acknowledged part, complete — and every
+-- success updated its run's row (`leads_processed + 1`) and held that row's lock until commit,
+-- so with one big run the completions queued on `Lock:transactionid`. The functions below take
+-- a batch of the same calls (collected for a few ms by consumer/runtime/db.py's
+-- OutcomeBatcher) and do them in one statement:
+--   * each element keeps its own (msg_id, read_ct) lease check and its own answer — a message
+--     whose lease was lost gets ok = false, the others are unaffected;
+--   * a run's counters are updated once per batch (not once per message), runs locked in id
+--     order so two batches never wait on each other in opposite orders;
+--   * queue rows are locked in msg_id order (the heartbeat below does the same).
+-- The single-message functions of 0004 / 0010 stay as they are (the contract; other tools
+-- call them, and a consumer with CAMPAIGNQ_OUTCOME_BATCH_WINDOW_MS=0 uses them).
+
+-- Run finalisation, probing before it locks (P2): the two NOT EXISTS probes run first, and the
+-- run row is updated (locked) only when they pass; the UPDATE repeats them, so a concurrent
+-- outcome can never be missed. Same signature and answer as 0002's.
+-- Why completing the last messages of a run concurrently still finalises it: every terminal
+-- outcome updates the run's counter (locking the run row) *before* it calls this, so two
+-- transactions finishing a run's last two messages are serialised on that row, and the second
+-- one's probes (a new snapshot per statement) see the first one's committed row.
+CREATE OR REPLACE FUNCTION finalize_campaign_run_if_complete(p_run_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The probe: 0002's conditions as a plain SELECT (no lock, no new row version), in the
+    -- same shape — correlated with the run row, so each NOT EXISTS is an index probe
+    -- (campaign_messages_pending_due_idx, ..._run_in_flight_idx) whatever the run's size.
+    IF NOT EXISTS (
+        SELECT 1
+          FROM campaign_runs r
+         WHERE r.id = p_run_id
+           AND r.status = 'running'
+           AND NOT EXISTS (
+                 SELECT 1 FROM campaign_messages m
+                  WHERE m.run_id = r.id AND m.status = 'pending')
+           AND NOT EXISTS (
+                 SELECT 1 FROM campaign_messages m
+                  WHERE m.run_id = r.id AND m.status IN ('queued', 'generating', 'sending')))
+    THEN
+        RETURN false;
+    END IF;
+    -- 0002's statement, unchanged: it re-checks everything under the row lock.
+    UPDATE campaign_runs r
+       SET status = 'completed', finished_at = now()
+     WHERE r.id = p_run_id
+       AND r.status = 'running'
+       AND EXISTS (SELECT 1 FROM campaign_messages m WHERE m.run_id = r.id)
+       AND NOT EXISTS (
+             SELECT 1 FROM campaign_messages m
+              WHERE m.run_id = r.id AND m.status = 'pending')
+       AND NOT EXISTS (
+             SELECT 1 FROM campaign_messages m
+              WHERE m.run_id = r.id AND m.status IN ('queued', 'generating', 'sending'));
+    RETURN FOUND;
+END;
+$$;
+
+-- Heartbeat, as 0004's, but locking the queue rows in msg_id order first: a batched outcome
+-- below locks several rows of the same worker's messages, and two statements locking
+-- overlapping rows in different orders could deadlock (a one-second stall and a retry).
+CREATE OR REPLACE FUNCTION campaignq_extend_leases(p_msg_ids bigint[], p_read_cts integer[], p_vt_s integer)
+RETURNS SETOF bigint
+LANGUAGE sql AS $$
+    WITH held AS (
+        SELECT q.msg_id
+          FROM pgmq.q_campaign_messages q
+          JOIN unnest(p_msg_ids, p_read_cts) AS lease(msg_id, read_ct)
+            ON q.msg_id = lease.msg_id AND q.read_ct = lease.read_ct
+         ORDER BY q.msg_id
+           FOR UPDATE OF q
+    )
+    UPDATE pgmq.q_campaign_messages q
+       SET vt = clock_timestamp() + make_interval(secs => p_vt_s)
+      FROM held
+     WHERE q.msg_id = held.msg_id
+    RETURNING q.msg_id;
+$$;
+
+-- Success, for a batch: per element what campaignq_complete_sent (0004) does — archive the
+-- queue message only while (msg_id, read_ct) still match (the lease), row `sent` — then each
+-- run's counter once (`leads_processed + n`), then each distinct run finalised. Returns one
+-- row per input element, in input order (`ord`, 1-based): ok = false when that lease was lost.
+-- Queue columns are never named: the archive is PGMQ's own pgmq.archive(queue, bigint[]) on
+-- rows locked here first (as 0004's campaignq_archive_leased does one by one), so this works
+-- on every PGMQ from 1.4.4 (its queue tables have no last_read_at, its archive no headers).
+CREATE OR REPLACE FUNCTION campaignq_complete_sent_many(
+    p_msg_ids bigint[], p_read_cts integer[], p_message_ids uuid[], p_send_ms integer[])
+RETURNS TABLE (ord integer, msg_id bigint, ok boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_held_ids  bigint[];
+    v_held_cts  integer[];
+    v_archived  bigint[];
+    v_runs      uuid[];
+BEGIN
+    -- 1. The leases still held, locked in msg_id order: nobody can bump read_ct until we commit.
+    SELECT coalesce(array_agg(h.msg_id ORDER BY h.msg_id), '{}'), coalesce(array_agg(h.read_ct ORDER BY h.msg_id), '{}')
+      INTO v_held_ids, v_held_cts
+      FROM (SELECT q.msg_id, q.read_ct
+              FROM pgmq.q_campaign_messages q
+              JOIN unnest(p_msg_ids, p_read_cts) AS u(msg_id, read_ct)
+                ON q.msg_id = u.msg_id AND q.read_ct = u.read_ct
+             ORDER BY q.msg_id
+               FOR UPDATE OF q) h;
+    -- 2. Archived by PGMQ itself (version-independent).
+    IF cardinality(v_held_ids) > 0 THEN
+        SELECT coalesce(array_agg(a.id), '{}') INTO v_archived
+          FROM pgmq.archive('campaign_messages', v_held_ids) AS a(id);
+    ELSE
+        v_archived := '{}';
+    END IF;
+    -- 3. The rows of the archived elements become `sent`; their runs are collected.
+    WITH done AS (
+        SELECT u.message_id, sum(u.send_ms)::integer AS send_ms
+          FROM unnest(p_msg_ids, p_read_cts, p_message_ids, p_send_ms) AS u(msg_id, read_ct, message_id, send_ms)
+          JOIN unnest(v_held_ids, v_held_cts) AS h(msg_id, read_ct)
+            ON h.msg_id = u.msg_id AND h.read_ct = u.read_ct
+         WHERE u.msg_id = ANY (v_archived)
+         GROUP BY u.message_id
+    ), sent AS (
+        UPDATE campaign_messages m
+           SET status = 'sent',
+               sent_at = now(),
+               finished_at = now(),
+               parts_sent = coalesce(jsonb_array_length(m.parts), m.parts_sent),
+               send_ms = coalesce(m.send_ms, 0) + coalesce(done.send_ms, 0),
+               error_class = NULL,
+               error_message = NULL
+          FROM done
+         WHERE m.id = done.message_id
+           AND m.status NOT IN ('sent', 'failed', 'skipped')
+        RETURNING m.run_id
+    )
+    SELECT coalesce(array_agg(sent.run_id), '{}') INTO v_runs FROM sent;
+    -- 4. Each run's counter once per batch (runs locked in id order), then each run finalised.
+    IF cardinality(v_runs) > 0 THEN
+        PERFORM 1 FROM campaign_runs r WHERE r.id = ANY (v_runs) ORDER BY r.id FOR UPDATE;
+        UPDATE campaign_runs r
+           SET leads_processed = r.leads_processed + per_run.n
+          FROM (SELECT x.run_id, count(*)::integer AS n FROM unnest(v_runs) AS x(run_id) GROUP BY x.run_id) per_run
+         WHERE r.id = per_run.run_id;
+        PERFORM finalize_campaign_run_if_complete(d.run_id)
+           FROM (SELECT DISTINCT x.run_id FROM unnest(v_runs) AS x(run_id) ORDER BY x.run_id) d;
+    END IF;
+    RETURN QUERY
+        SELECT u.ord::integer, u.msg_id,
+               (u.msg_id = ANY (v_archived)
+                AND EXISTS (SELECT 1 FROM unnest(v_held_ids, v_held_cts) AS h(msg_id, read_ct)
+                             WHERE h.msg_id = u.msg_id AND h.read_ct = u.read_ct))
+          FROM unnest(p_msg_ids, p_read_cts) WITH ORDINALITY AS u(msg_id, read_ct, ord)
+         ORDER BY u.ord;
+END;
+$$;
+
+-- Acknowledged parts, for a batch: monotonic (GREATEST), unguarded facts, as 0004's
+-- campaignq_record_part_sent; the highest count wins when one message appears twice.
+CREATE OR REPLACE FUNCTION campaignq_record_parts_sent_many(p_message_ids uuid[], p_parts_sent integer[])
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE campaign_messages m
+       SET parts_sent = greatest(m.parts_sent, u.parts_sent)
+      FROM (SELECT x.id, max(x.parts_sent) AS parts_sent
+              FROM unnest(p_message_ids, p_parts_sent) AS x(id, parts_sent)
+             GROUP BY x.id) u
+     WHERE m.id = u.id AND m.parts_sent < u.parts_sent;
+$$;
+
+-- Generations, for a batch: campaignq_store_ai_generation (0010) per element — same lease
+-- guard, same "never overwrite" rule, same spend bookkeeping and budget check — in one
+-- transaction. Lock order as everywhere in this file: the queue rows first, in msg_id order
+-- (the heartbeat's), then the elements one run after another (a capped run's row is updated
+-- by the spend bookkeeping; runs in id order, as campaignq_complete_sent_many takes them).
+-- Returns one row per element in input order: ok is that element's own answer, so each
+-- caller still learns before its first send whether its text was stored.
+CREATE OR REPLACE FUNCTION campaignq_store_ai_generations_many(
+    p_msg_ids bigint[], p_read_cts integer[], p_message_ids uuid[],
+    p_texts text[], p_parts jsonb[],
+    p_prompt_tokens integer[], p_completion_tokens integer[], p_cost_usd numeric[],
+    p_ai_ms integer[], p_split_ms integer[],
+    p_cached_tokens integer[], p_cache_write_tokens integer[], p_ai_calls integer[], p_modes text[])
+RETURNS TABLE (ord integer, msg_id bigint, ok boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    i       integer;
+    v_ok    boolean[] := array_fill(false, ARRAY[coalesce(cardinality(p_msg_ids), 0)]);
+BEGIN
+    PERFORM 1
+       FROM pgmq.q_campaign_messages q
+       JOIN unnest(p_msg_ids, p_read_cts) AS u(msg_id, read_ct)
+         ON q.msg_id = u.msg_id AND q.read_ct = u.read_ct
+      ORDER BY q.msg_id
+        FOR SHARE OF q;
+    FOR i IN
+        SELECT s.i
+          FROM generate_subscripts(p_msg_ids, 1) AS s(i)
+          LEFT JOIN campaign_messages m ON m.id = p_message_ids[s.i]
+         ORDER BY m.run_id, p_msg_ids[s.i], s.i
+    LOOP
+        v_ok[i] := campaignq_store_ai_generation(
+            p_msg_ids[i], p_read_cts[i], p_message_ids[i], p_texts[i], p_parts[i],
+            p_prompt_tokens[i], p_completion_tokens[i], p_cost_usd[i], p_ai_ms[i], p_split_ms[i],
+            p_cached_tokens[i], p_cache_write_tokens[i], p_ai_calls[i], p_modes[i]);
+    END LOOP;
+    RETURN QUERY
+        SELECT u.ord::integer, u.msg_id, coalesce(v_ok[u.ord::integer], false)
+          FROM unnest(p_msg_ids) WITH ORDINALITY AS u(msg_id, ord)
+         ORDER BY u.ord;
+END;
+$$;
