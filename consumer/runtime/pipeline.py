@@ -146,7 +146,7 @@ class MessagePipeline:
                         )
                     self._log(ctx, attempt, Outcome.RELEASED, "shutdown", level="WARNING")
                 raise
-        self.metrics.outcomes.labels(outcome=outcome, error_class=ctx_error_class(ctx, outcome)).inc()
+        self.metrics.outcome(outcome, ctx_error_class(ctx, outcome)).inc()
         self.metrics.message_seconds.observe(time.perf_counter() - attempt.started)
         return outcome
 
@@ -322,7 +322,7 @@ class MessagePipeline:
                 attempt.stage = "send"
             elapsed_ms = _ms_since(started)
             attempt.send_ms += elapsed_ms
-            self.metrics.stage_seconds.labels(stage="send").observe(elapsed_ms / 1000)
+            self.metrics.send_seconds.observe(elapsed_ms / 1000)
             await self._acknowledged(ctx, attempt, index, len(parts))
 
     async def _acknowledged(self, ctx: MessageContext, attempt: Attempt, index: int, total: int) -> None:
