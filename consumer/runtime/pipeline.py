@@ -502,8 +502,8 @@ class MessagePipeline:
     ) -> None:
         logger.bind(
             outcome=outcome,
-            message_id=str(ctx.message_id) if ctx.message_id else None,
-            run_id=str(ctx.run_id) if ctx.run_id else None,
+            message_id=ctx.message_id,
+            run_id=ctx.run_id,
             msg_id=ctx.msg.msg_id,
             attempt=ctx.retry_count + 1,
             error_class=ctx.last_error_class,
