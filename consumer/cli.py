@@ -7,27 +7,14 @@ line on stderr and a non-zero exit status; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from pydantic import ValidationError
 
 from . import __version__
-from .commands import (
-    bench,
-    consume,
-    demo,
-    limits,
-    migrate,
-    pregenerate,
-    produce,
-    prune,
-    replay,
-    serve,
-    simulate,
-    stats,
-)
 from .errors import CampaignqError, ConfigurationError, DatabaseUnavailableError
 
 
@@ -39,24 +26,31 @@ class CommandModule(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-# name -> module in consumer.commands exposing HELP, add_arguments(parser), run(args) -> int
-COMMANDS: dict[str, CommandModule] = {
-    "migrate": migrate,
-    "produce": produce,
-    "consume": consume,
-    "pregenerate": pregenerate,
-    "replay": replay,
-    "stats": stats,
-    "prune": prune,
-    "limits": limits,
-    "demo": demo,
-    "simulate": simulate,
-    "bench": bench,
-    "serve": serve,
-}
+# Each name is a module in consumer.commands exposing HELP, add_arguments(parser), run(args) -> int.
+# A command line that names one imports only that module (issue 15: `campaignq consume` does not
+# load the demo, the console or rich); `--help` and mistakes import them all.
+COMMANDS = (
+    "migrate",
+    "produce",
+    "consume",
+    "pregenerate",
+    "replay",
+    "stats",
+    "prune",
+    "limits",
+    "demo",
+    "simulate",
+    "bench",
+    "serve",
+)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
+def load_command(name: str) -> CommandModule:
+    return cast(CommandModule, importlib.import_module(f"{__package__}.commands.{name}"))
+
+
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
+    """The parser of every command, or of `only` (enough to parse a line that names it)."""
     parser = argparse.ArgumentParser(
         prog="campaignq",
         description="AI-personalised outbound WhatsApp campaigns on PostgreSQL + PGMQ.",
@@ -64,8 +58,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
     parser.add_argument("--version", action="version", version=f"campaignq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules: dict[str, CommandModule] = {}
-    for name, module in COMMANDS.items():
-        modules[name] = module
+    for name in (only,) if only else COMMANDS:
+        module = modules[name] = load_command(name)
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         add_common_arguments(command_parser)
         module.add_arguments(command_parser)
@@ -81,7 +75,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, modules = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Only --version and --help come before the command, and neither takes a value.
+    named = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser, modules = build_parser(named if named in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return modules[args.command].run(args)

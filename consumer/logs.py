@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import traceback
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +46,18 @@ _SENSITIVE_KEYS = frozenset(
 )
 # JSON keys every line has; an extra field with the same name is renamed, never lost.
 _CORE_KEYS = frozenset({"time", "level", "message", "logger", "function", "line", "exception"})
+# Texts none of the patterns above can change (issue 15, P7): every pattern needs a digit, a
+# separator (space, = : " ' -) or "sk-", so a uuid (hex in fixed groups, no phone shape: see
+# _NOT_A_PHONE and the look-arounds of _PHONE) or a bare word (outcome, stage, error class)
+# only needs the registered-secrets check. Most extras of a per-message line are such values.
+_PATTERN_FREE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z_]+"
+)
+# Values that are never scrubbed (nothing secret fits in a number or a UUID object).
+_ATOMS = (int, float, uuid.UUID)
 
 _secrets: set[str] = set()
+_secrets_longest_first: tuple[str, ...] = ()
 
 _COLORS = {
     "TRACE": "\x1b[2m",
@@ -63,8 +74,11 @@ _RESET = "\x1b[0m"
 
 def register_secret(value: str | None) -> None:
     """Remember a secret so any log line containing it is masked."""
+    global _secrets_longest_first
     if value and len(value) >= 4:
         _secrets.add(value)
+        # Longest first, so a secret that contains another one is masked as a whole.
+        _secrets_longest_first = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def mask_phone(phone: str | None) -> str:
@@ -76,10 +90,11 @@ def mask_phone(phone: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    # Longest first, so a secret that contains another one is masked as a whole.
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _secrets_longest_first:
         if secret in text:
             text = text.replace(secret, secret[:3] + "***")
+    if _PATTERN_FREE.fullmatch(text):
+        return text
     text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
     text = _KEY_SHAPE.sub(lambda m: f"{m.group(1)}***", text)
     return _PHONE.sub(_mask_phone_match, text)
@@ -95,8 +110,12 @@ def _mask_phone_match(match: re.Match[str]) -> str:
 
 def _redact_value(key: str, value: Any) -> Any:
     """Strings are scrubbed, containers walked; a value under a sensitive key is masked whole."""
-    if key.lower() in _SENSITIVE_KEYS and value is not None:
+    if value is None:
+        return None
+    if key.lower() in _SENSITIVE_KEYS:
         return mask_phone(str(value)) if key.lower() in {"phone", "number"} else "***"
+    if isinstance(value, _ATOMS):
+        return value
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):

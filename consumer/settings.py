@@ -182,6 +182,20 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         default=1.0, gt=0, description="Idle poll (NOTIFY wakes earlier for new messages)."
     )
+    refill_low_water: int = Field(
+        default=0,
+        ge=0,
+        description="Free slots that trigger a read while others are busy (0 = min(batch, concurrency / 4)).",
+    )
+    refill_max_wait_s: float = Field(
+        default=0.1,
+        ge=0,
+        description="A freed slot waits at most this long for others before it is refilled anyway.",
+    )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="Event loop of `consume`: `auto` = uvloop where installed, else asyncio's own.",
+    )
     backoff_base_s: float = Field(default=2.0, gt=0, description="Retry backoff base (full jitter).")
     backoff_max_s: float = Field(default=300.0, gt=0, description="Retry backoff cap.")
     max_deferral_s: float = Field(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
-from ..runtime.consume import run_consumer
 from ._common import database_url, settings_from
 
 HELP = "process queued messages: generate with the LLM, split, send over WhatsApp (long-lived)"
@@ -53,4 +51,9 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout_s="drain_timeout_s",
         metrics_port="metrics_port",
     )
-    return asyncio.run(run_consumer(settings, database_url(settings)))
+    # Imported here: `campaignq --help` and the other commands do not load the runtime.
+    from ..runtime import eventloop
+    from ..runtime.consume import run_consumer
+
+    url = database_url(settings)
+    return eventloop.run(run_consumer(settings, url), kind=settings.event_loop)

@@ -14,9 +14,6 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
-from phonenumbers import timezone as phone_timezones
-
 _UNKNOWN_ZONE = "Etc/Unknown"
 
 
@@ -38,6 +35,11 @@ def zone_of_phone(phone: str | None) -> ZoneInfo | None:
     digits = "".join(ch for ch in phone or "" if ch.isdigit())
     if not digits:
         return None
+    # Imported on first use (issue 15): only leads without a zone of their own, in a campaign
+    # with a send window, need the phone's; the rest of the consumer never loads its data.
+    import phonenumbers
+    from phonenumbers import timezone as phone_timezones
+
     try:
         number = phonenumbers.parse("+" + digits)
     except phonenumbers.NumberParseException:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from datetime import UTC
 from typing import Any
 
 import aiohttp
+import orjson
 from aiolimiter import AsyncLimiter
 from loguru import logger
 
@@ -41,7 +41,7 @@ from ..errors import (
 from ..settings import Settings
 from ..vocabulary import ErrorClass
 from .budget import SharedBudget
-from .provider_http import json_object, provider_text
+from .provider_http import JSON_CONTENT_TYPE, json_body, json_object, provider_text
 
 DEFAULT_RETRY_AFTER_S = 5.0
 # A cooldown this short is cheaper to sleep through than to hand back to the queue.
@@ -180,6 +180,11 @@ class AIClient:
         self._clock = clock
         self._wall_clock = wall_clock
         self._cooldown_until = 0.0
+        # Built once, not per request (issue 15, P5): the headers and the two timeouts used.
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": JSON_CONTENT_TYPE}
+        self._timeouts = {
+            seconds: aiohttp.ClientTimeout(total=seconds) for seconds in (timeout_s, split_timeout_s)
+        }
 
     @classmethod
     def from_settings(
@@ -396,11 +401,12 @@ class AIClient:
             )
 
     async def _request(self, payload: dict[str, Any], *, timeout_s: float) -> Completion:
-        headers = {"Authorization": f"Bearer {self._api_key}"}
+        timeout = self._timeouts.get(timeout_s) or aiohttp.ClientTimeout(total=timeout_s)
+        body = json_body(payload)
         started = time.perf_counter()
         try:
             async with self._session.post(
-                self._url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                self._url, data=body, headers=self._headers, timeout=timeout
             ) as response:
                 body = await response.read()
                 status = response.status
@@ -455,8 +461,8 @@ class AIClient:
     def _completion_from(self, body: bytes, *, requested_model: str, latency_ms: int) -> Completion:
         """Validate a 200: providers report some failures inside a successful HTTP answer."""
         try:
-            data = json.loads(body)
-        except ValueError as exc:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
             raise InvalidAIOutputError("AI provider answered 200 with a body that is not JSON") from exc
         if not isinstance(data, dict):
             raise InvalidAIOutputError("AI provider answered 200 with a JSON body that is not an object")

@@ -201,3 +201,22 @@ class ConsumerMetrics:
             "AI requests admitted by this process (spent from its slice when a budget is set)",
             registry=r,
         )
+        # Children bound once (issue 15, P6): `labels(...)` validates its arguments and takes
+        # the family's lock on every call; the hot path uses these instead.
+        self.send_seconds = self.stage_seconds.labels(stage="send")
+        self.generate_seconds = self.stage_seconds.labels(stage="generate")
+        self.split_seconds = self.stage_seconds.labels(stage="split")
+        self._outcome_children: dict[tuple[str, str], Counter] = {}
+
+    def outcome(self, outcome: str, error_class: str) -> Counter:
+        """The `campaignq_outcomes` child of (outcome, error_class), bound on first use.
+
+        Both label values come from closed vocabularies (`Outcome`, `ErrorClass`), so the
+        cache stays as small as the family itself."""
+        key = (outcome, error_class)
+        child = self._outcome_children.get(key)
+        if child is None:
+            child = self._outcome_children[key] = self.outcomes.labels(
+                outcome=outcome, error_class=error_class
+            )
+        return child

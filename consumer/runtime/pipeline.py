@@ -150,7 +150,7 @@ class MessagePipeline:
                         )
                     self._log(ctx, attempt, Outcome.RELEASED, "shutdown", level="WARNING")
                 raise
-        self.metrics.outcomes.labels(outcome=outcome, error_class=ctx_error_class(ctx, outcome)).inc()
+        self.metrics.outcome(outcome, ctx_error_class(ctx, outcome)).inc()
         self.metrics.message_seconds.observe(time.perf_counter() - attempt.started)
         return outcome
 
@@ -351,7 +351,7 @@ class MessagePipeline:
                 attempt.stage = "send"
             elapsed_ms = _ms_since(started)
             attempt.send_ms += elapsed_ms
-            self.metrics.stage_seconds.labels(stage="send").observe(elapsed_ms / 1000)
+            self.metrics.send_seconds.observe(elapsed_ms / 1000)
             await self._acknowledged(ctx, attempt, index, len(parts))
 
     async def _acknowledged(self, ctx: MessageContext, attempt: Attempt, index: int, total: int) -> None:
@@ -533,8 +533,8 @@ class MessagePipeline:
     ) -> None:
         logger.bind(
             outcome=outcome,
-            message_id=str(ctx.message_id) if ctx.message_id else None,
-            run_id=str(ctx.run_id) if ctx.run_id else None,
+            message_id=ctx.message_id,
+            run_id=ctx.run_id,
             msg_id=ctx.msg.msg_id,
             attempt=ctx.retry_count + 1,
             error_class=ctx.last_error_class,

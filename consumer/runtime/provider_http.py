@@ -7,19 +7,27 @@ and any phone number masked.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from ..logs import redact
 
 PROVIDER_TEXT_MAX_CHARS = 300
+JSON_CONTENT_TYPE = "application/json"
+
+
+def json_body(payload: Any) -> bytes:
+    """A request body: orjson writes compact UTF-8 bytes directly, several times faster than
+    ``json=`` (which goes through ``json.dumps`` to a str and encodes it again)."""
+    return orjson.dumps(payload)
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None when it is not one (not JSON, a list, a string…)."""
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:  # a ValueError: not JSON, not UTF-8, NaN, nested too deep
         return None
     return data if isinstance(data, dict) else None
 

@@ -38,7 +38,7 @@ from ..errors import (
 from ..logs import mask_phone
 from ..settings import Settings
 from .ai import parse_retry_after_s
-from .provider_http import json_object, provider_text
+from .provider_http import JSON_CONTENT_TYPE, json_body, json_object, provider_text
 
 CONNECTED_STATE = "open"
 # Evolution's answer when Baileys' socket is gone although connectionState still says "open".
@@ -111,6 +111,11 @@ class WhatsAppClient:
         self._states: dict[str, _CachedState] = {}
         self._state_locks: dict[str, asyncio.Lock] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        # Built once, not per request (issue 15, P5).
+        self._get_headers = {"apikey": api_key}
+        self._post_headers = {"apikey": api_key, "Content-Type": JSON_CONTENT_TYPE}
+        self._send_timeout = aiohttp.ClientTimeout(total=send_timeout_s)
+        self._reconcile_timeout = aiohttp.ClientTimeout(total=reconcile_timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings, session: aiohttp.ClientSession) -> WhatsAppClient:
@@ -185,9 +190,7 @@ class WhatsAppClient:
         url = f"{self._base_url}/instance/connectionState/{quote(instance, safe='')}"
         try:
             async with self._session.get(
-                url,
-                headers={"apikey": self._api_key},
-                timeout=aiohttp.ClientTimeout(total=self._send_timeout_s),
+                url, headers=self._get_headers, timeout=self._send_timeout
             ) as response:
                 status, body = response.status, await response.read()
         except TimeoutError as exc:
@@ -271,10 +274,7 @@ class WhatsAppClient:
         url = f"{self._base_url}/chat/findMessages/{quote(instance, safe='')}"
         try:
             async with self._session.post(
-                url,
-                json=body,
-                headers={"apikey": self._api_key},
-                timeout=aiohttp.ClientTimeout(total=self._reconcile_timeout_s),
+                url, data=json_body(body), headers=self._post_headers, timeout=self._reconcile_timeout
             ) as response:
                 status, raw = response.status, await response.read()
         except TimeoutError as exc:
@@ -302,12 +302,16 @@ class WhatsAppClient:
         self, instance: str, number: str, payload: dict[str, Any], timeout_s: float
     ) -> SendReceipt:
         url = f"{self._base_url}/message/sendText/{quote(instance, safe='')}"
+        # Evolution holds the call open for the typing delay: only a bubble without one (the
+        # usual case) can use the timeout built once.
+        timeout = (
+            self._send_timeout
+            if timeout_s == self._send_timeout_s
+            else aiohttp.ClientTimeout(total=timeout_s)
+        )
         try:
             async with self._session.post(
-                url,
-                json=payload,
-                headers={"apikey": self._api_key},
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                url, data=json_body(payload), headers=self._post_headers, timeout=timeout
             ) as response:
                 status, body = response.status, await response.read()
                 content_type = response.content_type
@@ -334,7 +338,7 @@ class WhatsAppClient:
                 # it) says it did not send. Not an acknowledgement, so the part is retried.
                 reason = self._provider_text(data, body)
                 raise ProviderUnavailableError(f"WhatsApp gateway answered {status} with an error: {reason}")
-            return _receipt_from(body)
+            return _receipt_from(data)
         raise self._send_error(instance, number, status, content_type, headers, body)
 
     def _send_error(
@@ -395,9 +399,10 @@ def _not_on_whatsapp(data: Mapping[str, Any] | None) -> bool:
     return any(isinstance(entry, Mapping) and entry.get("exists") is False for entry in entries)
 
 
-def _receipt_from(body: bytes) -> SendReceipt:
-    """A 2xx is an acknowledgement even if its body is odd: resending would risk a duplicate."""
-    data = json_object(body) or {}
+def _receipt_from(data: Mapping[str, Any] | None) -> SendReceipt:
+    """A 2xx is an acknowledgement even if its body is odd (``data`` None: not a JSON object):
+    resending would risk a duplicate."""
+    data = data or {}
     key = data.get("key")
     message_id = key.get("id") if isinstance(key, Mapping) else None
     status = data.get("status")

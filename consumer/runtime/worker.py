@@ -16,6 +16,7 @@ from typing import Any
 
 from loguru import logger
 
+from ..core import refill
 from ..core.models import (
     CampaignConfig,
     ClaimedRow,
@@ -37,9 +38,6 @@ from .whatsapp import WhatsAppClient
 EXIT_OK = 0
 EXIT_FATAL = 3
 DB_RETRY_DELAY_MAX_S = 10.0
-# A freed slot is refilled together with others that free up within this window, so a
-# busy worker reads in batches instead of one message per round trip.
-REFILL_GATHER_S = 0.02
 
 
 class Worker:
@@ -63,8 +61,16 @@ class Worker:
             db=db, ai=ai, whatsapp=whatsapp, settings=settings, metrics=self.metrics, on_fatal=self._on_fatal
         )
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        self._wake = asyncio.Event()  # NOTIFY: new messages since the last read
+        # Set when the read loop should look again: the first slot freed since the last read,
+        # the low-water mark of free slots reached, NOTIFY, or stop (see `core.refill`).
+        self._refill = asyncio.Event()
+        self._first_freed_at: float | None = None
+        self._low_water = refill.low_water(
+            concurrency=settings.concurrency,
+            batch_size=settings.batch_size,
+            configured=settings.refill_low_water,
+        )
         # Keyed by (msg_id, read_ct): a message this process reads again after its earlier
         # lease expired is a new lease; the old one is revoked, never overwritten.
         self._leases: dict[tuple[int, int], Lease] = {}
@@ -77,12 +83,14 @@ class Worker:
     def stop(self) -> None:
         """Stop reading; in-flight messages finish (up to the drain timeout). Signal-safe."""
         self._stop.set()
+        self._refill.set()
 
     def _on_fatal(self, exc: FatalError) -> None:
         if self._fatal is None:
             self._fatal = exc
             logger.critical("fatal provider error, stopping this consumer: {}", exc)
         self._stop.set()
+        self._refill.set()
 
     @property
     def in_flight(self) -> int:
@@ -123,16 +131,22 @@ class Worker:
                 await self._wait_any(asyncio.sleep(cooldown_s))
                 continue
             free = self.settings.concurrency - len(self._leases)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._wait_any(self._slot_freed.wait())
+            first_freed_at = self._first_freed_at
+            wait_s = refill.refill_wait_s(
+                free=free,
+                in_flight=len(self._leases),
+                low_water=self._low_water,
+                first_freed_age_s=0.0 if first_freed_at is None else time.monotonic() - first_freed_at,
+                max_wait_s=self.settings.refill_max_wait_s,
+                notified=self._wake.is_set(),
+            )
+            if wait_s is None or wait_s > 0:
+                await self._wait_for_refill(wait_s)
                 continue
-            if free < min(self.settings.batch_size, self.settings.concurrency) and self._leases:
-                await asyncio.sleep(REFILL_GATHER_S)
-                free = self.settings.concurrency - len(self._leases)
             qty = min(free, self.settings.batch_size)
             try:
                 self._wake.clear()
+                self._first_freed_at = None  # slots freed from now on start a new window
                 asked_at = time.monotonic()  # the lease starts no earlier than this
                 messages = await self.db.read(qty=qty, vt_s=self.settings.visibility_timeout_s)
                 db_delay_s = 0.0
@@ -156,6 +170,23 @@ class Worker:
         if self.db.transaction_pooled:
             return min(self.settings.poll_interval_s, self.settings.pooled_poll_interval_s)
         return self.settings.poll_interval_s
+
+    async def _wait_for_refill(self, timeout_s: float | None) -> None:
+        """Until `_refill` is set (a slot freed, low water, NOTIFY, stop) or `timeout_s` passed.
+
+        One event and at most one timer handle: this runs once or twice per refill, so it
+        avoids `_wait_any`'s task per awaitable."""
+        self._refill.clear()
+        if self._stop.is_set():
+            return
+        handle = (
+            None if timeout_s is None else asyncio.get_running_loop().call_later(timeout_s, self._refill.set)
+        )
+        try:
+            await self._refill.wait()
+        finally:
+            if handle is not None:
+                handle.cancel()
 
     async def _wait_any(self, *waits: Awaitable[Any]) -> None:
         tasks = [asyncio.ensure_future(w) for w in (*waits, self._stop.wait())]
@@ -254,7 +285,13 @@ class Worker:
         finally:
             self._leases.pop(lease.key, None)
             self.metrics.in_flight.set(len(self._leases))
-            self._slot_freed.set()
+            # Wake the read loop for the first slot freed since its last read (it arms the
+            # max-wait timer then) and once enough slots are free to read a batch.
+            first = self._first_freed_at is None
+            if first:
+                self._first_freed_at = time.monotonic()
+            if first or self.settings.concurrency - len(self._leases) >= self._low_water:
+                self._refill.set()
 
     # --- side tasks -----------------------------------------------------------------------------
 
@@ -338,6 +375,7 @@ class Worker:
                 async with conn:
                     async for _ in conn.notifies():
                         self._wake.set()
+                        self._refill.set()
             except DATABASE_ERRORS as exc:
                 delay_s = min(DB_RETRY_DELAY_MAX_S, max(0.5, delay_s * 2))
                 logger.debug("listener reconnecting in {:.1f} s ({})", delay_s, one_line(exc))

@@ -101,3 +101,42 @@ def test_readable_lines_show_bound_fields_and_redact_tracebacks(capsys: pytest.C
     assert "outcome=sent" in sent_line and "attempt=1" in sent_line and "error_class=-" in sent_line
     assert "ai_ms=120" in sent_line
     assert PHONE_DIGITS not in err and "0123456789abcdef0123" not in err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "3f2a9c4e-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "12345678-1234-1234-1234-123456789012",  # all digits: still not a phone
+        "sent",
+        "generate_split",
+        "deferred_too_long",
+    ],
+)
+def test_uuids_and_words_pass_unchanged(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_a_registered_secret_is_masked_even_in_a_uuid_or_a_word() -> None:
+    # The fast path skips the patterns, never the registered secrets (an Evolution key is often
+    # a uuid; a short one can be a plain word).
+    register_secret("0c9b1d2e-7f3a-4b5c-9d8e-112233445566")
+    register_secret("hunter_two")
+    assert redact("0c9b1d2e-7f3a-4b5c-9d8e-112233445566") == "0c9***"
+    assert redact("hunter_two") == "hun***"
+
+
+def test_non_string_extras_are_kept_and_sensitive_keys_masked_whatever_the_type(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import uuid
+
+    configure_logging(json_lines=True)
+    message_id = uuid.UUID("3f2a9c4e-1b2d-4e5f-8a9b-0c1d2e3f4a5b")
+    logger.bind(message_id=message_id, msg_id=98765432101, number=int(PHONE_DIGITS), ai_ms=1.5).info("x")
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["message_id"] == str(message_id)
+    assert line["msg_id"] == 98765432101
+    assert line["ai_ms"] == 1.5
+    assert PHONE_DIGITS not in json.dumps(line)
+    assert line["number"] == "***4321"
