@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import BENCHMARKS, common, load
+from bench import BENCHMARKS, common, load, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             plot=getattr(module, "plot", None),
             out_dir=out_dir,
         )
+    ran = set(args.names or BENCHMARKS)
+    if not args.quick and args.out is None and ran & set(report.SOURCES):
+        try:
+            report.main([])  # the README and docs blocks quote these files
+        except report.ReportError as exc:
+            print(f"docs not rewritten: {exc}", flush=True)
     return 0
 
 

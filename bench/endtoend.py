@@ -20,11 +20,11 @@ CPU of every process group over the window (consumers, PostgreSQL, simulators, e
 else on the box) gives cores and ms per message; the consumers' ms/msg is divided by the
 zero-latency "now, split on" median of bench/out/cost.json (quick/ with --quick;
 BENCH_E2E_COST_JSON overrides) when there is one, else by a zero-latency measurement
-taken here. BENCH_E2E_SIDES="now,before" runs each
-configuration with the baseline tree too (see `fleet.baseline_tree`).
+taken here. By default each configuration runs on this tree ("now") and on
+the baseline tree ("before", see `fleet.baseline_tree`); BENCH_E2E_SIDES=now skips it.
 
 Sizes: BENCH_E2E_CONFIGS ("3x512/1,3x512/8,4x384/8"), BENCH_E2E_WARMUP_S (20),
-BENCH_E2E_WINDOW_S (40), BENCH_E2E_SIDES ("now"), BENCH_E2E_ZERO_MESSAGES (3,000; the
+BENCH_E2E_WINDOW_S (40), BENCH_E2E_SIDES ("now,before"), BENCH_E2E_ZERO_MESSAGES (3,000; the
 zero-latency reference when cost.json is missing), BENCH_E2E_COST_JSON.
 """
 
@@ -57,7 +57,7 @@ def _configs(quick: bool) -> list[tuple[int, int, int]]:
 
 
 def _sides() -> list[str]:
-    sides = [s.strip() for s in os.environ.get("BENCH_E2E_SIDES", "now").split(",") if s.strip()]
+    sides = [s.strip() for s in os.environ.get("BENCH_E2E_SIDES", "now,before").split(",") if s.strip()]
     if not sides or set(sides) - {"now", "before"}:
         raise ValueError(f"BENCH_E2E_SIDES: {sides!r}; use now and/or before")
     return sides
