@@ -26,6 +26,8 @@ import aiohttp
 import orjson
 from aiolimiter import AsyncLimiter
 from loguru import logger
+from multidict import CIMultiDict
+from yarl import URL
 
 from ..core.breaker import CircuitBreaker
 from ..core.llmcost import is_structured_output_rejection
@@ -169,7 +171,8 @@ class AIClient:
         self._prompt_cache_key_field = prompt_cache_key_field
         self._session = session
         self._budget = budget
-        self._url = f"{base_url.rstrip('/')}/chat/completions"
+        # Parsed once (issue 15): a str URL is parsed by yarl on every request.
+        self._url = URL(f"{base_url.rstrip('/')}/chat/completions")
         self._api_key = api_key
         self._timeout_s = timeout_s
         self._split_timeout_s = split_timeout_s
@@ -181,7 +184,8 @@ class AIClient:
         self._wall_clock = wall_clock
         self._cooldown_until = 0.0
         # Built once, not per request (issue 15, P5): the headers and the two timeouts used.
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": JSON_CONTENT_TYPE}
+        # A CIMultiDict, which aiohttp merges as it is (a dict is converted on every request).
+        self._headers = CIMultiDict({"Authorization": f"Bearer {api_key}", "Content-Type": JSON_CONTENT_TYPE})
         self._timeouts = {
             seconds: aiohttp.ClientTimeout(total=seconds) for seconds in (timeout_s, split_timeout_s)
         }
@@ -272,6 +276,16 @@ class AIClient:
             response_format=response_format,
             cache_key=cache_key,
         )
+        return await self.complete_chat(payload, structured=True)
+
+    async def complete_chat(self, payload: dict[str, Any], *, structured: bool) -> Completion:
+        """Send a body built by `chat_body` as it is (the generation path builds it once).
+
+        ``structured``: the body carries a strict schema, so a rejection that names the schema
+        becomes `StructuredOutputUnsupportedError` (the caller falls back for this model).
+        """
+        if not structured:
+            return await self._complete(payload, timeout_s=self._timeout_s)
         try:
             return await self._complete(payload, timeout_s=self._timeout_s)
         except ProviderRejectedError as exc:
@@ -357,7 +371,10 @@ class AIClient:
                 self._breaker.record_neutral()
 
     async def _wait_for_admission(self) -> None:
-        await self._respect_cooldown()
+        # `_respect_cooldown` is only awaited when there is a cooldown: no coroutine per
+        # request for the usual case (issue 15).
+        if self.cooldown_remaining_s() > 0:
+            await self._respect_cooldown()
         self._refuse_if_circuit_open(claim_trial=False)
         await self._limiter.acquire()
         if self._budget is not None:
@@ -367,7 +384,8 @@ class AIClient:
         # Critical section: a 429 may have arrived while we queued in the limiter; check
         # again, then claim the breaker (possibly the half-open trial) with no await before
         # the request goes out.
-        await self._respect_cooldown()
+        if self.cooldown_remaining_s() > 0:
+            await self._respect_cooldown()
         self._refuse_if_circuit_open(claim_trial=True)
 
     async def _respect_cooldown(self) -> None:
