@@ -530,29 +530,29 @@ def _is_in_flight_budget(error: Mapping[str, Any] | None) -> bool:
 
 
 def _usage_from(raw: object) -> Usage:
-    usage = raw if isinstance(raw, Mapping) else {}
-
-    def count(name: str) -> int:
-        value = usage.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    usage = raw if isinstance(raw, Mapping) else _EMPTY
+    prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
     cost = usage.get("cost")
     details = usage.get("prompt_tokens_details")
-    details = details if isinstance(details, Mapping) else {}
-
-    def detail(name: str) -> int:
-        value = details.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
+    details = details if isinstance(details, Mapping) else _EMPTY
+    cached = _count(details, "cached_tokens")
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=count("total_tokens") or prompt + completion,
+        total_tokens=_count(usage, "total_tokens") or prompt + completion,
         cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
-        cached_tokens=min(detail("cached_tokens"), prompt) if prompt else detail("cached_tokens"),
-        cache_write_tokens=detail("cache_write_tokens"),
+        cached_tokens=min(cached, prompt) if prompt else cached,
+        cache_write_tokens=_count(details, "cache_write_tokens"),
     )
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _count(container: Mapping[str, Any], name: str) -> int:
+    """A token count as reported, or 0 when it is missing or not a count (bool, negative, text)."""
+    value = container.get(name)
+    return value if type(value) is int and value >= 0 else 0
 
 
 def usage_from(raw: object) -> Usage:

@@ -150,7 +150,13 @@ class WhatsAppClient:
             raise InboxUnavailableError(
                 f"inbox {instance!r} is failing sends; paused", retry_after_s=breaker.retry_after_s(now)
             )
-        state = await self._connection_state(instance)
+        # Asked once per message and nearly always answered from the cache: read it here,
+        # without the coroutine of `_connection_state` (issue 15).
+        cached = self._states.get(instance)
+        if cached is not None and cached.state is not None and now - cached.fetched_at < self._state_ttl_s:
+            state = cached.state
+        else:
+            state = await self._connection_state(instance)
         if state != CONNECTED_STATE:
             raise InboxUnavailableError(f"inbox {instance!r} is not connected (state {state!r})")
 
