@@ -53,6 +53,12 @@ _CORE_KEYS = frozenset({"time", "level", "message", "logger", "function", "line"
 _PATTERN_FREE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z_]+"
 )
+# Whatever any of _BEARER, _KEY_SHAPE and _PHONE can match contains one of these (issue 15):
+# one search that usually finds nothing instead of three substitutions. A superset only, so
+# a hit just means "run the real patterns".
+_SUSPECT = re.compile(
+    r"\d[\d\s().-]{6,}\d|sk-|(?i:bearer|apikey|api[_-]key|authorization|token|secret|password)"
+)
 # Values that are never scrubbed (nothing secret fits in a number or a UUID object).
 _ATOMS = (int, float, uuid.UUID)
 
@@ -93,7 +99,7 @@ def redact(text: str) -> str:
     for secret in _secrets_longest_first:
         if secret in text:
             text = text.replace(secret, secret[:3] + "***")
-    if _PATTERN_FREE.fullmatch(text):
+    if _PATTERN_FREE.fullmatch(text) or not _SUSPECT.search(text):
         return text
     text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
     text = _KEY_SHAPE.sub(lambda m: f"{m.group(1)}***", text)
@@ -112,8 +118,9 @@ def _redact_value(key: str, value: Any) -> Any:
     """Strings are scrubbed, containers walked; a value under a sensitive key is masked whole."""
     if value is None:
         return None
-    if key.lower() in _SENSITIVE_KEYS:
-        return mask_phone(str(value)) if key.lower() in {"phone", "number"} else "***"
+    lowered = key.lower()
+    if lowered in _SENSITIVE_KEYS:
+        return mask_phone(str(value)) if lowered in {"phone", "number"} else "***"
     if isinstance(value, _ATOMS):
         return value
     if isinstance(value, str):
@@ -140,10 +147,14 @@ def _exception_text(record: Record) -> str | None:
 
 
 def _human_value(value: Any) -> str:
+    """An extra as text. Strings were already scrubbed by `_patch` (every record passes it
+    first) and atoms have nothing to scrub; only other objects' text is redacted here."""
     if value is None:
         return "-"
-    text = value if isinstance(value, str) else str(value)
-    return redact(text) if not isinstance(value, int | float | bool) else text
+    if isinstance(value, str):
+        return value
+    text = str(value)
+    return text if isinstance(value, _ATOMS) else redact(text)
 
 
 def _human_sink(message: Message) -> None:
@@ -153,7 +164,8 @@ def _human_sink(message: Message) -> None:
     color = getattr(stream, "isatty", lambda: False)()
     level = record["level"].name
     extras = "  ".join(f"{key}={_human_value(value)}" for key, value in record["extra"].items())
-    when = record["time"].strftime("%H:%M:%S.") + f"{record['time'].microsecond // 1000:03d}"
+    time = record["time"]
+    when = f"{time.hour:02d}:{time.minute:02d}:{time.second:02d}.{time.microsecond // 1000:03d}"
     level_text = f"{level: <8}"
     if color:
         level_text = f"{_COLORS.get(level, '')}{level_text}{_RESET}"

@@ -16,6 +16,7 @@ No I/O here, so every rule that moves the bill has a unit test:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -52,8 +53,8 @@ class StructuredOutputMemory:
         self._lock = threading.Lock()
 
     def supports(self, model: str) -> bool:
-        with self._lock:
-            return model not in self._refused
+        # No lock (asked once per message): a dict lookup is atomic, and the dict only grows.
+        return model not in self._refused
 
     def mark_unsupported(self, model: str, reason: str) -> bool:
         """Remember the refusal; True only the first time (the caller logs and counts it once)."""
@@ -100,23 +101,38 @@ def prompt_layout(
     Nothing lead-specific may enter `shared`: one changed byte early in the prompt and no
     later token can come from the cache.
     """
+    return PromptLayout(
+        shared=_shared_text(system_prompt, structured, max_parts, max_chars), lead=lead_prompt
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_text(system_prompt: str, structured: bool, max_parts: int, max_chars: int) -> str:
+    """The same for every lead of a campaign, so built once per campaign (issue 15), not per lead."""
     shared = system_prompt.strip()
     if structured:
         shared = f"{shared}\n\n{parts_instructions(max_parts=max_parts, max_chars=max_chars)}".strip()
-    return PromptLayout(shared=shared, lead=lead_prompt)
+    return shared
 
 
+@functools.lru_cache(maxsize=256)
 def cache_key(*, config_id: str, model: str, shared_prefix: str) -> str:
-    """Stable per campaign, model and shared text; short and free of anything personal."""
+    """Stable per campaign, model and shared text; short and free of anything personal.
+
+    Memoised: the same few campaigns ask for it once per message, and hashing the shared
+    text (kilobytes) each time showed in the profile (issue 15).
+    """
     digest = hashlib.sha256(f"{config_id}\0{model}\0{shared_prefix}".encode()).hexdigest()[:16]
     return f"cq-{digest}"
 
 
+@functools.lru_cache(maxsize=32)
 def parts_response_format(*, max_parts: int) -> dict[str, Any]:
     """`response_format` of the one-call request: strict ``{"parts": [string, …]}``.
 
     The per-part length is in the instructions, not ``maxLength`` (not accepted by every
     strict implementation); `consumer.core.split.parse_split_answer` checks it anyway.
+    Memoised (one per `max_parts`, issue 15): the result is shared, so treat it as read-only.
     """
     return {
         "type": "json_schema",

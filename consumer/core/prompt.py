@@ -11,6 +11,7 @@ whose key names a phone are skipped, since the LLM provider has no need for them
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -62,7 +63,7 @@ def build_user_prompt(
     used = sum(len(line) + 1 for line in lines) - 1
     footer_room = 1 + len(_omitted(len(fields)))
     for index, (key, value) in enumerate(fields):
-        line = f"- {_one_line(str(key), MAX_KEY_CHARS) or '(unnamed)'}: {_value_text(value, max_field_chars)}"
+        line = f"- {_key_label(str(key))}: {_value_text(value, max_field_chars)}"
         room_after = footer_room if index < len(fields) - 1 else 0
         if used + 1 + len(line) + room_after > max_total_chars:
             lines.append(_omitted(len(fields) - index))
@@ -80,6 +81,14 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+# Keys repeat from lead to lead (a campaign's leads share their field names), values do not:
+# what depends on the key alone is memoised (issue 15), bounded since keys are lead data.
+@functools.lru_cache(maxsize=1024)
+def _key_label(key: str) -> str:
+    return _one_line(key, MAX_KEY_CHARS) or "(unnamed)"
+
+
+@functools.lru_cache(maxsize=1024)
 def _names_a_phone(key: str) -> bool:
     folded = key.casefold()
     return any(hint in folded for hint in _PHONE_KEY_HINTS)

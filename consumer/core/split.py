@@ -167,6 +167,8 @@ def _within_limits(parts: Sequence[str], *, max_parts: int, max_chars: int) -> b
 
 def _same_text(parts: Sequence[str], text: str) -> bool:
     """Whitespace may move (where the bubbles break), words may not."""
+    if "\n\n".join(parts) == text:
+        return True  # the usual case, cheaply: the text is the bubbles as stored (issue 15)
     return "".join("".join(parts).split()) == "".join(text.split())
 
 

@@ -46,6 +46,7 @@ _EXTRA_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 # Pairs a model wraps its whole answer in; stripped only when the pair is the outermost
 # and the quote does not occur inside (so '"Oi", disse ela, "tudo bem?"' is untouched).
 _WRAPPING_QUOTES = (('"', '"'), ("'", "'"), ("“", "”"), ("«", "»"), ("`", "`"))
+_OPENING_QUOTES = frozenset(opening for opening, _ in _WRAPPING_QUOTES)
 _PHONE_SEPARATORS = frozenset("-.()/")  # plus any whitespace
 
 
@@ -99,7 +100,13 @@ def normalize_phone(phone: str | None) -> str:
 
 
 def _normalise(text: str) -> str:
-    cleaned = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    # Each step only when it can change something (issue 15): most answers have no CR, no
+    # wrapping quote and no run of blank lines, and every step copies the whole text.
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    cleaned = text.strip()
+    if cleaned[:1] not in _OPENING_QUOTES:
+        return _EXTRA_BLANK_LINES.sub("\n\n", cleaned) if cleaned.count("\n") > 2 else cleaned
     for opening, closing in _WRAPPING_QUOTES:
         inner = cleaned[len(opening) : -len(closing)]
         if (

@@ -26,6 +26,8 @@ import aiohttp
 import orjson
 from aiolimiter import AsyncLimiter
 from loguru import logger
+from multidict import CIMultiDict
+from yarl import URL
 
 from ..core.breaker import CircuitBreaker
 from ..core.llmcost import is_structured_output_rejection
@@ -169,7 +171,8 @@ class AIClient:
         self._prompt_cache_key_field = prompt_cache_key_field
         self._session = session
         self._budget = budget
-        self._url = f"{base_url.rstrip('/')}/chat/completions"
+        # Parsed once (issue 15): a str URL is parsed by yarl on every request.
+        self._url = URL(f"{base_url.rstrip('/')}/chat/completions")
         self._api_key = api_key
         self._timeout_s = timeout_s
         self._split_timeout_s = split_timeout_s
@@ -181,7 +184,8 @@ class AIClient:
         self._wall_clock = wall_clock
         self._cooldown_until = 0.0
         # Built once, not per request (issue 15, P5): the headers and the two timeouts used.
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": JSON_CONTENT_TYPE}
+        # A CIMultiDict, which aiohttp merges as it is (a dict is converted on every request).
+        self._headers = CIMultiDict({"Authorization": f"Bearer {api_key}", "Content-Type": JSON_CONTENT_TYPE})
         self._timeouts = {
             seconds: aiohttp.ClientTimeout(total=seconds) for seconds in (timeout_s, split_timeout_s)
         }
@@ -272,6 +276,16 @@ class AIClient:
             response_format=response_format,
             cache_key=cache_key,
         )
+        return await self.complete_chat(payload, structured=True)
+
+    async def complete_chat(self, payload: dict[str, Any], *, structured: bool) -> Completion:
+        """Send a body built by `chat_body` as it is (the generation path builds it once).
+
+        ``structured``: the body carries a strict schema, so a rejection that names the schema
+        becomes `StructuredOutputUnsupportedError` (the caller falls back for this model).
+        """
+        if not structured:
+            return await self._complete(payload, timeout_s=self._timeout_s)
         try:
             return await self._complete(payload, timeout_s=self._timeout_s)
         except ProviderRejectedError as exc:
@@ -357,7 +371,10 @@ class AIClient:
                 self._breaker.record_neutral()
 
     async def _wait_for_admission(self) -> None:
-        await self._respect_cooldown()
+        # `_respect_cooldown` is only awaited when there is a cooldown: no coroutine per
+        # request for the usual case (issue 15).
+        if self.cooldown_remaining_s() > 0:
+            await self._respect_cooldown()
         self._refuse_if_circuit_open(claim_trial=False)
         await self._limiter.acquire()
         if self._budget is not None:
@@ -367,7 +384,8 @@ class AIClient:
         # Critical section: a 429 may have arrived while we queued in the limiter; check
         # again, then claim the breaker (possibly the half-open trial) with no await before
         # the request goes out.
-        await self._respect_cooldown()
+        if self.cooldown_remaining_s() > 0:
+            await self._respect_cooldown()
         self._refuse_if_circuit_open(claim_trial=True)
 
     async def _respect_cooldown(self) -> None:
@@ -512,29 +530,29 @@ def _is_in_flight_budget(error: Mapping[str, Any] | None) -> bool:
 
 
 def _usage_from(raw: object) -> Usage:
-    usage = raw if isinstance(raw, Mapping) else {}
-
-    def count(name: str) -> int:
-        value = usage.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    usage = raw if isinstance(raw, Mapping) else _EMPTY
+    prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
     cost = usage.get("cost")
     details = usage.get("prompt_tokens_details")
-    details = details if isinstance(details, Mapping) else {}
-
-    def detail(name: str) -> int:
-        value = details.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
+    details = details if isinstance(details, Mapping) else _EMPTY
+    cached = _count(details, "cached_tokens")
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=count("total_tokens") or prompt + completion,
+        total_tokens=_count(usage, "total_tokens") or prompt + completion,
         cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
-        cached_tokens=min(detail("cached_tokens"), prompt) if prompt else detail("cached_tokens"),
-        cache_write_tokens=detail("cache_write_tokens"),
+        cached_tokens=min(cached, prompt) if prompt else cached,
+        cache_write_tokens=_count(details, "cache_write_tokens"),
     )
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _count(container: Mapping[str, Any], name: str) -> int:
+    """A token count as reported, or 0 when it is missing or not a count (bool, negative, text)."""
+    value = container.get(name)
+    return value if type(value) is int and value >= 0 else 0
 
 
 def usage_from(raw: object) -> Usage:

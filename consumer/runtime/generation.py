@@ -100,7 +100,7 @@ def request_body(
     structured: bool,
 ) -> dict[str, Any]:
     """The chat completion body for one lead (sync call or batch line): cacheable prefix first."""
-    if not config.system_prompt.strip():
+    if not config.system_prompt or config.system_prompt.isspace():  # no copy of a long prompt
         raise InvalidConfigError("the campaign's system prompt is empty")
     layout = prompt_layout(
         system_prompt=config.system_prompt,
@@ -205,7 +205,7 @@ class Generator:
             if self.memory.supports(config.ai_model):
                 llm_parts = await self._split_call(config, text, tally, log_id)
             split_ms = _ms_since(split_started)
-            self.metrics.stage_seconds.labels(stage="split").observe(split_ms / 1000)
+            self.metrics.split_seconds.observe(split_ms / 1000)
         parts = plan_parts(
             text,
             split_enabled=config.split_messages,
@@ -232,27 +232,17 @@ class Generator:
             custom_fields=custom_fields,
             structured=structured,
         )
-        kind = "structured" if structured else "generate"
         tally.calls += 1
-        self.metrics.ai_calls.labels(kind=kind).inc()
+        metrics = self.metrics
         started = time.perf_counter()
         if structured:
-            completion = await self.ai.compose(
-                model=body["model"],
-                messages=body["messages"],
-                response_format=body["response_format"],
-                max_tokens=body["max_tokens"],
-                cache_key=body.get("session_id") or body.get("prompt_cache_key"),
-            )
+            metrics.ai_call_kinds["structured"].inc()
         else:
-            completion = await self.ai.generate(
-                model=config.ai_model,
-                system_prompt=body["messages"][0]["content"] if len(body["messages"]) > 1 else "",
-                user_prompt=body["messages"][-1]["content"],
-                max_tokens=config.max_tokens,
-                cache_key=body.get("session_id") or body.get("prompt_cache_key"),
-            )
-        self.metrics.stage_seconds.labels(stage="generate").observe(time.perf_counter() - started)
+            metrics.ai_call_kinds["generate"].inc()
+        # The body just built is the body sent (issue 15): `compose` / `generate` would lay
+        # the same request out a second time.
+        completion = await self.ai.complete_chat(body, structured=structured)
+        metrics.generate_seconds.observe(time.perf_counter() - started)
         tally.add(completion)
         return completion
 
@@ -260,7 +250,7 @@ class Generator:
         self, config: CampaignConfig, text: str, tally: _Tally, log_id: str
     ) -> list[str] | None:
         tally.calls += 1
-        self.metrics.ai_calls.labels(kind="split").inc()
+        self.metrics.ai_call_kinds["split"].inc()
         try:
             answer = await self.ai.split(
                 model=config.ai_model,
@@ -310,7 +300,7 @@ class Generator:
         )
         record_generation_metrics(
             self.metrics,
-            workspace_id=str(config.workspace_id),
+            workspace_id=config.workspace_id,
             mode=mode,
             prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens,
@@ -336,7 +326,7 @@ class Generator:
 def record_generation_metrics(
     metrics: ConsumerMetrics,
     *,
-    workspace_id: str,
+    workspace_id: object,
     mode: str,
     prompt_tokens: int,
     completion_tokens: int,
@@ -344,16 +334,20 @@ def record_generation_metrics(
     cache_write_tokens: int,
     cost_usd: float | None,
 ) -> None:
-    """Per-workspace counters: cached share = cached/prompt, cost per 1,000 = 1000·cost/messages."""
-    metrics.tokens.labels(kind="prompt").inc(prompt_tokens)
-    metrics.tokens.labels(kind="completion").inc(completion_tokens)
-    metrics.tokens.labels(kind="cached").inc(cached_tokens)
-    metrics.tokens.labels(kind="cache_write").inc(cache_write_tokens)
-    metrics.generated_messages.labels(workspace_id=workspace_id, mode=mode).inc()
-    metrics.workspace_prompt_tokens.labels(workspace_id=workspace_id).inc(prompt_tokens)
-    metrics.workspace_cached_tokens.labels(workspace_id=workspace_id).inc(cached_tokens)
+    """Per-workspace counters: cached share = cached/prompt, cost per 1,000 = 1000·cost/messages.
+
+    `workspace_id` is the workspace's UUID (or its text); the children are bound once per
+    workspace (`ConsumerMetrics.workspace`), not looked up by label on every message."""
+    metrics.prompt_tokens.inc(prompt_tokens)
+    metrics.completion_tokens.inc(completion_tokens)
+    metrics.cached_tokens.inc(cached_tokens)
+    metrics.cache_write_tokens.inc(cache_write_tokens)
+    workspace = metrics.workspace(workspace_id)
+    workspace.generated(mode).inc()
+    workspace.prompt_tokens.inc(prompt_tokens)
+    workspace.cached_tokens.inc(cached_tokens)
     if cost_usd is not None:
-        metrics.workspace_cost_usd.labels(workspace_id=workspace_id).inc(cost_usd)
+        workspace.cost_usd.inc(cost_usd)
 
 
 def _ms_since(started: float) -> int:

@@ -8,6 +8,8 @@ few seconds by `observability.QueueSampler` (one query, never per message).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STAGE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
@@ -207,6 +209,41 @@ class ConsumerMetrics:
         self.generate_seconds = self.stage_seconds.labels(stage="generate")
         self.split_seconds = self.stage_seconds.labels(stage="split")
         self._outcome_children: dict[tuple[str, str], Counter] = {}
+        # The generation side's children (issue 15): every message used to pay ~9 `labels()`.
+        self.ai_call_kinds = {
+            kind: self.ai_calls.labels(kind=kind) for kind in ("structured", "generate", "split")
+        }
+        self.prompt_tokens = self.tokens.labels(kind="prompt")
+        self.completion_tokens = self.tokens.labels(kind="completion")
+        self.cached_tokens = self.tokens.labels(kind="cached")
+        self.cache_write_tokens = self.tokens.labels(kind="cache_write")
+        self._workspace_children: dict[object, WorkspaceCounters] = {}
+
+    def ai_call(self, kind: str) -> Counter:
+        """The `campaignq_ai_calls` child of `kind` (bound once for the kinds the consumer makes)."""
+        child = self.ai_call_kinds.get(kind)
+        if child is None:
+            child = self.ai_call_kinds[kind] = self.ai_calls.labels(kind=kind)
+        return child
+
+    def workspace(self, workspace_id: object) -> WorkspaceCounters:
+        """The per-workspace children, bound on first use of a workspace.
+
+        Keyed by the id as given (a UUID or its text); the label is its text. Workspaces are
+        few and long-lived (they are the label values of these families anyway), so the cache
+        grows no faster than the families themselves."""
+        children = self._workspace_children.get(workspace_id)
+        if children is None:
+            label = str(workspace_id)
+            children = self._workspace_children[workspace_id] = WorkspaceCounters(
+                prompt_tokens=self.workspace_prompt_tokens.labels(workspace_id=label),
+                cached_tokens=self.workspace_cached_tokens.labels(workspace_id=label),
+                cost_usd=self.workspace_cost_usd.labels(workspace_id=label),
+                modes={},
+                _family=self.generated_messages,
+                _label=label,
+            )
+        return children
 
     def outcome(self, outcome: str, error_class: str) -> Counter:
         """The `campaignq_outcomes` child of (outcome, error_class), bound on first use.
@@ -219,4 +256,23 @@ class ConsumerMetrics:
             child = self._outcome_children[key] = self.outcomes.labels(
                 outcome=outcome, error_class=error_class
             )
+        return child
+
+
+@dataclass
+class WorkspaceCounters:
+    """One workspace's bound children of the LLM cost families (`ConsumerMetrics.workspace`)."""
+
+    prompt_tokens: Counter
+    cached_tokens: Counter
+    cost_usd: Counter
+    modes: dict[str, Counter]
+    _family: Counter
+    _label: str
+
+    def generated(self, mode: str) -> Counter:
+        """The `campaignq_ai_generated_messages` child of this workspace and `mode`."""
+        child = self.modes.get(mode)
+        if child is None:
+            child = self.modes[mode] = self._family.labels(workspace_id=self._label, mode=mode)
         return child

@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import aiohttp
 from loguru import logger
+from multidict import CIMultiDict
+from yarl import URL
 
 from ..core.breaker import CircuitBreaker
 from ..errors import (
@@ -112,8 +114,12 @@ class WhatsAppClient:
         self._state_locks: dict[str, asyncio.Lock] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         # Built once, not per request (issue 15, P5).
-        self._get_headers = {"apikey": api_key}
-        self._post_headers = {"apikey": api_key, "Content-Type": JSON_CONTENT_TYPE}
+        # CIMultiDicts, which aiohttp merges as they are (a dict is converted on every request).
+        self._get_headers = CIMultiDict({"apikey": api_key})
+        self._post_headers = CIMultiDict({"apikey": api_key, "Content-Type": JSON_CONTENT_TYPE})
+        # Each instance's send URL, parsed once (a str URL is parsed by yarl on every request).
+        # Instances are the inboxes: a handful per gateway.
+        self._send_urls: dict[str, URL] = {}
         self._send_timeout = aiohttp.ClientTimeout(total=send_timeout_s)
         self._reconcile_timeout = aiohttp.ClientTimeout(total=reconcile_timeout_s)
 
@@ -144,7 +150,13 @@ class WhatsAppClient:
             raise InboxUnavailableError(
                 f"inbox {instance!r} is failing sends; paused", retry_after_s=breaker.retry_after_s(now)
             )
-        state = await self._connection_state(instance)
+        # Asked once per message and nearly always answered from the cache: read it here,
+        # without the coroutine of `_connection_state` (issue 15).
+        cached = self._states.get(instance)
+        if cached is not None and cached.state is not None and now - cached.fetched_at < self._state_ttl_s:
+            state = cached.state
+        else:
+            state = await self._connection_state(instance)
         if state != CONNECTED_STATE:
             raise InboxUnavailableError(f"inbox {instance!r} is not connected (state {state!r})")
 
@@ -214,10 +226,11 @@ class WhatsAppClient:
 
     async def send_text(self, *, instance: str, number: str, text: str, delay_ms: int = 0) -> SendReceipt:
         """Send one bubble. A receipt means the gateway took it: never send that part again."""
-        breaker = self._breakers.setdefault(
-            instance,
-            CircuitBreaker(failure_threshold=self._breaker_failures, cooldown_s=self._breaker_cooldown_s),
-        )
+        breaker = self._breakers.get(instance)
+        if breaker is None:  # not `setdefault`: that builds a breaker on every send
+            breaker = self._breakers[instance] = CircuitBreaker(
+                failure_threshold=self._breaker_failures, cooldown_s=self._breaker_cooldown_s
+            )
         now = self._clock()
         if not breaker.allow(now):
             raise InboxUnavailableError(
@@ -301,7 +314,11 @@ class WhatsAppClient:
     async def _post_text(
         self, instance: str, number: str, payload: dict[str, Any], timeout_s: float
     ) -> SendReceipt:
-        url = f"{self._base_url}/message/sendText/{quote(instance, safe='')}"
+        url = self._send_urls.get(instance)
+        if url is None:
+            url = self._send_urls[instance] = URL(
+                f"{self._base_url}/message/sendText/{quote(instance, safe='')}"
+            )
         # Evolution holds the call open for the typing delay: only a bubble without one (the
         # usual case) can use the timeout built once.
         timeout = (
@@ -314,8 +331,15 @@ class WhatsAppClient:
                 url, data=json_body(payload), headers=self._post_headers, timeout=timeout
             ) as response:
                 status, body = response.status, await response.read()
-                content_type = response.content_type
-                headers = response.headers
+                failure = (
+                    None
+                    if status in (200, 201)
+                    # Only an error reads the content type and headers: aiohttp parses the
+                    # content type on access (issue 15).
+                    else self._send_error(
+                        instance, number, status, response.content_type, response.headers, body
+                    )
+                )
         except aiohttp.ConnectionTimeoutError as exc:
             # Never connected, so nothing was written: a plain timeout, safe to resend.
             raise ProviderTimeoutError(
@@ -331,7 +355,7 @@ class WhatsAppClient:
             raise SendOutcomeUnknownError(
                 f"WhatsApp send lost its connection before the answer: {type(exc).__name__}"
             ) from exc
-        if status in (200, 201):
+        if failure is None:
             data = json_object(body)
             if data is not None and data.get("error") and not isinstance(data.get("key"), Mapping):
                 # An explicit error and no message key: the gateway (or a proxy in front of
@@ -339,7 +363,7 @@ class WhatsAppClient:
                 reason = self._provider_text(data, body)
                 raise ProviderUnavailableError(f"WhatsApp gateway answered {status} with an error: {reason}")
             return _receipt_from(data)
-        raise self._send_error(instance, number, status, content_type, headers, body)
+        raise failure
 
     def _send_error(
         self,
