@@ -114,8 +114,9 @@ class _Completion:
 
 
 class OutcomeBatcher(Generic[I, R]):
-    """Collects calls for up to `window_s` (or until `max_items` are waiting) and sends them to
-    the database as one statement (`flush`), resolving each caller with its own result.
+    """Collects calls for up to `window_s` (or until `max_items` are waiting; or, when one of
+    its statements is under way as the window ends, until that statement ends) and sends them
+    to the database as one statement (`flush`), resolving each caller with its own result.
 
     - `flush(items)` returns one result per item, in order; each element is lease-checked on
       its own in SQL, so a lost lease answers False for that element only.
@@ -148,6 +149,8 @@ class OutcomeBatcher(Generic[I, R]):
         """Resolved when the statement of the batch being collected has finished, whatever it did."""
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
+        self._due = False
+        """The window of the batch being collected ended while a statement was under way."""
         self.flushes = 0
         """Statements sent (batches), for tests and the curious."""
 
@@ -165,10 +168,27 @@ class OutcomeBatcher(Generic[I, R]):
         if len(self._pending) >= self.max_items:
             self._start_flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.window_s, self._start_flush)
+            self._timer = loop.call_later(self.window_s, self._window_ended)
         return await future
 
+    def _window_ended(self) -> None:
+        """Group commit: while one of our statements is under way, the batch being collected
+        keeps collecting and is sent the moment that statement ends (`_flushed`), so under
+        load a batch grows with the load instead of staying one window's worth; when idle, it
+        is sent now. A full batch never waits (`submit`)."""
+        self._timer = None
+        if self._flushing:
+            self._due = True
+        else:
+            self._start_flush()
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        if self._due and not self._flushing:
+            self._start_flush()
+
     def _start_flush(self) -> None:
+        self._due = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -180,7 +200,7 @@ class OutcomeBatcher(Generic[I, R]):
             self._run(batch, done), name=f"campaignq-batch-{self.name}"
         )
         self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        task.add_done_callback(self._flushed)
 
     async def _run(self, batch: list[tuple[I, asyncio.Future[R]]], done: asyncio.Future[None]) -> None:
         try:
@@ -350,6 +370,35 @@ class Database:
             rows = await cur.fetchall()
         return [
             QueueMessage(msg_id=r[0], read_ct=r[1], enqueued_at=r[2], vt=r[3], message=r[4]) for r in rows
+        ]
+
+    async def read_and_claim(
+        self, *, qty: int, vt_s: int, cached_config_ids: Sequence[uuid.UUID]
+    ) -> list[tuple[QueueMessage, ClaimedRow | None]]:
+        """Read up to `qty` messages and claim their rows with their context, in one statement
+        (0014's `campaignq_read_and_claim`). Each message comes with its claimed row, or None
+        when the database did not trust its payload: the caller parses it, and claims a valid
+        one with `claim_batch`. All or nothing: on an error nothing was read."""
+        self.statements["read_and_claim"] += 1
+        params = {"qty": qty, "vt_s": vt_s, "cached_config_ids": list(cached_config_ids)}
+        async with self.connection() as conn:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query("read_and_claim"), params)
+                rows: list[dict[str, Any]] = await cur.fetchall()
+        if rows:
+            self.statements["claim_batch"] += 1  # the batch's one context query
+        return [
+            (
+                QueueMessage(
+                    msg_id=row["msg_id"],
+                    read_ct=row["read_ct"],
+                    enqueued_at=row["enqueued_at"],
+                    vt=row["vt"],
+                    message=row["message"],
+                ),
+                ClaimedRow.from_row(row) if row["payload_ok"] else None,
+            )
+            for row in rows
         ]
 
     async def claim_batch(
