@@ -63,7 +63,8 @@ SELECT msg_id, read_ct, enqueued_at, vt, message
 
 -- name: read_and_claim
 -- 0014: read_messages + claim_batch in one statement (one round trip, one transaction).
-SELECT * FROM campaignq_read_and_claim(%(qty)s::integer, %(vt_s)s::integer, %(cached_config_ids)s::uuid[]);
+SELECT * FROM campaignq_read_and_claim(%(qty)s::integer, %(vt_s)s::integer,
+                                       %(cached_config_ids)s::text::uuid[]);
 
 -- name: claim_batch
 -- One round trip per batch (audit problem 5): claims every claimable message of the batch
@@ -182,22 +183,31 @@ SELECT campaignq_complete_sent(%(msg_id)s::bigint, %(read_ct)s::integer, %(messa
 
 -- name: complete_sent_many
 -- 0013: a batch of complete_sent (consumer/runtime/db.py OutcomeBatcher), one row per element.
+-- The batched statements take each array as one text parameter (an array literal of numbers
+-- or uuids, or a JSON array of text), cast here: cheaper to send than a list psycopg dumps
+-- element by element (db.py `_array`, `_json_array`).
 SELECT ord, msg_id, ok
-  FROM campaignq_complete_sent_many(%(msg_ids)s::bigint[], %(read_cts)s::integer[],
-                                    %(message_ids)s::uuid[], %(send_ms)s::integer[]);
+  FROM campaignq_complete_sent_many(%(msg_ids)s::text::bigint[], %(read_cts)s::text::integer[],
+                                    %(message_ids)s::text::uuid[], %(send_ms)s::text::integer[]);
 
 -- name: record_parts_sent_many
-SELECT campaignq_record_parts_sent_many(%(message_ids)s::uuid[], %(parts_sent)s::integer[]);
+SELECT campaignq_record_parts_sent_many(%(message_ids)s::text::uuid[], %(parts_sent)s::text::integer[]);
 
 -- name: store_generations_many
 SELECT ord, msg_id, ok
   FROM campaignq_store_ai_generations_many(
-    %(msg_ids)s::bigint[], %(read_cts)s::integer[], %(message_ids)s::uuid[],
-    %(texts)s::text[], %(parts)s::jsonb[],
-    %(prompt_tokens)s::integer[], %(completion_tokens)s::integer[], %(cost_usd)s::numeric[],
-    %(ai_ms)s::integer[], %(split_ms)s::integer[],
-    %(cached_tokens)s::integer[], %(cache_write_tokens)s::integer[], %(ai_calls)s::integer[],
-    %(modes)s::text[]);
+    %(msg_ids)s::text::bigint[], %(read_cts)s::text::integer[], %(message_ids)s::text::uuid[],
+    ARRAY(SELECT t.e FROM jsonb_array_elements_text(%(texts)s::text::jsonb) WITH ORDINALITY AS t(e, o)
+           ORDER BY t.o),
+    ARRAY(SELECT t.e FROM jsonb_array_elements(%(parts)s::text::jsonb) WITH ORDINALITY AS t(e, o)
+           ORDER BY t.o),
+    %(prompt_tokens)s::text::integer[], %(completion_tokens)s::text::integer[],
+    %(cost_usd)s::text::numeric[],
+    %(ai_ms)s::text::integer[], %(split_ms)s::text::integer[],
+    %(cached_tokens)s::text::integer[], %(cache_write_tokens)s::text::integer[],
+    %(ai_calls)s::text::integer[],
+    ARRAY(SELECT t.e FROM jsonb_array_elements_text(%(modes)s::text::jsonb) WITH ORDINALITY AS t(e, o)
+           ORDER BY t.o));
 
 -- name: retry_later
 SELECT campaignq_retry_later(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
