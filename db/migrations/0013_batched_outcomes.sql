@@ -11,6 +11,8 @@
 --   * a run's counters are updated once per batch (not once per message), runs locked in id
 --     order so two batches never wait on each other in opposite orders;
 --   * queue rows are locked in msg_id order (the heartbeat below does the same).
+--   * each row is updated once per call and sets `updated_at` in that same UPDATE, so the
+--     touch trigger (WHEN-gated by 0014) is not called for it.
 -- The single-message functions of 0004 / 0010 stay as they are (the contract; other tools
 -- call them, and a consumer with CAMPAIGNQ_OUTCOME_BATCH_WINDOW_MS=0 uses them).
 
