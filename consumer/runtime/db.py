@@ -58,6 +58,10 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, PoolTimeout, 
 # statement. Settings `outcome_batch_window_ms` / `outcome_batch_max` override them.
 OUTCOME_BATCH_WINDOW_S = 0.003
 OUTCOME_BATCH_MAX = 64
+# Group commit (OutcomeBatcher._window_ended): a batch whose window ended while the previous
+# statement is still under way waits for it, up to this many windows (at least the minimum).
+OUTCOME_BATCH_STALL_WINDOWS = 10
+OUTCOME_BATCH_STALL_MIN_S = 0.05
 WRITES_IN_FLIGHT: contextvars.ContextVar[list[asyncio.Future[Any]]] = contextvars.ContextVar(
     "campaignq_writes_in_flight"
 )
@@ -180,6 +184,10 @@ class OutcomeBatcher(Generic[I, R]):
         self._timer = None
         if self._flushing:
             self._due = True
+            # ... but not behind a statement that is stuck (a lock, an outage): after a while
+            # this batch goes on its own, as it did before group commit.
+            stall_s = max(OUTCOME_BATCH_STALL_WINDOWS * self.window_s, OUTCOME_BATCH_STALL_MIN_S)
+            self._timer = asyncio.get_running_loop().call_later(stall_s, self._start_flush)
         else:
             self._start_flush()
 
