@@ -263,7 +263,7 @@ def _array(values: Iterable[int | uuid.UUID | str | None]) -> str:
     text parameter and cast in SQL: psycopg dumps a list element by element, which cost more
     client CPU than the rest of a batched statement (issue 15). Only for values whose text
     needs no quoting; text goes as a JSON array (`_json_array`)."""
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+    return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
 
 
 def _json_array(values: Iterable[Any]) -> str:
