@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,10 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, PoolTimeout, 
 # statement. Settings `outcome_batch_window_ms` / `outcome_batch_max` override them.
 OUTCOME_BATCH_WINDOW_S = 0.003
 OUTCOME_BATCH_MAX = 64
+# Group commit (OutcomeBatcher._window_ended): a batch whose window ended while the previous
+# statement is still under way waits for it, up to this many windows (at least the minimum).
+OUTCOME_BATCH_STALL_WINDOWS = 10
+OUTCOME_BATCH_STALL_MIN_S = 0.05
 WRITES_IN_FLIGHT: contextvars.ContextVar[list[asyncio.Future[Any]]] = contextvars.ContextVar(
     "campaignq_writes_in_flight"
 )
@@ -114,8 +119,9 @@ class _Completion:
 
 
 class OutcomeBatcher(Generic[I, R]):
-    """Collects calls for up to `window_s` (or until `max_items` are waiting) and sends them to
-    the database as one statement (`flush`), resolving each caller with its own result.
+    """Collects calls for up to `window_s` (or until `max_items` are waiting; or, when one of
+    its statements is under way as the window ends, until that statement ends) and sends them
+    to the database as one statement (`flush`), resolving each caller with its own result.
 
     - `flush(items)` returns one result per item, in order; each element is lease-checked on
       its own in SQL, so a lost lease answers False for that element only.
@@ -148,6 +154,8 @@ class OutcomeBatcher(Generic[I, R]):
         """Resolved when the statement of the batch being collected has finished, whatever it did."""
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
+        self._due = False
+        """The window of the batch being collected ended while a statement was under way."""
         self.flushes = 0
         """Statements sent (batches), for tests and the curious."""
 
@@ -165,10 +173,31 @@ class OutcomeBatcher(Generic[I, R]):
         if len(self._pending) >= self.max_items:
             self._start_flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.window_s, self._start_flush)
+            self._timer = loop.call_later(self.window_s, self._window_ended)
         return await future
 
+    def _window_ended(self) -> None:
+        """Group commit: while one of our statements is under way, the batch being collected
+        keeps collecting and is sent the moment that statement ends (`_flushed`), so under
+        load a batch grows with the load instead of staying one window's worth; when idle, it
+        is sent now. A full batch never waits (`submit`)."""
+        self._timer = None
+        if self._flushing:
+            self._due = True
+            # ... but not behind a statement that is stuck (a lock, an outage): after a while
+            # this batch goes on its own, as it did before group commit.
+            stall_s = max(OUTCOME_BATCH_STALL_WINDOWS * self.window_s, OUTCOME_BATCH_STALL_MIN_S)
+            self._timer = asyncio.get_running_loop().call_later(stall_s, self._start_flush)
+        else:
+            self._start_flush()
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        if self._due and not self._flushing:
+            self._start_flush()
+
     def _start_flush(self) -> None:
+        self._due = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -180,7 +209,7 @@ class OutcomeBatcher(Generic[I, R]):
             self._run(batch, done), name=f"campaignq-batch-{self.name}"
         )
         self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        task.add_done_callback(self._flushed)
 
     async def _run(self, batch: list[tuple[I, asyncio.Future[R]]], done: asyncio.Future[None]) -> None:
         try:
@@ -227,6 +256,19 @@ class OutcomeBatcher(Generic[I, R]):
         self._start_flush()
         while self._flushing:
             await asyncio.gather(*list(self._flushing), return_exceptions=True)
+
+
+def _array(values: Iterable[int | uuid.UUID | str | None]) -> str:
+    """A PostgreSQL array literal of numbers or uuids (never quoted; NULL for None), sent as one
+    text parameter and cast in SQL: psycopg dumps a list element by element, which cost more
+    client CPU than the rest of a batched statement (issue 15). Only for values whose text
+    needs no quoting; text goes as a JSON array (`_json_array`)."""
+    return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
+
+
+def _json_array(values: Iterable[Any]) -> str:
+    """A JSON array as one text parameter (json.dumps is C), unpacked in SQL in order."""
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
 
 
 def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
@@ -352,6 +394,35 @@ class Database:
             QueueMessage(msg_id=r[0], read_ct=r[1], enqueued_at=r[2], vt=r[3], message=r[4]) for r in rows
         ]
 
+    async def read_and_claim(
+        self, *, qty: int, vt_s: int, cached_config_ids: Sequence[uuid.UUID]
+    ) -> list[tuple[QueueMessage, ClaimedRow | None]]:
+        """Read up to `qty` messages and claim their rows with their context, in one statement
+        (0014's `campaignq_read_and_claim`). Each message comes with its claimed row, or None
+        when the database did not trust its payload: the caller parses it, and claims a valid
+        one with `claim_batch`. All or nothing: on an error nothing was read."""
+        self.statements["read_and_claim"] += 1
+        params = {"qty": qty, "vt_s": vt_s, "cached_config_ids": _array(cached_config_ids)}
+        async with self.connection() as conn:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query("read_and_claim"), params)
+                rows: list[dict[str, Any]] = await cur.fetchall()
+        if rows:
+            self.statements["claim_batch"] += 1  # the batch's one context query
+        return [
+            (
+                QueueMessage(
+                    msg_id=row["msg_id"],
+                    read_ct=row["read_ct"],
+                    enqueued_at=row["enqueued_at"],
+                    vt=row["vt"],
+                    message=row["message"],
+                ),
+                ClaimedRow.from_row(row) if row["payload_ok"] else None,
+            )
+            for row in rows
+        ]
+
     async def claim_batch(
         self,
         leases: Sequence[tuple[QueueMessage, QueuePayload]],
@@ -444,21 +515,20 @@ class Database:
     async def _store_generations_many(self, items: list[dict[str, Any]]) -> list[bool]:
         self.statements["store_generation"] += 1
         params = {
-            "msg_ids": [i["msg_id"] for i in items],
-            "read_cts": [i["read_ct"] for i in items],
-            "message_ids": [i["message_id"] for i in items],
-            "texts": [i["text"] for i in items],
-            "parts": [Jsonb(i["parts"]) for i in items],
-            "prompt_tokens": [i["prompt_tokens"] for i in items],
-            "completion_tokens": [i["completion_tokens"] for i in items],
-            # one element type per array (psycopg picks it from the values): text, cast in SQL
-            "cost_usd": [None if i["cost_usd"] is None else repr(float(i["cost_usd"])) for i in items],
-            "ai_ms": [i["ai_ms"] for i in items],
-            "split_ms": [i["split_ms"] for i in items],
-            "cached_tokens": [i["cached_tokens"] for i in items],
-            "cache_write_tokens": [i["cache_write_tokens"] for i in items],
-            "ai_calls": [i["ai_calls"] for i in items],
-            "modes": [i["mode"] for i in items],
+            "msg_ids": _array(i["msg_id"] for i in items),
+            "read_cts": _array(i["read_ct"] for i in items),
+            "message_ids": _array(i["message_id"] for i in items),
+            "texts": _json_array(i["text"] for i in items),
+            "parts": _json_array(i["parts"] for i in items),
+            "prompt_tokens": _array(i["prompt_tokens"] for i in items),
+            "completion_tokens": _array(i["completion_tokens"] for i in items),
+            "cost_usd": _array(None if i["cost_usd"] is None else repr(float(i["cost_usd"])) for i in items),
+            "ai_ms": _array(i["ai_ms"] for i in items),
+            "split_ms": _array(i["split_ms"] for i in items),
+            "cached_tokens": _array(i["cached_tokens"] for i in items),
+            "cache_write_tokens": _array(i["cache_write_tokens"] for i in items),
+            "ai_calls": _array(i["ai_calls"] for i in items),
+            "modes": _json_array(i["mode"] for i in items),
         }
         return await self._many("store_generations_many", params, len(items))
 
@@ -487,7 +557,7 @@ class Database:
 
     async def _record_parts_sent_many(self, items: list[tuple[uuid.UUID, int]]) -> list[None]:
         self.statements["record_part_sent"] += 1
-        params = {"message_ids": [m for m, _ in items], "parts_sent": [n for _, n in items]}
+        params = {"message_ids": _array(m for m, _ in items), "parts_sent": _array(n for _, n in items)}
         async with self.connection() as conn:
             await conn.execute(query("record_parts_sent_many"), params)
         return [None] * len(items)
@@ -512,10 +582,10 @@ class Database:
     async def _complete_sent_many(self, items: list[_Completion]) -> list[bool]:
         self.statements["complete_sent"] += 1
         params = {
-            "msg_ids": [i.msg_id for i in items],
-            "read_cts": [i.read_ct for i in items],
-            "message_ids": [i.message_id for i in items],
-            "send_ms": [i.send_ms for i in items],
+            "msg_ids": _array(i.msg_id for i in items),
+            "read_cts": _array(i.read_ct for i in items),
+            "message_ids": _array(i.message_id for i in items),
+            "send_ms": _array(i.send_ms for i in items),
         }
         return await self._many("complete_sent_many", params, len(items))
 

@@ -148,7 +148,11 @@ class Worker:
                 self._wake.clear()
                 self._first_freed_at = None  # slots freed from now on start a new window
                 asked_at = time.monotonic()  # the lease starts no earlier than this
-                messages = await self.db.read(qty=qty, vt_s=self.settings.visibility_timeout_s)
+                batch = await self.db.read_and_claim(
+                    qty=qty,
+                    vt_s=self.settings.visibility_timeout_s,
+                    cached_config_ids=self._fresh_config_ids(),
+                )
                 db_delay_s = 0.0
             except DATABASE_ERRORS as exc:
                 db_delay_s = min(DB_RETRY_DELAY_MAX_S, max(0.5, db_delay_s * 2))
@@ -157,11 +161,11 @@ class Worker:
                 )
                 await self._wait_any(asyncio.sleep(db_delay_s))
                 continue
-            self.metrics.batch_fill_ratio.observe(len(messages) / qty)
-            if not messages:
+            self.metrics.batch_fill_ratio.observe(len(batch) / qty)
+            if not batch:
                 await self._wait_any(self._wake.wait(), asyncio.sleep(self._idle_poll_s()))
                 continue
-            await self._start(messages, asked_at=asked_at)
+            await self._start(batch, asked_at=asked_at)
 
     def _idle_poll_s(self) -> float:
         """How long an idle worker waits before reading again. With LISTEN a new message wakes
@@ -197,42 +201,50 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _start(self, messages: list[QueueMessage], *, asked_at: float) -> None:
+    async def _start(self, batch: list[tuple[QueueMessage, ClaimedRow | None]], *, asked_at: float) -> None:
+        """One task per message read; their rows were claimed by the read itself
+        (`Database.read_and_claim`), except those whose payload the database did not trust:
+        parsed here, and claimed with one more statement when valid after all."""
         vt_s = self.settings.visibility_timeout_s
-        contexts: list[MessageContext] = []
-        valid: list[tuple[QueueMessage, QueuePayload]] = []
-        self._revoke_superseded({msg.msg_id for msg in messages})
-        for msg in messages:
+        self._revoke_superseded({msg.msg_id for msg, _ in batch})
+        contexts: list[tuple[MessageContext, ClaimedRow | None]] = []
+        unclaimed: list[tuple[QueueMessage, QueuePayload]] = []
+        for msg, row in batch:
             try:
                 payload = parse_payload(msg.message)
             except InvalidPayloadError as exc:
-                contexts.append(MessageContext(msg=msg, payload=None, payload_error=str(exc)))
+                contexts.append((MessageContext(msg=msg, payload=None, payload_error=str(exc)), None))
                 self._leases[(msg.msg_id, msg.read_ct)] = Lease.taken(msg, None, asked_at=asked_at, vt_s=vt_s)
                 continue
-            contexts.append(MessageContext(msg=msg, payload=payload))
-            valid.append((msg, payload))
+            if row is None:
+                unclaimed.append((msg, payload))
+            contexts.append((MessageContext(msg=msg, payload=payload), row))
             self._leases[(msg.msg_id, msg.read_ct)] = Lease.taken(
                 msg, payload.campaign_message_id, asked_at=asked_at, vt_s=vt_s, renew=self._renew
             )
-        try:
-            rows = await self._claim(valid) if valid else {}
-        except DATABASE_ERRORS as exc:
-            # Nothing was claimed: the messages reappear after their visibility timeout and
-            # no attempt is counted (their rows are still `queued`).
-            logger.warning(
-                "cannot load the batch context ({}); {} messages will reappear", one_line(exc), len(messages)
-            )
-            for msg in messages:
-                self._leases.pop((msg.msg_id, msg.read_ct), None)
-            return
-        for ctx in contexts:
-            row = rows.get(ctx.msg.msg_id)
-            if row is not None:
-                ctx.apply(row, self._config_for(row))
+        late: dict[int, ClaimedRow] = {}
+        if unclaimed:
+            try:
+                late = await self._claim(unclaimed)
+            except DATABASE_ERRORS as exc:
+                # Those were not claimed: they reappear after their visibility timeout and no
+                # attempt is counted (their rows are still `queued`). The others go ahead.
+                logger.warning(
+                    "cannot load the context of {} messages ({}); they will reappear",
+                    len(unclaimed),
+                    one_line(exc),
+                )
+                for msg, _ in unclaimed:
+                    self._leases.pop((msg.msg_id, msg.read_ct), None)
+                gone = {msg.msg_id for msg, _ in unclaimed}
+                contexts = [(ctx, row) for ctx, row in contexts if ctx.msg.msg_id not in gone]
+        create_task = asyncio.create_task
+        for ctx, row in contexts:
+            claimed = row if row is not None else late.get(ctx.msg.msg_id)
+            if claimed is not None:
+                ctx.apply(claimed, self._config_for(claimed))
             lease = self._leases[(ctx.msg.msg_id, ctx.msg.read_ct)]
-            lease.task = asyncio.create_task(
-                self._run_one(ctx, lease), name=f"campaignq-msg-{ctx.msg.msg_id}"
-            )
+            lease.task = create_task(self._run_one(ctx, lease), name=f"campaignq-msg-{ctx.msg.msg_id}")
         self.metrics.in_flight.set(len(self._leases))
 
     async def _renew(self, lease: Lease) -> bool:
@@ -253,10 +265,13 @@ class Worker:
                 logger.bind(msg_id=lease.msg.msg_id).warning("lease expired; the message was read again")
 
     async def _claim(self, valid: list[tuple[QueueMessage, QueuePayload]]) -> dict[int, ClaimedRow]:
-        now = time.monotonic()
-        fresh = [cid for cid, (_, expires) in self._configs.items() if expires > now]
-        rows = await self.db.claim_batch(valid, cached_config_ids=fresh)
+        rows = await self.db.claim_batch(valid, cached_config_ids=self._fresh_config_ids())
         return {row.msg_id: row for row in rows}
+
+    def _fresh_config_ids(self) -> list[uuid.UUID]:
+        """The configs cached and still fresh: a claim need not send their columns again."""
+        now = time.monotonic()
+        return [cid for cid, (_, expires) in self._configs.items() if expires > now]
 
     def _config_for(self, row: ClaimedRow) -> CampaignConfig | None:
         """The row's config, cached for `config_cache_ttl_s`; the cached copy when not sent."""

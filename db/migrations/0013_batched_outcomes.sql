@@ -11,6 +11,8 @@
 --   * a run's counters are updated once per batch (not once per message), runs locked in id
 --     order so two batches never wait on each other in opposite orders;
 --   * queue rows are locked in msg_id order (the heartbeat below does the same).
+--   * each row is updated once per call and sets `updated_at` in that same UPDATE, so the
+--     touch trigger (WHEN-gated by 0014) is not called for it.
 -- The single-message functions of 0004 / 0010 stay as they are (the contract; other tools
 -- call them, and a consumer with CAMPAIGNQ_OUTCOME_BATCH_WINDOW_MS=0 uses them).
 
@@ -129,7 +131,8 @@ BEGIN
                parts_sent = coalesce(jsonb_array_length(m.parts), m.parts_sent),
                send_ms = coalesce(m.send_ms, 0) + coalesce(done.send_ms, 0),
                error_class = NULL,
-               error_message = NULL
+               error_message = NULL,
+               updated_at = now()
           FROM done
          WHERE m.id = done.message_id
            AND m.status NOT IN ('sent', 'failed', 'skipped')
@@ -140,7 +143,8 @@ BEGIN
     IF cardinality(v_runs) > 0 THEN
         PERFORM 1 FROM campaign_runs r WHERE r.id = ANY (v_runs) ORDER BY r.id FOR UPDATE;
         UPDATE campaign_runs r
-           SET leads_processed = r.leads_processed + per_run.n
+           SET leads_processed = r.leads_processed + per_run.n,
+               updated_at = now()
           FROM (SELECT x.run_id, count(*)::integer AS n FROM unnest(v_runs) AS x(run_id) GROUP BY x.run_id) per_run
          WHERE r.id = per_run.run_id;
         PERFORM finalize_campaign_run_if_complete(d.run_id)
@@ -162,7 +166,8 @@ CREATE OR REPLACE FUNCTION campaignq_record_parts_sent_many(p_message_ids uuid[]
 RETURNS void
 LANGUAGE sql AS $$
     UPDATE campaign_messages m
-       SET parts_sent = greatest(m.parts_sent, u.parts_sent)
+       SET parts_sent = greatest(m.parts_sent, u.parts_sent),
+           updated_at = now()
       FROM (SELECT x.id, max(x.parts_sent) AS parts_sent
               FROM unnest(p_message_ids, p_parts_sent) AS x(id, parts_sent)
              GROUP BY x.id) u
@@ -170,12 +175,16 @@ LANGUAGE sql AS $$
 $$;
 
 -- Generations, for a batch: campaignq_store_ai_generation (0010) per element — same lease
--- guard, same "never overwrite" rule, same spend bookkeeping and budget check — in one
--- transaction. Lock order as everywhere in this file: the queue rows first, in msg_id order
--- (the heartbeat's), then the elements one run after another (a capped run's row is updated
--- by the spend bookkeeping; runs in id order, as campaignq_complete_sent_many takes them).
+-- guard, same "never overwrite" rule, same spend bookkeeping and budget check — set-based, in
+-- one transaction: one UPDATE for the batch's rows, then the spend recorded and the budget
+-- checked once per run (the sum of its elements' costs: the same totals, and the same final
+-- state, as one element after another — a generation is stored whether or not an earlier one
+-- of the batch reached the cap, as before). Lock order as everywhere in this file: the queue
+-- rows first, in msg_id order (the heartbeat's), then the runs in id order (a capped run's row
+-- is updated by the spend bookkeeping, as campaignq_complete_sent_many takes them).
 -- Returns one row per element in input order: ok is that element's own answer, so each
--- caller still learns before its first send whether its text was stored.
+-- caller still learns before its first send whether its text was stored. An element whose
+-- message appears twice in one batch is stored once (the other answers false).
 CREATE OR REPLACE FUNCTION campaignq_store_ai_generations_many(
     p_msg_ids bigint[], p_read_cts integer[], p_message_ids uuid[],
     p_texts text[], p_parts jsonb[],
@@ -186,28 +195,67 @@ RETURNS TABLE (ord integer, msg_id bigint, ok boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    i       integer;
-    v_ok    boolean[] := array_fill(false, ARRAY[coalesce(cardinality(p_msg_ids), 0)]);
+    v_ords   bigint[];
+    v_runs   uuid[];
+    v_costs  numeric[];
+    v_spend  record;
 BEGIN
-    PERFORM 1
-       FROM pgmq.q_campaign_messages q
-       JOIN unnest(p_msg_ids, p_read_cts) AS u(msg_id, read_ct)
-         ON q.msg_id = u.msg_id AND q.read_ct = u.read_ct
-      ORDER BY q.msg_id
-        FOR SHARE OF q;
-    FOR i IN
-        SELECT s.i
-          FROM generate_subscripts(p_msg_ids, 1) AS s(i)
-          LEFT JOIN campaign_messages m ON m.id = p_message_ids[s.i]
-         ORDER BY m.run_id, p_msg_ids[s.i], s.i
+    WITH held AS (
+        SELECT q.msg_id, q.read_ct
+          FROM pgmq.q_campaign_messages q
+          JOIN unnest(p_msg_ids, p_read_cts) AS u(msg_id, read_ct)
+            ON q.msg_id = u.msg_id AND q.read_ct = u.read_ct
+         ORDER BY q.msg_id
+           FOR SHARE OF q
+    ), items AS (
+        SELECT u.*
+          FROM unnest(p_msg_ids, p_read_cts, p_message_ids, p_texts, p_parts, p_prompt_tokens,
+                      p_completion_tokens, p_cost_usd, p_ai_ms, p_split_ms, p_cached_tokens,
+                      p_cache_write_tokens, p_ai_calls, p_modes)
+               WITH ORDINALITY AS u(msg_id, read_ct, message_id, text, parts, prompt_tokens,
+                                    completion_tokens, cost_usd, ai_ms, split_ms, cached_tokens,
+                                    cache_write_tokens, ai_calls, mode, ord)
+          JOIN held h ON h.msg_id = u.msg_id AND h.read_ct = u.read_ct
+    ), stored AS (
+        UPDATE campaign_messages m
+           SET generated_message = i.text,
+               parts = i.parts,
+               parts_sent = 0,
+               status = 'sending',
+               ai_prompt_tokens = i.prompt_tokens,
+               ai_completion_tokens = i.completion_tokens,
+               ai_tokens_used = i.prompt_tokens + i.completion_tokens,
+               ai_cost_usd = i.cost_usd,
+               ai_ms = i.ai_ms,
+               split_ms = i.split_ms,
+               ai_cached_tokens = i.cached_tokens,
+               ai_cache_write_tokens = i.cache_write_tokens,
+               ai_calls = i.ai_calls,
+               generation_mode = i.mode,
+               generated_at = now(),
+               updated_at = now()
+          FROM items i
+         WHERE m.id = i.message_id
+           AND m.parts IS NULL
+           AND m.status IN ('queued', 'generating', 'sending')
+        RETURNING i.ord, m.run_id, i.cost_usd
+    )
+    SELECT coalesce(array_agg(s.ord), '{}'), coalesce(array_agg(s.run_id), '{}'),
+           coalesce(array_agg(s.cost_usd), '{}')
+      INTO v_ords, v_runs, v_costs
+      FROM stored s;
+    FOR v_spend IN
+        SELECT x.run_id, sum(x.cost_usd) AS cost_usd
+          FROM unnest(v_runs, v_costs) AS x(run_id, cost_usd)
+         WHERE x.cost_usd > 0
+         GROUP BY x.run_id
+         ORDER BY x.run_id
     LOOP
-        v_ok[i] := campaignq_store_ai_generation(
-            p_msg_ids[i], p_read_cts[i], p_message_ids[i], p_texts[i], p_parts[i],
-            p_prompt_tokens[i], p_completion_tokens[i], p_cost_usd[i], p_ai_ms[i], p_split_ms[i],
-            p_cached_tokens[i], p_cache_write_tokens[i], p_ai_calls[i], p_modes[i]);
+        PERFORM campaignq_record_ai_spend(v_spend.run_id, v_spend.cost_usd);
+        PERFORM campaignq_enforce_ai_budget(v_spend.run_id);
     END LOOP;
     RETURN QUERY
-        SELECT u.ord::integer, u.msg_id, coalesce(v_ok[u.ord::integer], false)
+        SELECT u.ord::integer, u.msg_id, u.ord = ANY (v_ords)
           FROM unnest(p_msg_ids) WITH ORDINALITY AS u(msg_id, ord)
          ORDER BY u.ord;
 END;
