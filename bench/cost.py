@@ -32,7 +32,7 @@ The table gives each side's median over the passes and the min-max spread.
 Optionally py-spy then samples a "now" consumer (bench/profile.py) and a bare PGMQ
 read → archive loop prices the database alone.
 
-Sizes: BENCH_COST_MESSAGES (6,000; quick 400), BENCH_COST_PASSES (3; quick 2),
+Sizes: BENCH_COST_MESSAGES (6,000; quick 400), BENCH_COST_PASSES (5; quick 2),
 BENCH_COST_SIDES ("floor,now,before"), BENCH_BASELINE_REF (bcfb24a), BENCH_PROFILE_S
 (10; quick 0 = off), BENCH_CEILING_MESSAGES (50,000; quick 0 = off).
 """
@@ -227,7 +227,7 @@ def ceiling(url: str, messages: int) -> dict[str, Any]:
 def run(quick: bool) -> dict[str, Any]:
     load = fleet.other_load()
     messages = fleet.env_int("BENCH_COST_MESSAGES", 400 if quick else 6_000)
-    passes = fleet.env_int("BENCH_COST_PASSES", 2 if quick else 3)
+    passes = fleet.env_int("BENCH_COST_PASSES", 2 if quick else 5)
     profile_s = float(fleet.env_int("BENCH_PROFILE_S", 0 if quick else 10))
     ceiling_messages = fleet.env_int("BENCH_CEILING_MESSAGES", 0 if quick else 50_000)
     sides = _sides()

@@ -114,13 +114,15 @@ def require_peer() -> None:
 
 
 def check_same_request() -> None:
-    """The peer's AI request body is byte-for-byte the one campaignq's `Generator` sends.
+    """The peer's AI request body says exactly what campaignq's `Generator` sends (same keys in
+    the same order, same values; campaignq writes it with orjson, the peer with `json=`).
 
     campaignq's real generation path is run against a session that records the request and
     stops there; a change on either side fails the benchmark instead of skewing it.
     """
     import asyncio
     import json
+    import json as _json  # `json` is also aiohttp's keyword below
 
     import aiohttp
 
@@ -137,8 +139,9 @@ def check_same_request() -> None:
     sent: list[Any] = []
 
     class RecordingSession:
-        def post(self, url: str, *, json: Any, **_: Any) -> Any:
-            sent.append(json)
+        def post(self, url: str, *, data: bytes | None = None, json: Any = None, **_: Any) -> Any:
+            # campaignq writes the body itself (orjson bytes); compare what it says, not its spacing
+            sent.append(json if data is None else _json.loads(data))
             raise Recorded
 
     config = CampaignConfig(
