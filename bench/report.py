@@ -264,7 +264,11 @@ def render(text: str, results: Mapping[str, Result]) -> str:
         name = match["name"]
         if name not in BLOCKS:
             raise ReportError(f"unknown bench block {name!r}; known: {', '.join(BLOCKS)}")
-        return f"{match[1]}{BLOCKS[name](results)}\n{match[4]}"
+        try:
+            body = BLOCKS[name](results)
+        except (KeyError, TypeError, IndexError) as exc:  # a file from an older benchmark version
+            raise ReportError(f"block {name}: a result file lacks {exc!r}: re-run its benchmark") from exc
+        return f"{match[1]}{body}\n{match[4]}"
 
     return _BLOCK.sub(replace, text)
 

@@ -66,6 +66,7 @@ class Worker:
         # the low-water mark of free slots reached, NOTIFY, or stop (see `core.refill`).
         self._refill = asyncio.Event()
         self._first_freed_at: float | None = None
+        self._mean_message_s: float | None = None  # how long a slot works per message (core.refill)
         self._low_water = refill.low_water(
             concurrency=settings.concurrency,
             batch_size=settings.batch_size,
@@ -137,7 +138,9 @@ class Worker:
                 in_flight=len(self._leases),
                 low_water=self._low_water,
                 first_freed_age_s=0.0 if first_freed_at is None else time.monotonic() - first_freed_at,
-                max_wait_s=self.settings.refill_max_wait_s,
+                max_wait_s=refill.wait_cap_s(
+                    max_wait_s=self.settings.refill_max_wait_s, mean_message_s=self._mean_message_s
+                ),
                 notified=self._wake.is_set(),
             )
             if wait_s is None or wait_s > 0:
@@ -285,6 +288,7 @@ class Worker:
         return row.config
 
     async def _run_one(self, ctx: MessageContext, lease: Lease) -> str:
+        started = time.monotonic()
         try:
             outcome = await self.pipeline.handle(ctx, lease)
             self.processed += 1
@@ -302,9 +306,11 @@ class Worker:
             self.metrics.in_flight.set(len(self._leases))
             # Wake the read loop for the first slot freed since its last read (it arms the
             # max-wait timer then) and once enough slots are free to read a batch.
+            now = time.monotonic()
+            self._mean_message_s = refill.mean_message_s(self._mean_message_s, now - started)
             first = self._first_freed_at is None
             if first:
-                self._first_freed_at = time.monotonic()
+                self._first_freed_at = now
             if first or self.settings.concurrency - len(self._leases) >= self._low_water:
                 self._refill.set()
 

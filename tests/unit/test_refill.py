@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from consumer.core import refill
 from consumer.core.refill import REFILL_MAX_WAIT_S, low_water, refill_wait_s
 
 
@@ -67,3 +68,17 @@ def test_the_first_freed_slot_never_waits_longer_than_the_max_wait() -> None:
 
 def test_zero_max_wait_refills_every_freed_slot_at_once() -> None:
     assert _wait(free=1, max_wait_s=0.0) == 0.0
+
+
+def test_a_freed_slot_never_idles_more_than_its_share_of_a_message() -> None:
+    assert refill.wait_cap_s(max_wait_s=0.1, mean_message_s=None) == 0.1
+    assert refill.wait_cap_s(max_wait_s=0.1, mean_message_s=1.0) == pytest.approx(refill.IDLE_SHARE * 1.0)
+    assert refill.wait_cap_s(max_wait_s=0.1, mean_message_s=10.0) == 0.1
+
+
+def test_the_mean_message_time_follows_the_recent_messages() -> None:
+    mean = refill.mean_message_s(None, 2.0)
+    assert mean == 2.0
+    for _ in range(60):
+        mean = refill.mean_message_s(mean, 1.0)
+    assert mean == pytest.approx(1.0, abs=0.01)
