@@ -127,17 +127,19 @@ def cache_key(*, config_id: str, model: str, shared_prefix: str) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def parts_response_format(*, max_parts: int) -> dict[str, Any]:
+def parts_response_format(*, max_parts: int, name: str = PARTS_SCHEMA_NAME) -> dict[str, Any]:
     """`response_format` of the one-call request: strict ``{"parts": [string, …]}``.
 
     The per-part length is in the instructions, not ``maxLength`` (not accepted by every
     strict implementation); `consumer.core.split.parse_split_answer` checks it anyway.
-    Memoised (one per `max_parts`, issue 15): the result is shared, so treat it as read-only.
+    ``name`` is the schema's name (the two-call split of `AIClient.split` keeps its own).
+    Memoised (one per `max_parts` and name, issue 15): the result is shared, so treat it as
+    read-only.
     """
     return {
         "type": "json_schema",
         "json_schema": {
-            "name": PARTS_SCHEMA_NAME,
+            "name": name,
             "strict": True,
             "schema": {
                 "type": "object",

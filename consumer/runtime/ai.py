@@ -30,7 +30,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..core.breaker import CircuitBreaker
-from ..core.llmcost import is_structured_output_rejection
+from ..core.llmcost import is_structured_output_rejection, parts_response_format
 from ..errors import (
     CircuitOpenError,
     FatalError,
@@ -325,26 +325,7 @@ class AIClient:
                 {"role": "user", "content": text},
             ],
             "max_tokens": max_tokens,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": "whatsapp_parts",
-                    "strict": True,
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "parts": {
-                                "type": "array",
-                                "items": {"type": "string"},
-                                "minItems": 1,
-                                "maxItems": max_parts,
-                            }
-                        },
-                        "required": ["parts"],
-                        "additionalProperties": False,
-                    },
-                },
-            },
+            "response_format": parts_response_format(max_parts=max_parts, name="whatsapp_parts"),
         }
         return await self._complete(payload, timeout_s=self._split_timeout_s)
 
