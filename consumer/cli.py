@@ -83,20 +83,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return modules[args.command].run(args)
     except KeyboardInterrupt:
-        print("campaignq: interrupted", file=sys.stderr)
+        _stderr_line("campaignq: interrupted")
         return 130
     except ValidationError as exc:
-        print(f"campaignq: error: invalid configuration: {_first_validation_error(exc)}", file=sys.stderr)
+        _stderr_line(f"campaignq: error: invalid configuration: {_first_validation_error(exc)}")
         return 2
     except ConfigurationError as exc:
-        print(f"campaignq: error: {exc}", file=sys.stderr)
+        _stderr_line(f"campaignq: error: {exc}")
         return 2
     except DatabaseUnavailableError as exc:
-        print(f"campaignq: error: {exc}", file=sys.stderr)
+        _stderr_line(f"campaignq: error: {exc}")
         return 1
     except CampaignqError as exc:
-        print(f"campaignq: error: {exc}", file=sys.stderr)
+        _stderr_line(f"campaignq: error: {exc}")
         return 1
+
+
+def _stderr_line(text: str) -> None:
+    """One line on stderr in a single write: `print` writes the text and its newline
+    separately, so two processes failing together interleaved as "…sendcampaignq: error: …"."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _first_validation_error(exc: ValidationError) -> str:

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..core.models import ClaimedRow, QueueMessage, QueuePayload
-from ..errors import one_line
+from ..errors import DatabaseUnavailableError, one_line
 from ..sql import query
 
 T = TypeVar("T")
@@ -334,6 +334,13 @@ class Database:
         outcome_batch_max: int = OUTCOME_BATCH_MAX,
     ) -> Database:
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+        if not transaction_pooled and await refuses_startup_options(url, statement_timeout_ms):
+            logger.warning(
+                "the database refused the startup parameter `options`: this is a transaction-mode "
+                "pooler (PgBouncer, Supavisor); running in pooled mode. "
+                "Set CAMPAIGNQ_DB_POOLER=transaction to say so and skip this probe"
+            )
+            transaction_pooled = True
         if transaction_pooled:
             # No server-side prepared statements (they stay on one server connection, the next
             # transaction may run on another) and no startup `options` (PgBouncer refuses them).
@@ -726,6 +733,27 @@ class Database:
         }
         value = await self._scalar("report_inbox_trouble", params)
         return str(value) if value is not None else None
+
+
+async def refuses_startup_options(url: str, statement_timeout_ms: int) -> bool:
+    """Whether `url` answers a connection carrying startup ``options`` with PgBouncer's
+    "unsupported startup parameter": a transaction pooler on a port other than 6543.
+
+    Why probe: ``CAMPAIGNQ_DB_POOLER=auto`` recognises only Supabase's port; PgBouncer's own
+    default is 6432. Without this one connection a consumer there retried its pool until
+    "pool did not open in time". Any other failure stops here with the driver's reason on
+    one line (the database is down, a wrong password…); a direct connection pays one connect
+    at start-up.
+    """
+    options = f"-c statement_timeout={int(statement_timeout_ms)}"
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10, options=options)
+    except psycopg.OperationalError as exc:
+        if "unsupported startup parameter" in str(exc):
+            return True
+        raise DatabaseUnavailableError(f"cannot connect to the database: {one_line(exc)}") from exc
+    await conn.close()
+    return False
 
 
 async def listen_connection(url: str) -> psycopg.AsyncConnection[Any]:

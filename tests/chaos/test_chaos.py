@@ -20,7 +20,8 @@ closes the window between the gateway's answer and our commit, the one a SIGKILL
 turn into a duplicate. No worker sends a part unless its lease has room for the whole send,
 so an old holder never sends after a new one took over. The run measures that
 answer-to-commit window (consumer metric `campaignq_ack_record_seconds`) and counts the parts
-reconciled via the gateway; the summary is written to bench/out/chaos_summary.json.
+reconciled via the gateway; the summary is written to build/test-artifacts/chaos_summary.json
+(`python -m bench.publish` copies it into bench/out/).
 
 Deselect locally with ``-m "not chaos"``; `.ci/run` runs it once per build. The figures are
 printed at the end of the session (tests/chaos/conftest.py).
@@ -48,6 +49,7 @@ from psycopg.rows import dict_row
 
 from consumer.devtools.processes import Child, Simulator, simulator_env
 from consumer.devtools.seeding import Seeder
+from tests.artifacts import artifact
 from tests.chaos.tools import Restart, can_restart_server, processes, restart_server
 from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY
@@ -59,7 +61,7 @@ TOTAL = 2 * MESSAGES_PER_RUN
 CONCURRENCY = 16
 VISIBILITY_TIMEOUT_S = 8
 OUTAGE_S = VISIBILITY_TIMEOUT_S + 2.0  # every lease held when the server stops runs out
-SUMMARY = Path(__file__).resolve().parents[2] / "bench" / "out" / "chaos_summary.json"
+SUMMARY = artifact("chaos_summary.json")  # published into bench/out by `python -m bench.publish`
 REJECTED_PER_RUN = 10  # 1 % permanent 400: "not on WhatsApp"
 SCHEDULE_SPREAD_S = 15.0  # due times spread so the producer keeps working through the faults
 # A duplicate's first copy must have been accepted between this long before the SIGKILL and
@@ -357,7 +359,6 @@ def test_chaos_two_runs_survive_kills_restarts_pauses_and_faults(
             "timeline": [f"+{t:5.1f}s {what}" for t, what in timeline.events],
         }
     )
-    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     SUMMARY.write_text(json.dumps(FIGURES, indent=2, default=str) + "\n", encoding="utf-8")
 
 

@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,11 +20,12 @@ from consumer.ops.console.app import ConsoleConfig, create_app
 from consumer.ops.console.store import Store
 from consumer.ops.stats import collect_stats
 from consumer.settings import DEFAULT_MODEL_PRICES
+from tests.artifacts import artifact
 from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_KEY, dead_letter_bulk, dlq_count
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-BENCH_OUT = Path(__file__).resolve().parents[2] / "bench" / "out" / "console_replay_10k.json"
+BENCH_OUT = artifact("console_replay_10k.json")  # published into bench/out by `python -m bench.publish`
 
 
 @pytest.fixture
@@ -211,7 +211,6 @@ async def test_replay_of_ten_thousand_letters_in_one_request(
     assert len(report["letters"]) == 10_000
     assert dlq_count(db) == 0
     assert seed.statuses(campaign.run_id) == {"queued": 10_000}
-    BENCH_OUT.parent.mkdir(parents=True, exist_ok=True)
     BENCH_OUT.write_text(
         json.dumps(
             {"letters": 10_000, "request_s": round(elapsed_s, 3), "server_s": report["duration_s"]}, indent=2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,9 +19,9 @@ from playwright.sync_api import ConsoleMessage, Page, expect
 from consumer.devtools.processes import SIMULATOR_READY, simulator_env
 from consumer.devtools.seeding import Seeder
 from tests import pg
+from tests.artifacts import artifact
 from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, cli_process, console_process, dead_letter_bulk
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 AI_KEY = "sk-test-0123456789abcdef"
 
@@ -147,7 +146,7 @@ def test_replay_from_the_page_empties_exactly_the_matching_letters(
     page.fill("#f-run", str(timeouts.run_id))
     expect(page.locator("#matching")).to_have_text("4")
     expect(page.locator("#audit")).to_contain_text("replay")
-    page.screenshot(path=str(DOCS / "console-dead-letters.png"), full_page=True)
+    page.screenshot(path=str(artifact("console-dead-letters.png")), full_page=True)
 
 
 def test_pause_and_resume_from_the_page_change_what_the_producer_queues(
@@ -167,7 +166,7 @@ def test_pause_and_resume_from_the_page_change_what_the_producer_queues(
     produce(db)
     assert seed.statuses(campaign.run_id) == {"queued": 5}
     expect(page.locator("#audit")).to_contain_text("run_resume")
-    page.screenshot(path=str(DOCS / "console-runs.png"), full_page=True)
+    page.screenshot(path=str(artifact("console-runs.png")), full_page=True)
 
 
 def test_an_action_without_the_admin_token_is_refused(
@@ -236,14 +235,14 @@ def test_every_page_renders_without_errors(
     assert db.execute(
         "SELECT weight FROM workspace_weights WHERE workspace_id = %s", (campaign.workspace_id,)
     ).fetchone() == (7,)
-    page.screenshot(path=str(DOCS / "console-workspaces.png"), full_page=True)
+    page.screenshot(path=str(artifact("console-workspaces.png")), full_page=True)
 
     page.goto(f"{console_url}/inboxes")
     page.fill(f"#reason-{campaign.inbox_id}", "too many blocks")
     page.click(f"#pause-{campaign.inbox_id}")
     row = page.locator(f'tr[data-id="{campaign.inbox_id}"]')
     expect(row.locator('[data-field="paused"]')).to_contain_text("too many blocks")
-    page.screenshot(path=str(DOCS / "console-inboxes.png"), full_page=True)
+    page.screenshot(path=str(artifact("console-inboxes.png")), full_page=True)
     page.click(f"#resume-{campaign.inbox_id}")
     expect(row.locator('[data-field="paused"]')).to_have_text("no")
 
@@ -255,7 +254,7 @@ def test_every_page_renders_without_errors(
         assert re.match(r"\w[\w ]* · campaignq console$", page.title())
     # the README's picture: after the earlier tests there is a worked run, letters and actions
     expect(page.locator("#dead-by-reason tbody tr").first).to_be_visible()
-    page.screenshot(path=str(DOCS / "console-overview.png"), full_page=True)
+    page.screenshot(path=str(artifact("console-overview.png")), full_page=True)
 
 
 def _dlq(db: psycopg.Connection[Any], run_id: uuid.UUID) -> int:

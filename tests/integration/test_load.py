@@ -1,26 +1,29 @@
-"""Load: one `campaignq consume` at concurrency 256 through 20,000 messages, 1 s of AI latency each
+"""Load: one `campaignq consume` at concurrency 256 through thousands of messages, 1 s of AI latency each
 (1 s ± 0.3 s: a provider's latency varies, and a constant one would march all 256 slots in
 lockstep, alternating a second of idle waiting with a burst of database work).
 
 A measurement, not a benchmark: the numbers are printed (and shown in the terminal summary)
 and only generous sanity bounds are asserted, so a slow CI machine cannot fail it:
 
-* throughput stays flat: the last 5,000 messages go at least half as fast as the first
-  5,000 (a leak, a growing scan or a clogged pool would show as a slowdown);
-* memory stays flat: the consumer's RSS grows by less than 50 MB between the first 5,000
+* throughput stays flat: the last quarter of the messages goes at least half as fast as the
+  first quarter (a leak, a growing scan or a clogged pool would show as a slowdown);
+* memory stays flat: the consumer's RSS grows by less than 50 MB between the first quarter
   and the end;
 * the queue tables stay small: every message read is an UPDATE and every ack a DELETE +
   INSERT, so the hot table must be vacuumed back down (aggressive autovacuum, migration
   0001) and the archive, which grows by one row per message, is cut back by
   `campaignq prune --older-than` (its retention).
 
-It takes 2-3 minutes on a 2-CPU machine, which would put the CI build past its 10-minute
-budget, so it runs only when selected: ``pytest -m load`` (marked `chaos` too, so
-``-m "not chaos"`` never picks it up).
+Every `pytest` runs it at 4,000 messages (windows of 1,000; about half a minute on a 2-CPU
+machine), so CI measures it on every submission; the full 20,000 (2-3 minutes) is
+``CAMPAIGNQ_TEST_LOAD_MESSAGES=20000 pytest -m load``. Marked `chaos` too, so
+``-m "not chaos"`` never picks it up.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +35,7 @@ import pytest
 
 from consumer.devtools.processes import Simulator, simulator_env
 from consumer.devtools.seeding import Seeder
+from tests.artifacts import artifact
 from tests.cli import run_cli, spawn_logged
 from tests.harness import AI_KEY, WHATSAPP_KEY
 
@@ -39,19 +43,16 @@ pytestmark = [
     pytest.mark.load,
     pytest.mark.chaos,
     pytest.mark.timeout(600),
-    pytest.mark.skipif(
-        "'load' not in config.getoption('markexpr')", reason="a 2-3 minute measurement: -m load"
-    ),
 ]
 
-MESSAGES = 20_000
-WINDOW = 5_000
+MESSAGES = int(os.environ.get("CAMPAIGNQ_TEST_LOAD_MESSAGES", "4000"))
+WINDOW = MESSAGES // 4
 CONCURRENCY = 256
 FIGURES: dict[str, Any] = {}
 
 
 def _seed(db: psycopg.Connection[Any]) -> None:
-    """20,000 leads and due messages in one run, queued in one producer call."""
+    """MESSAGES leads and due messages in one run, queued in one producer call."""
     Seeder(db).campaign(
         MESSAGES,
         instance="load-inbox",
@@ -75,7 +76,7 @@ def _size_kb(db: psycopg.Connection[Any], table: str) -> int:
     return int(row[0]) if row else 0
 
 
-def test_one_consumer_at_concurrency_256_stays_flat_over_20000_messages(
+def test_one_consumer_at_concurrency_256_stays_flat_over_thousands_of_messages(
     db: psycopg.Connection[Any], database_url: str, tmp_path: Path
 ) -> None:
     _seed(db)
@@ -98,7 +99,7 @@ def test_one_consumer_at_concurrency_256_stays_flat_over_20000_messages(
             peak_mb = 0.0
             while (sent := _sent(db)) < MESSAGES:
                 assert consumer.alive(), consumer.log()[-3000:]
-                assert time.monotonic() - started < 480, f"only {sent} sent after 8 minutes"
+                assert time.monotonic() - started < 480, f"only {sent} of {MESSAGES} sent after 8 minutes"
                 current_mb = process.memory_info().rss / 2**20
                 peak_mb = max(peak_mb, current_mb)
                 if sent >= WINDOW and "after_first_window" not in rss_mb:
@@ -130,9 +131,9 @@ def test_one_consumer_at_concurrency_256_stays_flat_over_20000_messages(
             "messages": MESSAGES,
             "concurrency": CONCURRENCY,
             "elapsed_s": round(elapsed_s, 1),
-            "first_5k_msg_per_s": round(first_rate, 1),
-            "last_5k_msg_per_s": round(last_rate, 1),
-            "rss_mb_after_5k": round(rss_mb["after_first_window"], 1),
+            "first_window_msg_per_s": round(first_rate, 1),
+            "last_window_msg_per_s": round(last_rate, 1),
+            "rss_mb_after_first_window": round(rss_mb["after_first_window"], 1),
             "rss_mb_end": round(rss_mb["end"], 1),
             "rss_mb_peak": round(peak_mb, 1),
             "queue_table_kb": queue_kb,
@@ -142,8 +143,9 @@ def test_one_consumer_at_concurrency_256_stays_flat_over_20000_messages(
         }
     )
     print(f"load figures: {FIGURES}", flush=True)
+    artifact("load_summary.json").write_text(json.dumps(FIGURES, indent=2) + "\n", encoding="utf-8")
     assert sim_stats["send"]["accepted"] == MESSAGES and sim_stats["send"]["duplicates"] == 0
     assert last_rate >= 0.5 * first_rate, FIGURES
     assert growth_mb < 50, FIGURES
     assert archived_after == (0,)
-    assert queue_kb < 20 * 1024, FIGURES  # an empty hot table after 20,000 messages went through
+    assert queue_kb < 20 * 1024, FIGURES  # an empty hot table after them all

@@ -159,3 +159,27 @@ def test_migrate_through_pgbouncer_is_refused_in_one_line(database_url: str) -> 
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "needs a direct connection" in result.stderr
+
+
+async def test_a_consumer_on_the_poolers_own_port_switches_to_pooled_mode_with_one_warning(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    """PgBouncer on a port that is not Supabase's 6543 and no CAMPAIGNQ_DB_POOLER: the consumer
+    used to loop on "unsupported startup parameter: options" until its pool gave up."""
+    campaign = seed.campaign(4)
+    db.execute("SELECT enqueue_due_campaign_messages(100)")
+    env = {**subprocess_env(database_url, sim), "CAMPAIGNQ_DB_POOLER": "auto"}
+    assert conninfo_to_dict(env["DATABASE_URL"])["port"] == pg.pgbouncer_port() != "6543"
+    process = spawn_cli("consume", "--concurrency", "2", env=env)
+    try:
+        await wait_until(lambda: seed.statuses(campaign.run_id) == {"sent": 4}, what="4 sent through the pooler")
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 60)
+    finally:
+        process.kill()
+        _, err = process.communicate()
+    assert code == 0, err
+    assert err.count("refused the startup parameter `options`") == 1, err
+    assert "CAMPAIGNQ_DB_POOLER=transaction" in err
+    assert "unsupported startup parameter" not in err, err
+    assert sim.duplicate_sends() == []
