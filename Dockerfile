@@ -9,10 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 # Sources the wheel is built from: the package and the SQL it force-includes (pyproject.toml).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY consumer ./consumer
 COPY db ./db
-RUN pip install . && rm -rf /src
+# The locked versions (constraints.txt), as CI proved them.
+RUN pip install -c constraints.txt . && rm -rf /src
 
 # No root at run time; the consumer needs no file system beyond its own package.
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin campaignq

@@ -14,7 +14,10 @@ CHROMIUM = Path(os.environ.get("CAMPAIGNQ_TEST_CHROMIUM", "/usr/lib/chromium/chr
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CAMPAIGNQ_TEST_CHROMIUM)")
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CAMPAIGNQ_TEST_CHROMIUM)"
+        if os.environ.get("CI"):  # CI installs it (.ci/run): a missing browser there is a failure
+            pytest.fail(reason)
+        pytest.skip(reason)
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
 
 
