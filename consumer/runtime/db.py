@@ -747,7 +747,9 @@ async def refuses_startup_options(url: str, statement_timeout_ms: int) -> bool:
     """
     options = f"-c statement_timeout={int(statement_timeout_ms)}"
     try:
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10, options=options)
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=10, options=options
+        )
     except psycopg.OperationalError as exc:
         if "unsupported startup parameter" in str(exc):
             return True

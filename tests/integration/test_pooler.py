@@ -172,7 +172,9 @@ async def test_a_consumer_on_the_poolers_own_port_switches_to_pooled_mode_with_o
     assert conninfo_to_dict(env["DATABASE_URL"])["port"] == pg.pgbouncer_port() != "6543"
     process = spawn_cli("consume", "--concurrency", "2", env=env)
     try:
-        await wait_until(lambda: seed.statuses(campaign.run_id) == {"sent": 4}, what="4 sent through the pooler")
+        await wait_until(
+            lambda: seed.statuses(campaign.run_id) == {"sent": 4}, what="4 sent through the pooler"
+        )
         process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 60)
     finally:
