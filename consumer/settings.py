@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -275,6 +277,21 @@ class Settings(BaseSettings):
     console_sample_interval_s: float = Field(
         default=2.0, gt=0, description="How often the console's one shared reader refreshes open pages."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_postgresql_url(cls, value: str | None) -> str | None:
+        """A malformed URL is refused here, in one line, instead of deep in the driver with a
+        20-line traceback from whichever command touched it first."""
+        if value is None:
+            return None
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(
+                f"not a PostgreSQL URL ({' '.join(str(exc).split())}); expected postgresql://user:password@host:5432/dbname"
+            ) from None
+        return value
 
     @field_validator("ai_base_url", "whatsapp_base_url")
     @classmethod

@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import signal
 
-from ..durations import parse_duration_s
 from ..runtime.pregenerate import run_pregenerate
+from ._args import duration_s
 from ._common import database_url, settings_from
 
 HELP = "generate messages due hours ahead through the provider's Batch API (about half price)"
@@ -18,14 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--once", action="store_true", help="one tick: poll open batches, submit one new batch")
     mode.add_argument(
         "--every",
-        type=parse_duration_s,
+        type=duration_s,
         metavar="DURATION",
         dest="pregen_interval_s",
         help="loop period, e.g. --every 1m (env CAMPAIGNQ_PREGEN_INTERVAL_S, default 60s)",
     )
     parser.add_argument(
         "--min-ahead",
-        type=parse_duration_s,
+        type=duration_s,
         metavar="DURATION",
         dest="pregen_min_ahead_s",
         help="only messages due at least this far ahead (env CAMPAIGNQ_PREGEN_MIN_AHEAD_S, default 2h)",

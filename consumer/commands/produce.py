@@ -8,11 +8,11 @@ import signal
 import threading
 from types import FrameType
 
-from ..durations import parse_duration_s
 from ..ops.migrate import connect
 from ..runtime.pregenerate import run_pregenerate
 from ..runtime.producer import ProducerLoop, enqueue_due
 from ..settings import Settings
+from ._args import duration_s
 from ._common import database_url, settings_from
 
 HELP = "move due campaign_messages into the PGMQ queue (once, or every few seconds)"
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--once", action="store_true", help="run the producer once and print the count")
     mode.add_argument(
         "--every",
-        type=parse_duration_s,
+        type=duration_s,
         metavar="DURATION",
         dest="producer_interval_s",
         help="run in a loop, e.g. --every 5s (env CAMPAIGNQ_PRODUCER_INTERVAL_S, default 5s)",
@@ -72,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
             target=pregenerate_until, args=(settings, url, stop_event), name="pregenerate", daemon=True
         )
         pregen_thread.start()
+    also = " with pre-generation" if args.pregenerate else ""
+    print(
+        f"campaignq produce: queueing due messages every {settings.producer_interval_s:g} s "
+        f"(at most {settings.producer_batch_size} per tick){also}; Ctrl-C or SIGTERM stops",
+        flush=True,
+    )
     loop = ProducerLoop(
         url=url,
         interval_s=settings.producer_interval_s,

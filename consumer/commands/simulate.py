@@ -7,9 +7,9 @@ import asyncio
 import signal
 
 from ..devtools.simulator import FAULT_PROFILES, Simulator, fault_profile
-from ..durations import parse_duration_s
 from ..errors import ConfigurationError
 from ..logs import configure_logging
+from ._args import duration_s
 
 HELP = "run the fake AI + WhatsApp providers on loopback (latency, faults) for demos and tests"
 
@@ -19,15 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port to listen on, 0 for any (default 8080)")
     parser.add_argument(
         "--ai-latency",
-        type=parse_duration_s,
+        type=duration_s,
         metavar="DURATION",
         help="AI answer latency, e.g. 800ms (default 0)",
     )
     parser.add_argument(
-        "--ai-jitter", type=parse_duration_s, metavar="DURATION", help="± random spread on the AI latency"
+        "--ai-jitter", type=duration_s, metavar="DURATION", help="± random spread on the AI latency"
     )
     parser.add_argument(
-        "--send-latency", type=parse_duration_s, metavar="DURATION", help="WhatsApp send latency (default 0)"
+        "--send-latency", type=duration_s, metavar="DURATION", help="WhatsApp send latency (default 0)"
     )
     parser.add_argument(
         "--faults",

@@ -229,10 +229,11 @@ class SharedBudget:
                 )
             else:
                 logger.info(
-                    "shared AI budget '{}': {} rpm across {} processes",
+                    "shared AI budget '{}': {} rpm across {} process{}",
                     self.name,
                     state.budget_rpm,
                     state.holders,
+                    "" if state.holders == 1 else "es",
                 )
         if self.metrics is not None:
             self.metrics.ai_budget_rpm.set(-1 if state.budget_rpm is None else state.budget_rpm)
