@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigurationError
 from ._common import database_url, settings_from
 
 HELP = "process queued messages: generate with the LLM, split, send over WhatsApp (long-lived)"
@@ -51,6 +52,21 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout_s="drain_timeout_s",
         metrics_port="metrics_port",
     )
+    missing = [
+        name
+        for name, key in (
+            ("CAMPAIGNQ_AI_API_KEY (or OPENROUTER_API_KEY)", settings.ai_key()),
+            ("CAMPAIGNQ_WHATSAPP_API_KEY", settings.whatsapp_key()),
+        )
+        if not key
+    ]
+    if missing:
+        # Without keys every provider call would be refused: stop now, in one line, rather
+        # than start and fail message after message (or idle on an empty queue, looking fine).
+        raise ConfigurationError(
+            f"consume needs the provider keys: set {' and '.join(missing)} "
+            "(`campaignq demo` runs everything against the local simulator)"
+        )
     # Imported here: `campaignq --help` and the other commands do not load the runtime.
     from ..runtime import eventloop
     from ..runtime.consume import run_consumer

@@ -23,3 +23,10 @@ def test_a_bad_duration_names_the_accepted_forms_not_an_internal_function(comman
     assert result.returncode == 2
     assert "not a duration: '7x'" in result.stderr and "5s" in result.stderr
     assert "parse_duration_s" not in result.stderr
+
+
+def test_consume_without_provider_keys_refuses_in_one_line() -> None:
+    result = run_cli("consume", env={"CAMPAIGNQ_WHATSAPP_API_KEY": "k" * 20}, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "CAMPAIGNQ_AI_API_KEY" in result.stderr and "CAMPAIGNQ_WHATSAPP_API_KEY" not in result.stderr
