@@ -7,6 +7,7 @@ touching the database, so these need no PostgreSQL.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -118,3 +119,18 @@ def test_docker_compose_config_validates() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_one_metrics_port_across_readme_docs_and_compose() -> None:
+    """The port an operator scrapes is written in several places; they must say the same."""
+    texts = {
+        path: (ROOT / path).read_text(encoding="utf-8")
+        for path in ("README.md", "docs/operations.md", "compose.yaml", "Procfile")
+    }
+    ports = {
+        (path, port)
+        for path, text in texts.items()
+        for port in re.findall(r"--metrics-port\D{1,6}(\d+)", text)
+    }
+    assert ports, "no --metrics-port example found"
+    assert {port for _, port in ports} == {"9108"}, sorted(ports)
