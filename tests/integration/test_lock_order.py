@@ -204,9 +204,10 @@ def actors(it: Iteration) -> list[Callable[[psycopg.Connection[Any]], None]]:
             )
 
     def replay(conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            for f in both:
-                conn.execute("SELECT count(*) FROM campaignq_replay_dead_letters(100, 0, %s)", (f.run_id,))
+        # one call, one transaction, per run (the order holds within a transaction: two calls
+        # in one transaction would lock the second run after the first whatever their ids)
+        for f in both:
+            conn.execute("SELECT count(*) FROM campaignq_replay_dead_letters(100, 0, %s)", (f.run_id,))
 
     return [producer_tick, cancel, pause_resume, opt_out, complete_many, store_many, singles, replay]
 
