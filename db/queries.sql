@@ -175,7 +175,8 @@ SELECT campaignq_store_ai_generation(
 SELECT campaignq_record_part_uncertain(%(message_id)s::uuid, %(part)s::integer, %(since)s::timestamptz);
 
 -- name: record_part_sent
-SELECT campaignq_record_part_sent(%(message_id)s::uuid, %(parts_sent)s::integer);
+-- true: the lead opted out since the message was read — send no further part (0015).
+SELECT campaignq_record_part_sent_checked(%(message_id)s::uuid, %(parts_sent)s::integer);
 
 -- name: complete_sent
 SELECT campaignq_complete_sent(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
@@ -191,7 +192,9 @@ SELECT ord, msg_id, ok
                                     %(message_ids)s::text::uuid[], %(send_ms)s::text::integer[]);
 
 -- name: record_parts_sent_many
-SELECT campaignq_record_parts_sent_many(%(message_ids)s::text::uuid[], %(parts_sent)s::text::integer[]);
+-- One row per element: whether its lead opted out since the message was read (0015).
+SELECT ord, opted_out
+  FROM campaignq_record_parts_sent_many_checked(%(message_ids)s::text::uuid[], %(parts_sent)s::text::integer[]);
 
 -- name: store_generations_many
 SELECT ord, msg_id, ok
