@@ -241,7 +241,9 @@ class MessagePipeline:
         ctx.last_error_class = ErrorClass.OPTED_OUT
         if not done:
             self.metrics.leases_lost.inc()
-            self._log(ctx, attempt, "lease_lost", "opted out mid-message, but the lease was gone", level="WARNING")
+            self._log(
+                ctx, attempt, "lease_lost", "opted out mid-message, but the lease was gone", level="WARNING"
+            )
             return Outcome.LEASE_LOST
         self._log(ctx, attempt, "skipped", str(exc))
         return Outcome.SKIPPED
@@ -391,7 +393,9 @@ class MessagePipeline:
             opted_out = await self._record_progress(ctx, batched=True)
             self._recorded(attempt)
             if opted_out:
-                raise LeadOptedOutError(f"the lead opted out after part {index + 1} of {total}; nothing more sent")
+                raise LeadOptedOutError(
+                    f"the lead opted out after part {index + 1} of {total}; nothing more sent"
+                )
 
     def _recorded(self, attempt: Attempt) -> None:
         if attempt.answered_at is not None:

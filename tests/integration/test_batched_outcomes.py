@@ -315,7 +315,8 @@ def test_a_lost_lease_stores_nothing_on_a_row_not_generated_yet(
 
     assert store_many(db, [(leases[held], held), (leases[lost], lost)]) == [True, False]
     single = db.execute(
-        "SELECT campaignq_store_ai_generation(%s, %s, %s, 'Hello there', %s, 3, 4, 0.001, 5, NULL, 0, 0, 1, 'plain')",
+        "SELECT campaignq_store_ai_generation("
+        "%s, %s, %s, 'Hello there', %s, 3, 4, 0.001, 5, NULL, 0, 0, 1, 'plain')",
         (leases[lost_single].msg_id, leases[lost_single].read_ct, lost_single, Jsonb(["Hello there"])),
     ).fetchone()
     assert single == (False,)

@@ -44,10 +44,13 @@ SLOW_TRIGGERS = """
 CREATE FUNCTION campaignq_test_row_sleep() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_ms double precision := coalesce(nullif(current_setting('campaignq_test.row_sleep_ms', true), ''), '0')::float8;
+    v_ms double precision :=
+        coalesce(nullif(current_setting('campaignq_test.row_sleep_ms', true), ''), '0')::float8;
 BEGIN
     IF v_ms > 0 THEN
-        PERFORM pg_sleep(random() * v_ms * (CASE WHEN TG_TABLE_NAME = 'campaign_runs' THEN 8 ELSE 1 END) / 1000.0);
+        -- a run row 8 times longer: the cancel trigger's window between run and rows
+        PERFORM pg_sleep(random() * v_ms / 1000.0
+                         * CASE WHEN TG_TABLE_NAME = 'campaign_runs' THEN 8 ELSE 1 END);
     END IF;
     RETURN NEW;
 END;
@@ -60,6 +63,9 @@ CREATE TRIGGER aaa_test_row_sleep BEFORE UPDATE ON campaign_messages
 
 TERMINAL = ("sent", "failed", "skipped")
 PARTS = ["Hello there, part one.", "And part two of it."]
+
+Actor = Callable[[psycopg.Connection[Any]], None]
+"""One writer of an iteration, given its own connection."""
 
 
 @dataclass
@@ -135,7 +141,7 @@ def set_up(db: psycopg.Connection[Any], seed: Seeder, k: int) -> Iteration:
         )
         for i in ids[8:10]:
             db.execute(
-                "SELECT campaignq_dead_letter(%s, %s, %s, 'permanent', 'provider_400', 'bad request', 'send', true)",
+                "SELECT campaignq_dead_letter(%s, %s, %s, 'permanent', 'provider_400', 'bad', 'send', true)",
                 (leases[i].msg_id, leases[i].read_ct, i),
             )
         # pending: 2 stale (the sweep's), 1 due (the producer's), and the opting-out lead's
@@ -149,7 +155,7 @@ def set_up(db: psycopg.Connection[Any], seed: Seeder, k: int) -> Iteration:
     return Iteration(fixtures, instance, phones[13])
 
 
-def actors(it: Iteration) -> list[Callable[[psycopg.Connection[Any]], None]]:
+def actors(it: Iteration) -> list[Actor]:
     """What runs concurrently in one iteration; each gets its own connection."""
     cancelled, paused = it.runs[0], it.runs[1]
     both = [f for f in sorted(it.runs, key=lambda f: f.run_id, reverse=random.random() < 0.5)]
@@ -217,15 +223,15 @@ def check(db: psycopg.Connection[Any], it: Iteration) -> None:
     for f in it.runs:
         row = db.execute(
             "SELECT r.status, r.leads_processed, r.ai_cost_spent_usd, "
-            "       (SELECT count(*) FROM campaign_messages m WHERE m.run_id = r.id AND m.status = ANY(%s)), "
-            "       (SELECT coalesce(sum(m.ai_cost_usd), 0) FROM campaign_messages m WHERE m.run_id = r.id), "
-            "       (SELECT count(*) FROM campaign_messages m WHERE m.run_id = r.id AND m.status = 'pending') "
-            "  FROM campaign_runs r WHERE r.id = %s",
+            "  (SELECT count(*) FROM campaign_messages m WHERE m.run_id = r.id AND m.status = ANY(%s)), "
+            "  (SELECT coalesce(sum(m.ai_cost_usd), 0) FROM campaign_messages m WHERE m.run_id = r.id), "
+            "  (SELECT count(*) FROM campaign_messages m WHERE m.run_id = r.id AND m.status = 'pending') "
+            "FROM campaign_runs r WHERE r.id = %s",
             (list(TERMINAL), f.run_id),
         ).fetchone()
         assert row is not None
         status, processed, spent, terminal, cost, pending = row
-        assert processed == terminal, f"run {f.run_id}: leads_processed {processed} != {terminal} terminal rows"
+        assert processed == terminal, f"run {f.run_id}: leads_processed {processed}, terminal rows {terminal}"
         assert spent == cost, f"run {f.run_id}: ai_cost_spent_usd {spent} != {cost} (sum of its rows)"
         if status == "cancelled":
             assert pending == 0, f"cancelled run {f.run_id} kept {pending} pending rows"
@@ -240,9 +246,15 @@ def check(db: psycopg.Connection[Any], it: Iteration) -> None:
 def close_out(db: psycopg.Connection[Any], it: Iteration) -> None:
     """Cancel what is left, so the next iterations' producer ticks see only their own runs."""
     db.execute(
-        "UPDATE campaign_runs SET status = 'cancelled' WHERE id = ANY(%s) AND status IN ('running', 'paused')",
+        "UPDATE campaign_runs SET status = 'cancelled' "
+        "WHERE id = ANY(%s) AND status IN ('running', 'paused')",
         ([f.run_id for f in it.runs],),
     )
+
+
+def _together(start: threading.Barrier, job: Actor, conn: psycopg.Connection[Any]) -> None:
+    start.wait()  # every actor of the iteration starts at the same moment
+    job(conn)
 
 
 @pytest.fixture
@@ -264,12 +276,9 @@ def test_writers_never_deadlock_and_lose_no_update(
                 it = set_up(slow_db, seed, k)
                 jobs = actors(it)
                 start = threading.Barrier(len(jobs))
-
-                def run(job: Callable[[psycopg.Connection[Any]], None], conn: psycopg.Connection[Any]) -> None:
-                    start.wait()
-                    job(conn)
-
-                futures = [pool.submit(run, job, conn) for job, conn in zip(jobs, conns, strict=True)]
+                futures = [
+                    pool.submit(_together, start, job, conn) for job, conn in zip(jobs, conns, strict=True)
+                ]
                 for job, future in zip(jobs, futures, strict=True):
                     error = future.exception()
                     if error is not None:

@@ -36,9 +36,10 @@ async def test_an_opt_out_stops_a_split_message_before_its_next_part(
     db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str, batch_window_ms: int
 ) -> None:
     campaign = seed.campaign(1, split=True, max_parts=3, instance="inst-optout")
-    [message_id], [phone] = campaign.message_ids, [
-        r[0] for r in db.execute("SELECT phone FROM leads WHERE id = ANY(%s)", (campaign.lead_ids,))
-    ]
+    [message_id], [phone] = (
+        campaign.message_ids,
+        [r[0] for r in db.execute("SELECT phone FROM leads WHERE id = ANY(%s)", (campaign.lead_ids,))],
+    )
     db.execute(
         "UPDATE campaign_messages SET generated_message = %s, parts = %s WHERE id = %s",
         (" ".join(PARTS), Jsonb(PARTS), message_id),
