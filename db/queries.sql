@@ -411,11 +411,18 @@ UPDATE ai_batches
 
 -- name: pregen_abandon
 -- A batch that could not be created: release its rows (never submitted, so nothing to pay)
--- and mark it failed. The rows may join a later batch.
-WITH released AS (
-    UPDATE campaign_messages SET ai_batch_id = NULL
+-- and mark it failed. The rows may join a later batch. Rows locked in id order first (the lock
+-- order of 0015: a cancel may be skipping some of them, in id order, at the same time).
+WITH locked AS (
+    SELECT id FROM campaign_messages
      WHERE ai_batch_id = %(batch_id)s::uuid AND parts IS NULL
-    RETURNING id
+     ORDER BY id
+       FOR NO KEY UPDATE
+), released AS (
+    UPDATE campaign_messages m SET ai_batch_id = NULL
+      FROM locked
+     WHERE m.id = locked.id AND m.ai_batch_id = %(batch_id)s::uuid AND m.parts IS NULL
+    RETURNING m.id
 )
 UPDATE ai_batches SET status = 'failed', error = %(error)s::text, finished_at = now()
  WHERE id = %(batch_id)s::uuid AND status = 'preparing';
