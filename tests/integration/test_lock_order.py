@@ -21,6 +21,7 @@ import os
 import random
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -243,6 +244,21 @@ def check(db: psycopg.Connection[Any], it: Iteration) -> None:
     assert opted == (0,), "an opted-out lead kept a pending or queued message"
 
 
+def what_happened(db: psycopg.Connection[Any], it: Iteration) -> Counter[str]:
+    """The iteration's row outcomes by kind, so the test can show every writer did its work."""
+    rows = db.execute(
+        "SELECT m.status, coalesce(m.error_class, ''), "
+        '       m.attempt_history @> \'[{"outcome": "replayed"}]\'::jsonb '
+        "  FROM campaign_messages m WHERE m.run_id = ANY(%s)",
+        ([f.run_id for f in it.runs],),
+    ).fetchall()
+    seen: Counter[str] = Counter()
+    for status, error_class, replayed in rows:
+        seen[f"{status}:{error_class}" if error_class else status] += 1
+        seen["replayed"] += bool(replayed)
+    return seen
+
+
 def close_out(db: psycopg.Connection[Any], it: Iteration) -> None:
     """Cancel what is left, so the next iterations' producer ticks see only their own runs."""
     db.execute(
@@ -270,6 +286,7 @@ def test_writers_never_deadlock_and_lose_no_update(
     n_actors = len(actors(Iteration([RunFixture(uuid.uuid4()), RunFixture(uuid.uuid4())], "", "")))
     conns = [connect(database_url, row_sleep_ms=ROW_SLEEP_MS) for _ in range(n_actors)]
     failures: list[str] = []
+    seen: Counter[str] = Counter()
     try:
         with ThreadPoolExecutor(max_workers=n_actors) as pool:
             for k in range(ITERATIONS):
@@ -285,7 +302,12 @@ def test_writers_never_deadlock_and_lose_no_update(
                         failures.append(f"iteration {k}: {job.__name__}: {type(error).__name__}: {error}")
                 assert not failures, "\n".join(failures)
                 check(slow_db, it)
+                seen += what_happened(slow_db, it)
                 close_out(slow_db, it)
     finally:
         for conn in conns:
             conn.close()
+    # every writer really wrote, in some iteration (else the race proved nothing)
+    for kind in ("sent", "failed:provider_400", "skipped:stale", "skipped:run_cancelled",
+                 "skipped:opted_out", "replayed"):  # fmt: skip
+        assert seen[kind] > 0, f"no {kind} row in {ITERATIONS} iterations: {dict(seen)}"
