@@ -1,6 +1,6 @@
 -- 0015_lock_order (issue 20): ONE lock order for everything that touches runs and their
 -- messages, and the functions that broke it, redefined (CREATE OR REPLACE; signatures and
--- answers unchanged).
+-- answers unchanged). At the end: the opt-out check that rides on recording a sent part.
 --
 -- THE LOCK ORDER. A transaction that waits for row locks takes them in this order, never
 -- backwards:
@@ -20,15 +20,20 @@
 --   * a lock taken with SKIP LOCKED or NOWAIT (it never waits): the producer's selection, the
 --     stale sweep's rows, pgmq.read, replay's letters, batch claims;
 --   * a transaction that holds no lock when it waits, or takes one lock and then waits for
---     nothing (single-row updates such as record_part_sent, retry_later, release_to_pending,
---     an uncapped store_pregenerated).
--- Known residue, left as is: a batch's message rows reached through leases it holds
--- (read_and_claim, record_parts_sent_many, store_ai_generations_many) are updated in the
--- order the planner joins them, not id order. They are rows in flight, which no waiter of
--- this order takes except replay naming a row that is in flight (archived untouched) — a
--- cycle would need two such dead letters for two rows of one batch at the same moment. And a
--- run cap set between a generation's cap probe and its store makes that one store lock its
--- run after its message (see campaignq_store_ai_generation).
+--     nothing (record_part_sent, an uncapped store_pregenerated). retry_later,
+--     release_to_pending, release_now and hold_back take their lease, then their one row: in
+--     the order.
+-- (0010's comment on campaignq_record_ai_spend gives the order before this migration —
+-- message, run, workspace-day; it is now run, message, workspace-day.)
+-- Known residue, left as is (hot path: ordering them would cost a second lock per row): a
+-- batch's message rows reached through leases it holds (read_and_claim,
+-- record_parts_sent_many, store_ai_generations_many) are updated in the order the planner
+-- joins them, not id order. Another waiter for two of those rows at once would need the same
+-- lead twice in one read batch while it opts out, or two dead letters of rows in one batch
+-- replayed at that moment, or a stale holder recording parts of two rows of a run being
+-- cancelled; a deadlock then aborts one side after deadlock_timeout and its caller retries.
+-- And a run cap set between a generation's cap probe and its store makes that one store
+-- lock its run after its message (see campaignq_store_ai_generation).
 -- The concurrency test is tests/integration/test_lock_order.py; docs/operations.md
 -- ("Lock order") is the operator's copy of this.
 
