@@ -165,6 +165,14 @@ class FatalError(CampaignqError):
     error_class: str = ErrorClass.FATAL
 
 
+class LeadOptedOutError(CampaignqError):
+    """The lead opted out while its message was in flight (issue 20): the answer to recording
+    an acknowledged part says so, and no further part is sent — the message ends `skipped`
+    (`opted_out`) with the parts already delivered counted in `parts_sent`."""
+
+    error_class: str = ErrorClass.OPTED_OUT
+
+
 class LeaseLostError(CampaignqError):
     """This worker no longer holds the queue message (its visibility timeout ran out and
     another worker read it): stop touching it, the new holder carries on."""

@@ -175,7 +175,8 @@ SELECT campaignq_store_ai_generation(
 SELECT campaignq_record_part_uncertain(%(message_id)s::uuid, %(part)s::integer, %(since)s::timestamptz);
 
 -- name: record_part_sent
-SELECT campaignq_record_part_sent(%(message_id)s::uuid, %(parts_sent)s::integer);
+-- true: the lead opted out since the message was read — send no further part (0015).
+SELECT campaignq_record_part_sent_checked(%(message_id)s::uuid, %(parts_sent)s::integer);
 
 -- name: complete_sent
 SELECT campaignq_complete_sent(%(msg_id)s::bigint, %(read_ct)s::integer, %(message_id)s::uuid,
@@ -191,7 +192,9 @@ SELECT ord, msg_id, ok
                                     %(message_ids)s::text::uuid[], %(send_ms)s::text::integer[]);
 
 -- name: record_parts_sent_many
-SELECT campaignq_record_parts_sent_many(%(message_ids)s::text::uuid[], %(parts_sent)s::text::integer[]);
+-- One row per element: whether its lead opted out since the message was read (0015).
+SELECT ord, opted_out
+  FROM campaignq_record_parts_sent_many_checked(%(message_ids)s::text::uuid[], %(parts_sent)s::text::integer[]);
 
 -- name: store_generations_many
 SELECT ord, msg_id, ok
@@ -408,11 +411,18 @@ UPDATE ai_batches
 
 -- name: pregen_abandon
 -- A batch that could not be created: release its rows (never submitted, so nothing to pay)
--- and mark it failed. The rows may join a later batch.
-WITH released AS (
-    UPDATE campaign_messages SET ai_batch_id = NULL
+-- and mark it failed. The rows may join a later batch. Rows locked in id order first (the lock
+-- order of 0015: a cancel may be skipping some of them, in id order, at the same time).
+WITH locked AS (
+    SELECT id FROM campaign_messages
      WHERE ai_batch_id = %(batch_id)s::uuid AND parts IS NULL
-    RETURNING id
+     ORDER BY id
+       FOR NO KEY UPDATE
+), released AS (
+    UPDATE campaign_messages m SET ai_batch_id = NULL
+      FROM locked
+     WHERE m.id = locked.id AND m.ai_batch_id = %(batch_id)s::uuid AND m.parts IS NULL
+    RETURNING m.id
 )
 UPDATE ai_batches SET status = 'failed', error = %(error)s::text, finished_at = now()
  WHERE id = %(batch_id)s::uuid AND status = 'preparing';

@@ -4,7 +4,8 @@ The webhook that receives replies (the console's, or any application in front of
 gateway) calls `is_opt_out_reply(text)` and, when it is true, records the opt-out through
 the one ingestion path, the SQL function ``campaignq_record_opt_out(instance, phone,
 reason)`` (db/migrations/0006 and 0009): the lead's pending and queued messages end
-`skipped` (`opted_out`) at once, and a consumer skips any other before its AI call.
+`skipped` (`opted_out`) at once, a consumer skips any other before its AI call, and one
+already being sent stops before its next part (0015).
 
 Deliberately narrow: only a short reply that *is* a stop keyword (in English, Portuguese or
 Spanish, any case, accents and punctuation ignored) counts, so "don't stop, this is great"

@@ -306,7 +306,7 @@ class Database:
             window_s=outcome_batch_window_s,
             max_items=outcome_batch_max,
         )
-        self.acknowledgements: OutcomeBatcher[tuple[uuid.UUID, int], None] = OutcomeBatcher(
+        self.acknowledgements: OutcomeBatcher[tuple[uuid.UUID, int], bool] = OutcomeBatcher(
             name="record_part_sent",
             flush=self._record_parts_sent_many,
             single=self._record_part_sent_one,
@@ -553,21 +553,29 @@ class Database:
         """Part `part` (0-based) may have been delivered by a send that began at `since`."""
         await self._scalar("record_part_uncertain", {"message_id": message_id, "part": part, "since": since})
 
-    async def record_part_sent(self, message_id: uuid.UUID, parts_sent: int) -> None:
-        """The gateway acknowledged `parts_sent` parts (monotonic, unguarded). Batched."""
+    async def record_part_sent(self, message_id: uuid.UUID, parts_sent: int) -> bool:
+        """The gateway acknowledged `parts_sent` parts (monotonic, unguarded). Batched.
+
+        Answers whether the message's lead has opted out since it was read (issue 20): the
+        check rides on this write, which the pipeline makes before every part but the first,
+        so an opt-out stops a message in flight before its next part at no extra round trip."""
         if not self.batching:
             return await self._record_part_sent_one((message_id, parts_sent))
         return await self.acknowledgements.submit((message_id, parts_sent))
 
-    async def _record_part_sent_one(self, item: tuple[uuid.UUID, int]) -> None:
-        await self._scalar("record_part_sent", {"message_id": item[0], "parts_sent": item[1]})
+    async def _record_part_sent_one(self, item: tuple[uuid.UUID, int]) -> bool:
+        return bool(await self._scalar("record_part_sent", {"message_id": item[0], "parts_sent": item[1]}))
 
-    async def _record_parts_sent_many(self, items: list[tuple[uuid.UUID, int]]) -> list[None]:
+    async def _record_parts_sent_many(self, items: list[tuple[uuid.UUID, int]]) -> list[bool]:
         self.statements["record_part_sent"] += 1
         params = {"message_ids": _array(m for m, _ in items), "parts_sent": _array(n for _, n in items)}
         async with self.connection() as conn:
-            await conn.execute(query("record_parts_sent_many"), params)
-        return [None] * len(items)
+            cur = await conn.execute(query("record_parts_sent_many"), params)
+            rows = await cur.fetchall()
+        answers = [False] * len(items)
+        for ord_, opted_out in rows:
+            answers[int(ord_) - 1] = bool(opted_out)
+        return answers
 
     async def complete_sent(self, msg: QueueMessage, message_id: uuid.UUID, *, send_ms: int) -> bool:
         """Success: archive (lease-checked), row sent, run counted and finalised. False when

@@ -37,6 +37,7 @@ from ..errors import (
     DeferralError,
     FatalError,
     InvalidConfigError,
+    LeadOptedOutError,
     LeaseLostError,
     ReconcileUnavailableError,
     SendHeldError,
@@ -206,6 +207,8 @@ class MessagePipeline:
             self.metrics.leases_lost.inc()
             self._log(ctx, attempt, "lease_lost", str(exc), level="WARNING")
             return Outcome.LEASE_LOST
+        except LeadOptedOutError as exc:  # issue 20: the lead said stop mid-message
+            return await _shielded(self._skip_opted_out(ctx, attempt, exc))
         except SendHeldError as held:  # issue 13: pace, daily cap, window — not a failure
             await _shielded(self._record_progress(ctx))
             return await _shielded(self.safety.hold(ctx, held))
@@ -226,6 +229,25 @@ class MessagePipeline:
         self._log(ctx, attempt, "sent", f"{len(ctx.parts or [])} part(s)")
         return Outcome.SENT
 
+    async def _skip_opted_out(self, ctx: MessageContext, attempt: Attempt, exc: LeadOptedOutError) -> str:
+        """Nothing more is sent to a lead who opted out; the message ends `skipped`
+        (`opted_out`), its queue message archived, with the parts already delivered counted in
+        `parts_sent` (recorded by the write that brought the news)."""
+        message_id = ctx.require_message_id()
+        done = await self._persist(
+            lambda: self.db.skip(ctx.msg, message_id, error_class=ErrorClass.OPTED_OUT, error=str(exc)),
+            "skip",
+        )
+        ctx.last_error_class = ErrorClass.OPTED_OUT
+        if not done:
+            self.metrics.leases_lost.inc()
+            self._log(
+                ctx, attempt, "lease_lost", "opted out mid-message, but the lease was gone", level="WARNING"
+            )
+            return Outcome.LEASE_LOST
+        self._log(ctx, attempt, "skipped", str(exc))
+        return Outcome.SKIPPED
+
     async def _record_facts(
         self, ctx: MessageContext, attempt: Attempt, *, within_s: float | None = None
     ) -> None:
@@ -242,16 +264,18 @@ class MessagePipeline:
 
     async def _record_progress(
         self, ctx: MessageContext, *, within_s: float | None = None, batched: bool = False
-    ) -> None:
-        """Persist the parts acknowledged so far (the last one is otherwise only recorded on success)."""
+    ) -> bool:
+        """Persist the parts acknowledged so far (the last one is otherwise only recorded on
+        success). True when the lead has opted out since the message was read."""
         message_id, parts_sent = ctx.message_id, ctx.parts_sent
         if parts_sent > 0 and message_id is not None:
-            await self._persist(
+            return await self._persist(
                 lambda: self.db.record_part_sent(message_id, parts_sent),
                 "acknowledged parts",
                 within_s=within_s,
                 batched=batched,
             )
+        return False
 
     async def _persist(
         self,
@@ -364,8 +388,14 @@ class MessagePipeline:
             # is recorded by the success transaction itself, one round trip fewer per message.
             # If we are cancelled while it is on its way, `attempt.answered_at` is still set and
             # the handler records it again (monotonic) before anything else.
-            await self._record_progress(ctx, batched=True)
+            # The same write answers whether the lead opted out meanwhile (issue 20): if so,
+            # no further part goes out.
+            opted_out = await self._record_progress(ctx, batched=True)
             self._recorded(attempt)
+            if opted_out:
+                raise LeadOptedOutError(
+                    f"the lead opted out after part {index + 1} of {total}; nothing more sent"
+                )
 
     def _recorded(self, attempt: Attempt) -> None:
         if attempt.answered_at is not None:

@@ -270,10 +270,61 @@ async def test_a_refused_element_fails_only_its_own_caller(
     assert isinstance(results[1], psycopg.DataError)  # NUL in text: its own caller only
     assert message_row(db, campaign.message_ids[0])["parts"] == [f"Hello {campaign.message_ids[0]}"]
     assert message_row(db, bad)["parts"] is None
-    # a lost lease answers False for its own element; a stored row is never overwritten
+    # a stored row is never overwritten (the `parts IS NULL` guard answers False here; the lease
+    # guard itself is proven by test_a_lost_lease_stores_nothing_on_a_row_not_generated_yet)
     steal(db, leases[bad])
     again = await asyncio.gather(*(store(mid) for mid in (campaign.message_ids[0], campaign.message_ids[2])))
     assert again == [False, False]
+
+
+def store_many(db: psycopg.Connection[Any], items: list[tuple[QueueMessage, uuid.UUID]]) -> list[bool]:
+    n = len(items)
+    texts = [f"Hello {mid}" for _, mid in items]
+    rows = db.execute(
+        "SELECT ord, ok FROM campaignq_store_ai_generations_many("
+        "%s, %s, %s, %s, %s::jsonb[], %s, %s, %s::numeric[], %s, %s, %s, %s, %s, %s)",
+        ([m.msg_id for m, _ in items], [m.read_ct for m, _ in items], [mid for _, mid in items], texts,
+         [Jsonb([t]) for t in texts], [3] * n, [4] * n, [0.001] * n, [5] * n, [None] * n, [0] * n, [0] * n,
+         [1] * n, ["plain"] * n),
+    ).fetchall()  # fmt: skip
+    assert [int(o) for o, _ in rows] == list(range(1, n + 1))
+    return [bool(ok) for _, ok in rows]
+
+
+def test_a_lost_lease_stores_nothing_on_a_row_not_generated_yet(
+    db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    """The lease guard itself (issue 20): a row whose parts are still NULL — so the "never
+    overwrite" guard would let a write through — but whose queue message another worker has
+    read since (read_ct moved on) is not written by the old holder, batched or not."""
+    campaign = seed.campaign(3)
+    produce(db)
+    rows = db.execute(
+        "SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read('campaign_messages', 60, 10)"
+    ).fetchall()
+    leases = {
+        uuid.UUID(r[4]["campaign_message_id"]): QueueMessage(
+            msg_id=r[0], read_ct=r[1], enqueued_at=r[2], vt=r[3], message=r[4]
+        )
+        for r in rows
+    }
+    db.execute("UPDATE campaign_messages SET status = 'generating' WHERE run_id = %s", (campaign.run_id,))
+    held, lost, lost_single = campaign.message_ids
+    steal(db, leases[lost])
+    steal(db, leases[lost_single])
+
+    assert store_many(db, [(leases[held], held), (leases[lost], lost)]) == [True, False]
+    single = db.execute(
+        "SELECT campaignq_store_ai_generation("
+        "%s, %s, %s, 'Hello there', %s, 3, 4, 0.001, 5, NULL, 0, 0, 1, 'plain')",
+        (leases[lost_single].msg_id, leases[lost_single].read_ct, lost_single, Jsonb(["Hello there"])),
+    ).fetchone()
+    assert single == (False,)
+
+    assert message_row(db, held)["parts"] == [f"Hello {held}"]
+    for mid in (lost, lost_single):
+        row = message_row(db, mid)
+        assert (row["parts"], row["generated_message"], row["status"]) == (None, None, "generating")
 
 
 async def test_window_zero_uses_the_single_message_functions(
