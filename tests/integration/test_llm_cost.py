@@ -420,6 +420,11 @@ async def test_pregenerate_once_through_the_cli(
 
     campaign = ahead(seed, 2, split=True)
     env = {"CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url, "CAMPAIGNQ_AI_API_KEY": AI_KEY}
+    # `auto` on an unknown host (the simulator's 127.0.0.1) is off: nothing is submitted
+    off = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
+    assert off.returncode == 0 and "no Batch API" in off.stderr, off.stderr
+    assert sim.batches.batches == {}
+    env["CAMPAIGNQ_AI_BATCH_API"] = "openai"
     first = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
     assert first.returncode == 0, first.stderr
     second = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
