@@ -84,7 +84,7 @@ async def test_ten_messages_due_in_3h_go_through_openrouter_batches_and_are_sent
     finally:
         await db_pool.close()
     assert sim.batches.counts["batch_rejected_key_order"] == 0
-    submitted = [batch.model for batch in sim.batches.batches.values()]
+    submitted = [str(batch.model) for batch in sim.batches.batches.values()]
     assert sorted(submitted) == ["anthropic/claude-haiku-4.5", "openai/gpt-4o-mini"]
     # the batch bodies carry the same layout as the sync path: breakpoint only for Anthropic
     anthropic = next(b for b in sim.batches.batches.values() if b.model == "anthropic/claude-haiku-4.5")
