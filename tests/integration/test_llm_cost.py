@@ -443,8 +443,10 @@ async def test_pregenerate_once_through_the_cli(
     off = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
     assert off.returncode == 0 and "no Batch API" in off.stderr, off.stderr
     assert sim.batches.batches == {}
+    first = await asyncio.to_thread(
+        run_cli, "pregenerate", "--once", "--batch-api", "openai", database_url=database_url, env=env
+    )
     env["CAMPAIGNQ_AI_BATCH_API"] = "openai"
-    first = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
     assert first.returncode == 0, first.stderr
     second = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
     assert second.returncode == 0, second.stderr
