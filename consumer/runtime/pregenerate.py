@@ -33,6 +33,7 @@ Guarantees, and where they come from:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -591,6 +592,17 @@ class Pregenerator:
             await conn.execute(query(name), params)
 
 
+@functools.cache
+def _warn_no_batch_api(base_url: str, setting: str) -> None:
+    """Once per process: `produce --pregenerate` runs a tick every minute."""
+    logger.warning(
+        "no Batch API for {} (CAMPAIGNQ_AI_BATCH_API={}): nothing is pre-generated; set it to "
+        "openrouter or openai if this provider has one",
+        base_url,
+        setting,
+    )
+
+
 async def run_pregenerate(
     settings: Settings, url: str, *, once: bool, stop: asyncio.Event | None = None
 ) -> int:
@@ -606,12 +618,7 @@ async def run_pregenerate(
         async with aiohttp.ClientSession() as session:
             batches = batch_client_for(settings, session)
             if batches is None:
-                logger.warning(
-                    "no Batch API for {} (CAMPAIGNQ_AI_BATCH_API={}): nothing is pre-generated; set it "
-                    "to openrouter or openai if this provider has one",
-                    settings.ai_base_url,
-                    settings.ai_batch_api,
-                )
+                _warn_no_batch_api(settings.ai_base_url, settings.ai_batch_api)
             pregenerator = Pregenerator(
                 db=db, ai=AIClient.from_settings(settings, session), batches=batches, settings=settings
             )
