@@ -99,6 +99,10 @@ def classify_forbidden(body: Mapping[str, Any] | None) -> Forbidden:
     Guardrail: ``metadata.patterns``, or a message saying the request was blocked (the
     documented form is "Request blocked: prompt injection patterns detected"). Anything
     else — no metadata, ``permission_denied`` without a block — may be the key's.
+
+    Assumption: a 403 whose message speaks of a guardrail, a block or moderation but carries
+    no metadata is a block of this request too (the page shows guardrail bodies with
+    ``patterns`` only; other guardrails may omit them).
     """
     error = body.get("error") if body else None
     if not isinstance(error, Mapping):

@@ -146,7 +146,15 @@ class _HttpBatchClient:
 
 
 class OpenRouterBatchClient(_HttpBatchClient):
-    """OpenRouter's Batch API (beta): one JSON request in, results inline, no files."""
+    """OpenRouter's Batch API (beta): one JSON request in, results inline, no files.
+
+    Assumptions (issue 21), because the API is beta and absent from ``openapi/openapi.yaml``
+    at the commit read: the shapes are those of ``batch-quickstart.mdx`` only; the endpoint
+    sits at the chat base URL with ``/v1`` replaced by ``/beta`` (`openrouter_batches_url`);
+    a ``failed``, ``expired`` or ``cancelled`` batch has ``results: null`` (as the page says),
+    so nothing of it can be kept and its rows go synchronous at due time; errors other than
+    429 are answered like the chat API's (``{"error": {"code", "message"}}``).
+    """
 
     def __init__(
         self, *, session: aiohttp.ClientSession, base_url: str, api_key: str, timeout_s: float = 60.0
