@@ -52,7 +52,7 @@ from ..core.models import CampaignConfig
 from ..core.providers import batch_api_for, batch_group_key, openrouter_batches_url
 from ..core.split import plan_parts
 from ..core.validation import validate_generated_text
-from ..errors import CampaignqError, ProviderUnavailableError, RateLimitedError
+from ..errors import CampaignqError, ProviderRejectedError, ProviderUnavailableError, RateLimitedError
 from ..settings import Settings
 from ..sql import query
 from .ai import AIClient, parse_retry_after_s
@@ -90,6 +90,10 @@ class BatchState:
 class SubmittedBatch:
     provider_batch_id: str
     input_file_id: str | None = None
+
+
+class BatchNotFoundError(ProviderRejectedError):
+    """The provider answered 404 for a batch or file we created: it will not appear later."""
 
 
 class BatchApi(Protocol):
@@ -135,6 +139,8 @@ class _HttpBatchClient:
                 retry_after_s = parse_retry_after_s(response.headers, now_epoch_s=0.0)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise ProviderUnavailableError(f"batch API {method} {url}: {type(exc).__name__}") from exc
+        if status == 404 and method == "GET":
+            raise BatchNotFoundError(f"batch API {method} {url} answered 404")
         if status == 429:
             raise RateLimitedError(
                 f"batch API {method} {url} rate limited", retry_after_s=retry_after_s or 5.0
@@ -436,6 +442,14 @@ class Pregenerator:
                 continue
             try:
                 await self._poll_one(batch["id"], str(batch["provider_batch_id"]), report)
+            except BatchNotFoundError as exc:
+                # The provider does not know it (another Batch API since, or purged): polling
+                # again cannot help; its rows go synchronous at due time.
+                await self._finished(batch["id"], "failed", BatchState("failed"), 0, 0, 0, str(exc)[:500])
+                report.finished_batches["failed"] = report.finished_batches.get("failed", 0) + 1
+                logger.warning(
+                    "batch {} unknown to the provider: {}; generated at due time", batch["id"], exc
+                )
             except CampaignqError as exc:
                 logger.warning("batch {} not polled this tick: {}", batch["id"], exc)
 

@@ -277,3 +277,27 @@ async def test_the_simulator_refuses_a_body_that_breaks_openrouters_request_sche
     assert error["code"] == 400 and "Invalid request body" in error["message"]
     assert len(sim.contract_violations) == 1 and "max_tokens" in sim.contract_violations[0]
     sim.contract_violations.clear()
+
+
+async def test_a_batch_the_provider_does_not_know_is_closed_and_its_rows_go_sync(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    settings = consumer_settings(database_url, sim, ai_batch_api="openrouter", pregen_min_ahead_s=3600)
+    campaign = seed.campaign(2, scheduled_offset=timedelta(hours=3))
+    db_pool = await Database.open(database_url, max_size=2)
+    try:
+        async with aiohttp.ClientSession() as session:
+            pregen = Pregenerator(
+                db=db_pool,
+                ai=AIClient.from_settings(settings, session),
+                batches=batch_client_for(settings, session),
+                settings=settings,
+            )
+            assert (await pregen.tick()).submitted_requests == 2
+            sim.batches.batches.clear()  # e.g. the Batch API was switched, or the provider purged it
+            report = await pregen.tick()
+    finally:
+        await db_pool.close()
+    assert report.finished_batches == {"failed": 1} and report.submitted_requests == 0
+    assert {row["generation_mode"] for row in rows(db, campaign)} == {None}
+    assert db.execute("SELECT status FROM ai_batches").fetchall() == [("failed",)]
