@@ -17,6 +17,7 @@ from typing import Any
 
 CONTRACT_DIR = Path(__file__).resolve().parent / "contract" / "openrouter"
 SCHEMA_FILE = CONTRACT_DIR / "chat_request.schema.json"
+RESULT_SCHEMA_FILE = CONTRACT_DIR / "chat_result.schema.json"
 DOCS_REPO = "OpenRouterTeam/docs"
 DOCS_COMMIT = "c26125a5fa92cb52ac67f0c75b717229567db716"
 
@@ -39,6 +40,12 @@ USED_PROPERTIES = (
 def chat_request_schema() -> dict[str, Any]:
     """The JSON Schema every chat-completions body must satisfy (the simulator enforces it)."""
     document = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return document  # type: ignore[no-any-return]
+
+
+def chat_result_schema() -> dict[str, Any]:
+    """The JSON Schema of a chat completion answer (``ChatResult``): the simulator's 200s obey it."""
+    document = json.loads(RESULT_SCHEMA_FILE.read_text(encoding="utf-8"))
     return document  # type: ignore[no-any-return]
 
 
@@ -76,28 +83,35 @@ def _clean(node: Any) -> Any:
     return node
 
 
-def extract(openapi: dict[str, Any], commit: str) -> dict[str, Any]:
-    schemas = openapi["components"]["schemas"]
-    request = schemas["ChatRequest"]
-    properties = {name: request["properties"][name] for name in USED_PROPERTIES}
+def _closure(schemas: dict[str, Any], roots: Any) -> list[str]:
     seen: set[str] = set()
-    todo = [ref for value in properties.values() for ref in _refs(value)]
+    todo = list(_refs(roots))
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
             todo.extend(_refs(schemas[name]))
+    return sorted(seen)
+
+
+def extract(openapi: dict[str, Any], commit: str, *, name: str = "ChatRequest") -> dict[str, Any]:
+    """``ChatRequest`` restricted to `USED_PROPERTIES`, or another schema (``ChatResult``) whole."""
+    schemas = openapi["components"]["schemas"]
+    root = dict(schemas[name])
+    if name == "ChatRequest":
+        root["properties"] = {prop: root["properties"][prop] for prop in USED_PROPERTIES}
+        what = "only the properties campaignq sends, and the schemas they reference"
+    else:
+        what = "and the schemas it references"
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$comment": (
-            f"Extracted from {DOCS_REPO}@{commit} openapi/openapi.yaml, components.schemas.ChatRequest "
-            f"(only the properties campaignq sends, and the schemas they reference; `example` keys "
-            f"dropped). OpenAPI info.license: MIT. Regenerate: python -m tests.openrouter_contract."
+            f"Extracted from {DOCS_REPO}@{commit} openapi/openapi.yaml, components.schemas.{name} "
+            f"({what}; `example` keys dropped). OpenAPI info.license: MIT. "
+            f"Regenerate: python -m tests.openrouter_contract."
         ),
-        "type": "object",
-        "properties": _clean(properties),
-        "required": request["required"],
-        "$defs": {name: _clean(schemas[name]) for name in sorted(seen)},
+        **_clean({key: value for key, value in root.items() if key != "example"}),
+        "$defs": {ref: _clean(schemas[ref]) for ref in _closure(schemas, root)},
     }
 
 
@@ -106,7 +120,8 @@ def main(argv: list[str]) -> int:
 
     path, commit = argv
     openapi = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    SCHEMA_FILE.write_text(json.dumps(extract(openapi, commit), indent=1, ensure_ascii=False) + "\n")
+    for name, target in (("ChatRequest", SCHEMA_FILE), ("ChatResult", RESULT_SCHEMA_FILE)):
+        target.write_text(json.dumps(extract(openapi, commit, name=name), indent=1, ensure_ascii=False) + "\n")
     return 0
 
 

@@ -15,14 +15,16 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from consumer.core.llmcost import parts_response_format
 from consumer.devtools.seeding import Campaign, Seeder
 from consumer.devtools.simulator import Faults, Simulator
+from consumer.devtools.simulator.contract import validate
 from consumer.errors import ContentBlockedError, FatalError, ProviderOverloadedError, RateLimitedError
 from consumer.runtime.ai import AIClient
 from consumer.runtime.db import Database
 from consumer.runtime.pregenerate import OpenRouterBatchClient, Pregenerator, batch_client_for
 from tests.harness import AI_KEY, consumer_settings, running_worker, wait_until
-from tests.openrouter_contract import load
+from tests.openrouter_contract import chat_result_schema, load
 
 LONG_PROMPT = "You are Ana from Acme Fitness. Be warm, concrete and brief. " * 140  # ~2,000 tokens
 MARKER = Faults().moderation_marker
@@ -301,3 +303,49 @@ async def test_a_batch_the_provider_does_not_know_is_closed_and_its_rows_go_sync
     assert report.finished_batches == {"failed": 1} and report.submitted_requests == 0
     assert {row["generation_mode"] for row in rows(db, campaign)} == {None}
     assert db.execute("SELECT status FROM ai_batches").fetchall() == [("failed",)]
+
+
+async def test_the_simulators_answers_are_shapes_openrouter_documents(sim: Simulator) -> None:
+    """Its 200s obey OpenRouter's ChatResult schema; its error bodies use only the documented keys."""
+    result_schema = chat_result_schema()
+    headers = {"Authorization": "Bearer k"}
+    system = {"role": "system", "content": "Write."}
+    bodies = [
+        {
+            "model": "m/x",
+            "messages": [system, {"role": "user", "content": "Lead name: Ana"}],
+            "max_tokens": 64,
+        },
+        {
+            "model": "m/x",
+            "messages": [system, {"role": "user", "content": "Lead name: Ana"}],
+            "max_tokens": 64,
+            "response_format": parts_response_format(max_parts=3),
+        },
+    ]
+    documented = load("errors.json")["examples"]
+
+    def keys_within(actual: Any, allowed: Any, path: str = "$") -> list[str]:
+        if not isinstance(actual, dict):
+            return []
+        extra = [f"{path}.{k}" for k in actual if k not in allowed]
+        return extra + [
+            p for k in actual if k in allowed for p in keys_within(actual[k], allowed[k], f"{path}.{k}")
+        ]
+
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for body in bodies:
+            async with http.post(f"{sim.ai_base_url}/chat/completions", json=body) as answer:
+                assert answer.status == 200
+                assert validate(await answer.json(), result_schema) == []
+        for fault, example in (
+            ("moderation_403", "moderation_403"),
+            ("guardrail_403", "guardrail_403"),
+            ("429", "provider_rate_limit_429"),
+            ("402_in_flight", "in_flight_budget_402"),
+        ):
+            sim.fail_next_ai(fault)  # type: ignore[arg-type]
+            async with http.post(f"{sim.ai_base_url}/chat/completions", json=bodies[0]) as refused:
+                assert refused.status == documented[example]["status"]
+                assert keys_within(await refused.json(), documented[example]["body"]) == [], fault
+    assert validate(sim.batch_answer(bodies[0]), result_schema) == []

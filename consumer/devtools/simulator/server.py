@@ -525,6 +525,7 @@ class Simulator:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body["model"],
+            "system_fingerprint": None,  # required by OpenRouter's ChatResult schema (issue 21)
             "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
