@@ -9,6 +9,10 @@ and the policy never look at HTTP statuses. Three guards sit in front of every r
 3. an `aiolimiter.AsyncLimiter` that keeps us under `requests_per_minute`;
 4. when given one, a `budget.SharedBudget`: this process's slice of the AI budget shared by
    every process (rate_limits row 'ai'), whose 429 cooldown is shared through the database.
+
+Issue 21 (OpenRouter's errors page): a 503 with a Retry-After cools down like a 429; a 403
+with moderation or guardrail metadata fails that message only (`ContentBlockedError`), and
+only plain 403s on several different requests in a row are fatal, like a 401.
 """
 
 from __future__ import annotations
@@ -464,7 +468,8 @@ class AIClient:
         row, stops the process (`consumer.core.providers`)."""
         forbidden = classify_forbidden(error)
         if forbidden.kind == "content_blocked":
-            reasons = "; ".join(forbidden.reasons) or "none given"
+            # The provider's words, masked like every provider text (a pattern may quote the lead).
+            reasons = provider_text("; ".join(forbidden.reasons) or "none given", b"", api_key=self._api_key)
             return ContentBlockedError(
                 f"AI provider blocked this request's content (403): {message} [reasons: {reasons}]",
                 reasons=forbidden.reasons,
