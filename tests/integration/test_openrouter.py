@@ -20,9 +20,12 @@ from consumer.devtools.seeding import Campaign, Seeder
 from consumer.devtools.simulator import Faults, Simulator
 from consumer.devtools.simulator.contract import validate
 from consumer.errors import ContentBlockedError, FatalError, ProviderOverloadedError, RateLimitedError
+from consumer.ops.console.filters import DeadLetterFilter
+from consumer.ops.console.store import Store
 from consumer.runtime.ai import AIClient
 from consumer.runtime.db import Database
 from consumer.runtime.pregenerate import OpenRouterBatchClient, Pregenerator, batch_client_for
+from consumer.settings import DEFAULT_MODEL_PRICES
 from tests.harness import AI_KEY, consumer_settings, running_worker, wait_until
 from tests.openrouter_contract import chat_result_schema, load
 
@@ -174,6 +177,14 @@ async def test_a_moderated_lead_fails_alone_while_its_run_completes(
     assert "harassment" in error and "OpenAI" in error  # the provider's reasons, for the operator
     status = db.execute("SELECT status FROM campaign_runs WHERE id = %s", (run_id,)).fetchone()
     assert status is not None and status[0] == "completed"
+    # the console's dead-letter page lists it under its reason, with the provider's reasons
+    store = Store(database_url, prices=DEFAULT_MODEL_PRICES)
+    store.open()
+    try:
+        listing = store.dead_letters(DeadLetterFilter(reason="content_blocked"))
+    finally:
+        store.close()
+    assert listing["matching"] == 1 and "harassment" in listing["letters"][0]["error"]
 
 
 @pytest.mark.parametrize(
