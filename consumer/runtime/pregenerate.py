@@ -338,6 +338,12 @@ class Pregenerator:
         await self.submit(report)
         return report
 
+    @property
+    def _api(self) -> BatchApi:
+        if self.batches is None:
+            raise ProviderUnavailableError("no Batch API configured (CAMPAIGNQ_AI_BATCH_API)")
+        return self.batches
+
     # --- submitting -----------------------------------------------------------------------
 
     async def submit(self, report: TickReport) -> None:
@@ -403,9 +409,8 @@ class Pregenerator:
         requests: list[tuple[str, dict[str, Any]]],
         report: TickReport,
     ) -> None:
-        assert self.batches is not None  # noqa: S101 - only called when a batch API is on
         try:
-            created = await self.batches.submit(model=model, requests=requests)
+            created = await self._api.submit(model=model, requests=requests)
         except CampaignqError as exc:
             await self._execute("pregen_abandon", {"batch_id": batch_id, "error": str(exc)[:500]})
             logger.warning("batch of {} messages not submitted ({}); rows released", len(requests), exc)
@@ -454,8 +459,7 @@ class Pregenerator:
                 logger.warning("batch {} not polled this tick: {}", batch["id"], exc)
 
     async def _poll_one(self, batch_id: uuid.UUID, provider_batch_id: str, report: TickReport) -> None:
-        assert self.batches is not None  # noqa: S101 - only called when a batch API is on
-        state = await self.batches.state(provider_batch_id)
+        state = await self._api.state(provider_batch_id)
         status = state.status
         if status in _OPEN_STATUSES:
             return
