@@ -121,7 +121,8 @@ def main(argv: list[str]) -> int:
     path, commit = argv
     openapi = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     for name, target in (("ChatRequest", SCHEMA_FILE), ("ChatResult", RESULT_SCHEMA_FILE)):
-        target.write_text(json.dumps(extract(openapi, commit, name=name), indent=1, ensure_ascii=False) + "\n")
+        document = extract(openapi, commit, name=name)
+        target.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 
