@@ -131,6 +131,11 @@ async def test_openrouter_batch_submissions_are_validated_like_the_real_api(sim:
             assert refused.status == 400 and "before" in (await refused.json())["error"]["message"]
         async with http.post(url, data=json.dumps(mismatch), headers=headers) as wrong_model:
             assert wrong_model.status == 400
+        empty = {**example["create_request"], "requests": [{"custom_id": "a", "body": {"messages": []}}]}
+        async with http.post(url, data=json.dumps(empty), headers=headers) as invalid_item:
+            assert invalid_item.status == 400  # each body is checked against the chat request schema
+            assert "requests[0]" in (await invalid_item.json())["error"]["message"]
+        sim.contract_violations.clear()
         async with http.post(url, data=good, headers=headers) as created:
             assert created.status == 202
             batch = await created.json()

@@ -192,6 +192,11 @@ class BatchStore:
         ):
             return _ai_error(400, "need input_file_id (uploaded), endpoint /v1/chat/completions, window 24h")
         lines = [json.loads(line) for line in self.files[body["input_file_id"]].splitlines() if line.strip()]
+        for index, line in enumerate(lines):
+            if (invalid := sim._contract_violation(line.get("body") or {})) is not None:
+                return _ai_error(
+                    400, f"line {index + 1}: {json.loads(invalid.text or '{}')['error']['message']}"
+                )
         batch = self._new_batch(str(body["input_file_id"]), lines, model=None)
         return web.json_response(self._view(batch))
 
@@ -244,6 +249,12 @@ class BatchStore:
             self.counts["batch_rejected"] += 1
             return _ai_error(400, problem)
         requests = [{"custom_id": r["custom_id"], "body": r["body"]} for r in body["requests"]]
+        for index, item in enumerate(requests):  # each body is a chat request (model inherited)
+            if (invalid := sim._contract_violation({"model": body["model"], **item["body"]})) is not None:
+                self.counts["batch_rejected"] += 1
+                return _ai_error(
+                    400, f"requests[{index}]: {json.loads(invalid.text or '{}')['error']['message']}"
+                )
         batch = self._new_batch(None, requests, model=str(body["model"]))
         return web.json_response(self._openrouter_view(batch), status=202)
 
