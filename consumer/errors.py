@@ -84,6 +84,13 @@ class RateLimitedError(DeferralError):
     error_class: str = ErrorClass.RATE_LIMITED
 
 
+class ProviderOverloadedError(RateLimitedError):
+    """The provider said 503 *with* a Retry-After (OpenRouter: no provider available right now):
+    honoured like a 429 — the client cools down, the message waits, no attempt burnt."""
+
+    error_class: str = ErrorClass.PROVIDER_OVERLOADED
+
+
 class CircuitOpenError(DeferralError):
     """A circuit breaker is open for this provider or inbox; the call was not made."""
 
@@ -137,6 +144,19 @@ class ProviderRejectedError(PermanentError):
     """The provider answered 400/404/422 for this request."""
 
     error_class: str = ErrorClass.PROVIDER_REJECTED
+
+
+class ContentBlockedError(PermanentError):
+    """The provider refused this request's content (OpenRouter 403 with moderation metadata or
+    a guardrail block): this message fails alone (reason `content_blocked`), the process goes
+    on. `reasons` are the provider's (flagged categories, guardrail patterns, provider name),
+    kept in the dead letter's error text for the operator."""
+
+    error_class: str = ErrorClass.CONTENT_BLOCKED
+
+    def __init__(self, message: str | None = None, *, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
 
 
 class InvalidLeadError(PermanentError):

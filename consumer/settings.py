@@ -126,6 +126,14 @@ class Settings(BaseSettings):
         le=1,
         description="Batch price / sync price, for batch results without a reported cost.",
     )
+    ai_batch_api: Literal["auto", "openrouter", "openai", "off"] = Field(
+        default="auto",
+        description=(
+            "Batch API of `pregenerate`: `openrouter` (/api/beta/batches, results inline), `openai` "
+            "(/files + /batches), `off`; `auto` = openrouter on openrouter.ai, openai on "
+            "api.openai.com / api.groq.com, off elsewhere."
+        ),
+    )
     pregen_min_ahead_s: float = Field(
         default=7200.0, ge=0, description="Pre-generate only messages due at least this far ahead."
     )

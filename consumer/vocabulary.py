@@ -73,6 +73,8 @@ class DeadLetterReason(StrEnum):
     """The payload's campaign message does not exist; dead-lettered by triage."""
     SEND_UNCERTAIN = "send_uncertain"
     """A part's delivery is unknown, the gateway cannot tell, and the inbox's policy is `hold`."""
+    CONTENT_BLOCKED = "content_blocked"
+    """The AI provider refused this lead's request (moderation flag or guardrail, issue 21)."""
 
 
 class ErrorClass(StrEnum):
@@ -88,6 +90,7 @@ class ErrorClass(StrEnum):
     INVALID_AI_OUTPUT = "invalid_ai_output"
     DEFERRED = "deferred"
     RATE_LIMITED = "rate_limited"
+    PROVIDER_OVERLOADED = "provider_overloaded"
     CIRCUIT_OPEN = "circuit_open"
     INBOX_UNAVAILABLE = "inbox_unavailable"
     RECONCILE_UNAVAILABLE = "reconcile_unavailable"
@@ -95,6 +98,7 @@ class ErrorClass(StrEnum):
     HELD = "held"
     PERMANENT = "permanent"
     PROVIDER_REJECTED = "provider_rejected"
+    CONTENT_BLOCKED = "content_blocked"
     INVALID_LEAD = "invalid_lead"
     INVALID_CONFIG = "invalid_config"
     SEND_UNCERTAIN_HELD = "send_uncertain_held"

@@ -403,6 +403,15 @@ SELECT c.id, c.workspace_id, c.ai_model, c.system_prompt, c.split_messages, c.ma
 -- name: pregen_new_batch
 INSERT INTO ai_batches (status) VALUES ('preparing') RETURNING id;
 
+-- name: pregen_regroup
+-- One claim may hold several models (or schemas); a provider batch takes one (issue 21). Moves
+-- the given rows of a claimed batch into a new batch of their own, in one statement.
+WITH moved AS (
+    INSERT INTO ai_batches (id, status) VALUES (%(new_batch_id)s::uuid, 'preparing') RETURNING id
+)
+UPDATE campaign_messages SET ai_batch_id = (SELECT id FROM moved)
+ WHERE ai_batch_id = %(batch_id)s::uuid AND id = ANY (%(message_ids)s::uuid[]);
+
 -- name: pregen_submitted
 UPDATE ai_batches
    SET status = 'submitted', provider_batch_id = %(provider_batch_id)s::text,

@@ -7,7 +7,13 @@ import psycopg
 import pytest
 
 from consumer.devtools.seeding import Seeder
+from consumer.devtools.simulator import Simulator
 from tests import pg
+from tests.openrouter_contract import chat_request_schema
+
+# Issue 21: every chat-completions body any test sends to a simulator is checked against
+# OpenRouter's own request schema (tests/contract/openrouter/); an invalid one gets 400.
+Simulator.request_contract = chat_request_schema()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

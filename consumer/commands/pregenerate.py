@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="loop period, e.g. --every 1m (env CAMPAIGNQ_PREGEN_INTERVAL_S, default 60s)",
     )
     parser.add_argument(
+        "--batch-api",
+        choices=("auto", "openrouter", "openai", "off"),
+        dest="ai_batch_api",
+        help="which Batch API (env CAMPAIGNQ_AI_BATCH_API, default auto: by the AI base URL's host)",
+    )
+    parser.add_argument(
         "--min-ahead",
         type=duration_s,
         metavar="DURATION",
@@ -34,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(
-        args, pregen_interval_s="pregen_interval_s", pregen_min_ahead_s="pregen_min_ahead_s"
+        args,
+        pregen_interval_s="pregen_interval_s",
+        pregen_min_ahead_s="pregen_min_ahead_s",
+        ai_batch_api="ai_batch_api",
     )
     url = database_url(settings)
 

@@ -12,6 +12,8 @@ No I/O here, so every rule that moves the bill has a unit test:
   provider refused `response_format: json_schema`, so each of them costs one refused
   request, not one per message.
 - `cap_reached` is the spend-cap rule the SQL applies (0010), mirrored for tests and docs.
+- `cache_rule` says, per model family (by slug prefix, one table), whether the provider
+  caches on its own or only behind an explicit ``cache_control`` breakpoint (issue 21).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 import threading
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 PARTS_SCHEMA_NAME = "whatsapp_message_parts"
 """`json_schema.name` of the one-call (generate-and-split) request; the split call uses another."""
@@ -78,6 +80,59 @@ def parts_instructions(*, max_parts: int, max_chars: int) -> str:
     )
 
 
+CacheRule = Literal["explicit", "automatic"]
+"""``explicit``: the provider caches only behind a ``cache_control`` breakpoint; ``automatic``:
+it caches a long identical prefix on its own (OpenAI, DeepSeek, Grok, Gemini 2.5+ implicit…)."""
+
+CACHE_CONTROL = {"type": "ephemeral"}
+"""The breakpoint OpenRouter documents for Anthropic, Gemini and Alibaba (5-minute TTL)."""
+
+# Slug prefixes (OpenRouter model ids) whose prompt cache needs a `cache_control` breakpoint,
+# from OpenRouter's prompt-caching page (OpenRouterTeam/docs c26125a, prompt-caching.mdx):
+# Anthropic Claude ("cache_control directly on content blocks", also via Bedrock and Vertex);
+# Google Gemini ("Gemini caching in OpenRouter requires you to insert cache_control
+# breakpoints explicitly"; 2.5+ also caches implicitly, so the breakpoint only adds);
+# Alibaba's explicit-cache models (listed by exact slug on that page). First match wins.
+CACHE_CONTROL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("anthropic/", "anthropic"),
+    ("~anthropic/", "anthropic"),
+    ("google/gemini-", "google-gemini"),
+    ("qwen/qwen3-max", "alibaba-explicit"),
+    ("qwen/qwen-plus", "alibaba-explicit"),
+    ("qwen/qwen3.6-plus", "alibaba-explicit"),
+    ("qwen/qwen3-coder-plus", "alibaba-explicit"),
+    ("qwen/qwen3-coder-flash", "alibaba-explicit"),
+)
+_IMPLICIT_TOO = ("google/gemini-2.5", "google/gemini-3")
+"""Gemini 2.5 and newer also cache without a breakpoint (implicit caching)."""
+
+
+def model_family(model: str) -> str:
+    """The family a slug belongs to for caching and cost reports: the table's, else its vendor."""
+    slug = model.lower()
+    for prefix, family in CACHE_CONTROL_PREFIXES:
+        if slug.startswith(prefix):
+            return family
+    vendor, _, _ = slug.lstrip("~").partition("/")
+    return vendor if "/" in slug else "other"
+
+
+def needs_cache_control(model: str) -> bool:
+    """True for the families whose cache works only (or best) behind a breakpoint; only those
+    get one, because a content-parts array is a shape some strict OpenAI-compatible servers
+    refuse and others ignore."""
+    slug = model.lower()
+    return any(slug.startswith(prefix) for prefix, _ in CACHE_CONTROL_PREFIXES)
+
+
+def cache_rule(model: str) -> CacheRule:
+    """How the provider of `model` caches: see `CacheRule` (the simulator follows this)."""
+    slug = model.lower()
+    if needs_cache_control(slug) and not slug.startswith(_IMPLICIT_TOO):
+        return "explicit"
+    return "automatic"
+
+
 @dataclass(frozen=True)
 class PromptLayout:
     """Chat messages with a cacheable prefix: [system: shared campaign text], [user: lead data]."""
@@ -85,10 +140,18 @@ class PromptLayout:
     shared: str
     lead: str
 
-    def messages(self) -> list[dict[str, str]]:
-        messages: list[dict[str, str]] = []
+    def messages(self, *, cache_control: bool = False) -> list[dict[str, Any]]:
+        """With `cache_control`, the shared text is one content part carrying the breakpoint
+        (``{"type": "text", "text": …, "cache_control": {"type": "ephemeral"}}``), so
+        everything up to the end of the campaign's text is the cached prefix and the lead's
+        data after it is not."""
+        messages: list[dict[str, Any]] = []
         if self.shared:
-            messages.append({"role": "system", "content": self.shared})
+            if cache_control:
+                part = {"type": "text", "text": self.shared, "cache_control": dict(CACHE_CONTROL)}
+                messages.append({"role": "system", "content": [part]})
+            else:
+                messages.append({"role": "system", "content": self.shared})
         messages.append({"role": "user", "content": self.lead})
         return messages
 

@@ -17,7 +17,14 @@ import random
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from ..errors import CampaignqError, DeferralError, FatalError, PermanentError, UncertainSendHeldError
+from ..errors import (
+    CampaignqError,
+    ContentBlockedError,
+    DeferralError,
+    FatalError,
+    PermanentError,
+    UncertainSendHeldError,
+)
 from ..vocabulary import DeadLetterReason, ErrorClass, RetryReason
 
 # The names below are the vocabulary's (consumer/vocabulary.py), kept here under the names
@@ -28,6 +35,7 @@ REASON_DEFERRED_TOO_LONG = DeadLetterReason.DEFERRED_TOO_LONG
 REASON_INVALID_PAYLOAD = DeadLetterReason.INVALID_PAYLOAD
 REASON_UNKNOWN_MESSAGE = DeadLetterReason.UNKNOWN_MESSAGE
 REASON_SEND_UNCERTAIN = DeadLetterReason.SEND_UNCERTAIN
+REASON_CONTENT_BLOCKED = DeadLetterReason.CONTENT_BLOCKED
 DEAD_LETTER_REASONS: frozenset[str] = frozenset(DeadLetterReason)
 """Every reason a dead letter can carry: the policy's (here) and triage's (`consumer.core.triage`)."""
 
@@ -116,6 +124,8 @@ def decide(
     error_class = error_class_of(error)
     if isinstance(error, UncertainSendHeldError):
         return DeadLetter(reason=REASON_SEND_UNCERTAIN, error_class=error_class)
+    if isinstance(error, ContentBlockedError):
+        return DeadLetter(reason=REASON_CONTENT_BLOCKED, error_class=error_class)
     if isinstance(error, PermanentError):
         return DeadLetter(reason=REASON_PERMANENT, error_class=error_class)
     if isinstance(error, FatalError) or not isinstance(error, Exception):

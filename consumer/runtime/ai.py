@@ -9,6 +9,10 @@ and the policy never look at HTTP statuses. Three guards sit in front of every r
 3. an `aiolimiter.AsyncLimiter` that keeps us under `requests_per_minute`;
 4. when given one, a `budget.SharedBudget`: this process's slice of the AI budget shared by
    every process (rate_limits row 'ai'), whose 429 cooldown is shared through the database.
+
+Issue 21 (OpenRouter's errors page): a 503 with a Retry-After cools down like a 429; a 403
+with moderation or guardrail metadata fails that message only (`ContentBlockedError`), and
+only plain 403s on several different requests in a row are fatal, like a 401.
 """
 
 from __future__ import annotations
@@ -23,18 +27,21 @@ from datetime import UTC
 from typing import Any
 
 import aiohttp
-import orjson
 from aiolimiter import AsyncLimiter
 from loguru import logger
 from multidict import CIMultiDict
 from yarl import URL
 
+from .. import safejson
 from ..core.breaker import CircuitBreaker
 from ..core.llmcost import is_structured_output_rejection, parts_response_format
+from ..core.providers import ForbiddenStreak, classify_forbidden
 from ..errors import (
     CircuitOpenError,
+    ContentBlockedError,
     FatalError,
     InvalidAIOutputError,
+    ProviderOverloadedError,
     ProviderRejectedError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -51,7 +58,6 @@ WAIT_OUT_COOLDOWN_UP_TO_S = 2.0
 IN_FLIGHT_BUDGET_LIMIT_SOURCE = "openrouter_in_flight_budget"
 
 _REJECTED_STATUSES = frozenset({400, 404, 413, 422})
-_FATAL_STATUSES = frozenset({401, 403})
 
 
 class _UnexpectedStatusError(ProviderUnavailableError):
@@ -183,6 +189,8 @@ class AIClient:
         self._clock = clock
         self._wall_clock = wall_clock
         self._cooldown_until = 0.0
+        # Plain 403s (no moderation metadata) on different requests in a row: the key's, not a lead's.
+        self._forbidden = ForbiddenStreak()
         # Built once, not per request (issue 15, P5): the headers and the two timeouts used.
         # A CIMultiDict, which aiohttp merges as it is (a dict is converted on every request).
         self._headers = CIMultiDict({"Authorization": f"Bearer {api_key}", "Content-Type": JSON_CONTENT_TYPE})
@@ -238,7 +246,7 @@ class AIClient:
         self,
         *,
         model: str,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         max_tokens: int,
         response_format: dict[str, Any] | None = None,
         cache_key: str | None = None,
@@ -259,7 +267,7 @@ class AIClient:
         self,
         *,
         model: str,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         response_format: dict[str, Any],
         max_tokens: int,
         cache_key: str | None = None,
@@ -343,6 +351,7 @@ class AIClient:
             raise
         else:
             self._breaker.record_success(self._clock())
+            self._forbidden.succeeded()
             outcome_recorded = True
             return completion
         finally:
@@ -401,11 +410,11 @@ class AIClient:
 
     async def _request(self, payload: dict[str, Any], *, timeout_s: float) -> Completion:
         timeout = self._timeouts.get(timeout_s) or aiohttp.ClientTimeout(total=timeout_s)
-        body = json_body(payload)
+        request_body = json_body(payload)
         started = time.perf_counter()
         try:
             async with self._session.post(
-                self._url, data=body, headers=self._headers, timeout=timeout
+                self._url, data=request_body, headers=self._headers, timeout=timeout
             ) as response:
                 body = await response.read()
                 status = response.status
@@ -417,11 +426,13 @@ class AIClient:
         latency_ms = round((time.perf_counter() - started) * 1000)
         if status == 200:
             return self._completion_from(body, requested_model=str(payload["model"]), latency_ms=latency_ms)
-        raise self._error_for(status, response_headers, body)
+        raise self._error_for(status, response_headers, body, request_key=hash(request_body))
 
     # --- translation --------------------------------------------------------------------------
 
-    def _error_for(self, status: int, headers: Mapping[str, str], body: bytes) -> Exception:
+    def _error_for(
+        self, status: int, headers: Mapping[str, str], body: bytes, *, request_key: int = 0
+    ) -> Exception:
         error = json_object(body)
         message = self._provider_text(error, body)
         if status == 429:
@@ -430,18 +441,49 @@ class AIClient:
             if _is_in_flight_budget(error):
                 return self._rate_limited(headers, f"AI provider in-flight budget exhausted (402): {message}")
             return FatalError(f"AI provider refused payment (402): {message}")
-        if status in _FATAL_STATUSES:
-            return FatalError(f"AI provider refused our credentials ({status}): {message}")
+        if status == 401:
+            return FatalError(f"AI provider refused our credentials (401): {message}")
+        if status == 403:
+            return self._forbidden_error(error, message, request_key=request_key)
         if status in _REJECTED_STATUSES:
             return ProviderRejectedError(f"AI provider rejected the request ({status}): {message}")
         retry_after_s = parse_retry_after_s(headers, now_epoch_s=self._wall_clock())
         hint = f"; retry after {retry_after_s:g}s" if retry_after_s is not None else ""
+        if status == 503 and retry_after_s is not None:
+            # OpenRouter: "no provider available" may come with a Retry-After, which the docs
+            # ask clients to honour exactly as on 429 (issue 21, point 8).
+            return self._rate_limited(
+                headers, f"AI provider unavailable (503): {message}{hint}", overloaded=True
+            )
         if status == 408 or status >= 500:
             return ProviderUnavailableError(f"AI provider unavailable ({status}): {message}{hint}")
         # 409 and anything unexpected (3xx, 418…): temporary, so a few attempts decide, not us.
         return _UnexpectedStatusError(f"AI provider answered {status}: {message}{hint}")
 
-    def _rate_limited(self, headers: Mapping[str, str], message: str) -> RateLimitedError:
+    def _forbidden_error(
+        self, error: Mapping[str, Any] | None, message: str, *, request_key: int
+    ) -> Exception:
+        """A 403 is a moderation flag or guardrail block of this request (the lead's text), or
+        a permission the key lacks; only the second, seen on several different requests in a
+        row, stops the process (`consumer.core.providers`)."""
+        forbidden = classify_forbidden(error)
+        if forbidden.kind == "content_blocked":
+            # The provider's words, masked like every provider text (a pattern may quote the lead).
+            reasons = provider_text("; ".join(forbidden.reasons) or "none given", b"", api_key=self._api_key)
+            return ContentBlockedError(
+                f"AI provider blocked this request's content (403): {message} [reasons: {reasons}]",
+                reasons=forbidden.reasons,
+            )
+        if self._forbidden.refused(str(request_key)):
+            return FatalError(
+                f"AI provider refused {self._forbidden.threshold} different requests in a row (403) "
+                f"without a moderation reason: our key lacks permission? {message}"
+            )
+        return _UnexpectedStatusError(f"AI provider refused this request (403): {message}")
+
+    def _rate_limited(
+        self, headers: Mapping[str, str], message: str, *, overloaded: bool = False
+    ) -> RateLimitedError:
         """Put the whole client into cooldown: every task shares the provider's budget."""
         asked_s = parse_retry_after_s(headers, now_epoch_s=self._wall_clock())
         retry_after_s = min(
@@ -451,6 +493,8 @@ class AIClient:
         if self._budget is not None:
             self._budget.report_cooldown(retry_after_s, message[:200])
         logger.warning("AI provider rate limit: all AI calls pause for {:.1f}s", retry_after_s)
+        if overloaded:
+            return ProviderOverloadedError(message, retry_after_s=retry_after_s)
         return RateLimitedError(message, retry_after_s=retry_after_s)
 
     def parse_completion(self, body: bytes, *, requested_model: str) -> Completion:
@@ -460,9 +504,11 @@ class AIClient:
     def _completion_from(self, body: bytes, *, requested_model: str, latency_ms: int) -> Completion:
         """Validate a 200: providers report some failures inside a successful HTTP answer."""
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidAIOutputError("AI provider answered 200 with a body that is not JSON") from exc
+            data = safejson.loads(body)
+        except safejson.UnsafeJSON as exc:
+            raise InvalidAIOutputError(
+                f"AI provider answered 200 with a body we do not accept: {exc}"
+            ) from None
         if not isinstance(data, dict):
             raise InvalidAIOutputError("AI provider answered 200 with a JSON body that is not an object")
         if data.get("error"):

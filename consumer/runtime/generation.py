@@ -28,7 +28,13 @@ from typing import Any
 from loguru import logger
 
 from ..core.costs import estimate_cost_usd
-from ..core.llmcost import StructuredOutputMemory, cache_key, parts_response_format, prompt_layout
+from ..core.llmcost import (
+    StructuredOutputMemory,
+    cache_key,
+    needs_cache_control,
+    parts_response_format,
+    prompt_layout,
+)
 from ..core.models import CampaignConfig
 from ..core.prompt import build_user_prompt
 from ..core.split import SplitAnswer, parse_split_answer, plan_parts
@@ -111,7 +117,7 @@ def request_body(
     )
     return ai.chat_body(
         model=config.ai_model,
-        messages=layout.messages(),
+        messages=layout.messages(cache_control=needs_cache_control(config.ai_model)),
         max_tokens=config.max_tokens,
         response_format=parts_response_format(max_parts=config.max_parts) if structured else None,
         cache_key=cache_key(config_id=str(config.id), model=config.ai_model, shared_prefix=layout.shared),

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from .. import safejson
 from ..logs import redact
 
 PROVIDER_TEXT_MAX_CHARS = 300
@@ -26,10 +27,9 @@ def json_body(payload: Any) -> bytes:
 def json_object(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None when it is not one (not JSON, a list, a string…)."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:  # a ValueError: not JSON, not UTF-8, NaN, nested too deep
+        return safejson.loads_object(body)
+    except safejson.UnsafeJSON:  # not JSON, not an object, too large or nested too deep
         return None
-    return data if isinstance(data, dict) else None
 
 
 def provider_text(text: str, body: bytes, *, api_key: str | None) -> str:

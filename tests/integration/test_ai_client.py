@@ -18,8 +18,10 @@ from pydantic import SecretStr
 from consumer.devtools.simulator import AIFaultKind, Faults, Simulator
 from consumer.errors import (
     CircuitOpenError,
+    ContentBlockedError,
     FatalError,
     InvalidAIOutputError,
+    ProviderOverloadedError,
     ProviderRejectedError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -159,7 +161,7 @@ async def test_client_errors_are_rejections_carrying_the_provider_message(
         await generate(make_client())
 
 
-@pytest.mark.parametrize("kind", ["401", "403", "402"])
+@pytest.mark.parametrize("kind", ["401", "402"])
 async def test_auth_and_credit_errors_are_fatal_and_never_show_the_key(
     make_client: MakeClient, sim: Simulator, kind: AIFaultKind
 ) -> None:
@@ -184,15 +186,67 @@ async def test_timeouts_conflicts_and_server_errors_are_temporary(
         await generate(make_client())
 
 
-async def test_a_503_retry_after_is_mentioned_but_stays_a_plain_temporary_error(
+@pytest.mark.parametrize("form", ["seconds", "ms", "http_date"])
+async def test_a_503_retry_after_is_honoured_like_a_429(
+    make_client: MakeClient, sim: Simulator, form: Any
+) -> None:
+    # OpenRouter documents Retry-After on 503 as on 429 (errors-and-debugging.mdx, issue 21)
+    sim.fail_next_ai("503", retry_after_s=7, retry_after_form=form)
+    client = make_client()
+    with pytest.raises(ProviderOverloadedError, match="503") as raised:
+        await generate(client)
+    assert isinstance(raised.value, RateLimitedError) and raised.value.error_class == "provider_overloaded"
+    assert raised.value.retry_after_s is not None and 5 < raised.value.retry_after_s <= 7
+    assert 5 < client.cooldown_remaining_s() <= 7
+    with pytest.raises(RateLimitedError, match="cooling down"):
+        await generate(client)  # no request made while cooling down, exactly as after a 429
+
+
+async def test_a_503_without_retry_after_stays_a_plain_temporary_error(
     make_client: MakeClient, sim: Simulator
 ) -> None:
-    sim.fail_next_ai("503", retry_after_s=7)
+    sim.fail_next_ai("503")
     client = make_client()
-    with pytest.raises(ProviderUnavailableError, match="retry after 7s") as raised:
+    with pytest.raises(ProviderUnavailableError, match="503") as raised:
         await generate(client)
     assert not isinstance(raised.value, RateLimitedError)
     assert client.cooldown_remaining_s() == 0
+
+
+@pytest.mark.parametrize("kind", ["moderation_403", "guardrail_403"])
+async def test_a_moderation_or_guardrail_403_blocks_that_request_only(
+    make_client: MakeClient, sim: Simulator, kind: AIFaultKind
+) -> None:
+    client = make_client()
+    for _ in range(5):  # never fatal, however many leads are flagged
+        sim.fail_next_ai(kind)
+        with pytest.raises(ContentBlockedError) as raised:
+            await generate(client)
+        assert raised.value.reasons and "reasons:" in str(raised.value)
+    assert (await generate(client)).content
+
+
+async def test_plain_403s_on_different_requests_in_a_row_are_fatal(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    client = make_client()
+    sim.fail_next_ai("403", times=5)
+    for lead in ("Ana", "Ana", "Bia"):  # two different requests: the lead's trouble, maybe
+        with pytest.raises(ProviderUnavailableError, match="403"):
+            await client.generate(model=MODEL, system_prompt="s", user_prompt=lead, max_tokens=64)
+    with pytest.raises(FatalError, match="403"):  # a third different request: the key's
+        await client.generate(model=MODEL, system_prompt="s", user_prompt="Caio", max_tokens=64)
+
+
+async def test_a_success_between_plain_403s_resets_the_streak(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    client = make_client()
+    for lead in ("A", "B", "C", "D"):
+        sim.fail_next_ai("403")
+        with pytest.raises(ProviderUnavailableError):
+            await client.generate(model=MODEL, system_prompt="s", user_prompt=lead, max_tokens=64)
+        await generate(client)
 
 
 @pytest.mark.parametrize(

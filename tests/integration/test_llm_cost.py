@@ -376,6 +376,25 @@ async def test_failed_items_are_generated_at_due_time_and_the_others_are_not(
     ]
 
 
+async def test_the_finished_items_of_an_expired_openai_batch_are_kept_not_paid_again(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str, pregen: Pregenerator
+) -> None:
+    campaign = ahead(seed, 4)
+    sim.fail_next_batch("expired_partial")  # OpenAI: an expired batch's output file has what finished
+    await pregen.tick()
+    report = await pregen.tick()
+    assert report.finished_batches == {"expired": 1} and report.stored == 2
+    before = sim.ai_request_count
+    await send_due(db, seed, sim, database_url, campaign)
+    assert sim.ai_request_count - before == 2  # only the unfinished half is generated at due time
+    assert sorted(str(row["generation_mode"]) for row in rows(db, campaign)) == [
+        "batch",
+        "batch",
+        "plain",
+        "plain",
+    ]
+
+
 async def test_a_late_batch_is_overtaken_by_the_sync_path_and_its_results_discarded(
     db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str, pregen: Pregenerator
 ) -> None:
@@ -420,7 +439,14 @@ async def test_pregenerate_once_through_the_cli(
 
     campaign = ahead(seed, 2, split=True)
     env = {"CAMPAIGNQ_AI_BASE_URL": sim.ai_base_url, "CAMPAIGNQ_AI_API_KEY": AI_KEY}
-    first = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
+    # `auto` on an unknown host (the simulator's 127.0.0.1) is off: nothing is submitted
+    off = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
+    assert off.returncode == 0 and "no Batch API" in off.stderr, off.stderr
+    assert sim.batches.batches == {}
+    first = await asyncio.to_thread(
+        run_cli, "pregenerate", "--once", "--batch-api", "openai", database_url=database_url, env=env
+    )
+    env["CAMPAIGNQ_AI_BATCH_API"] = "openai"
     assert first.returncode == 0, first.stderr
     second = await asyncio.to_thread(run_cli, "pregenerate", "--once", database_url=database_url, env=env)
     assert second.returncode == 0, second.stderr

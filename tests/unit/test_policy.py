@@ -14,12 +14,14 @@ from consumer.core import policy
 from consumer.core.policy import DeadLetter, Decision, Retry, backoff_delay_s, decide, error_class_of
 from consumer.errors import (
     CircuitOpenError,
+    ContentBlockedError,
     FatalError,
     InboxUnavailableError,
     InvalidAIOutputError,
     InvalidConfigError,
     InvalidLeadError,
     PermanentError,
+    ProviderOverloadedError,
     ProviderRejectedError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -100,6 +102,15 @@ def _decide(
         (InboxUnavailableError(), 1, 100.0, Retry(100.0, False, "deferred")),
         (InboxUnavailableError(), 1, 5 * HOUR_S, Retry(CAP_S, False, "deferred")),
         (RateLimitedError(retry_after_s=math.nan), 1, 10.0, Retry(10.0, False, "deferred")),
+        # a 503 with Retry-After waits like a 429 (issue 21), no attempt burnt
+        (ProviderOverloadedError(retry_after_s=30.0), 3, 0.0, Retry(30.0, False, "deferred")),
+        # a moderated lead fails alone, at once, under its own reason
+        (
+            ContentBlockedError(reasons=("violence",)),
+            1,
+            0.0,
+            DeadLetter("content_blocked", "content_blocked"),
+        ),
         # deferred too long in total: dead-letter instead of cycling forever
         (
             RateLimitedError(retry_after_s=30.0),
@@ -209,6 +220,7 @@ def test_reasons_are_distinct_documented_constants() -> None:
         policy.REASON_INVALID_PAYLOAD: "invalid_payload",
         policy.REASON_UNKNOWN_MESSAGE: "unknown_message",
         policy.REASON_SEND_UNCERTAIN: "send_uncertain",
+        policy.REASON_CONTENT_BLOCKED: "content_blocked",
     }
     assert all(constant == value for constant, value in reasons.items())
     assert set(reasons) == policy.DEAD_LETTER_REASONS

@@ -41,6 +41,8 @@ AIFaultKind = Literal[
     "not_json",  # 200 whose body is an HTML page
     "no_usage",  # a good 200 without a usage block (some providers omit it)
     "too_many_parts",  # a one-call answer with more parts than maxItems (valid JSON, invalid parts)
+    "moderation_403",  # OpenRouter's moderation 403 (error.metadata.reasons, flagged_input, provider_name)
+    "guardrail_403",  # OpenRouter's guardrail 403 (error.metadata.patterns)
 ]
 SendFaultKind = Literal[
     "400",
@@ -59,7 +61,9 @@ SendFaultKind = Literal[
 StateFaultKind = Literal["401", "404", "500", "hang", "close", "connecting"]
 FindFaultKind = Literal["500", "hang", "bad_json"]
 RetryAfterForm = Literal["seconds", "http_date", "ms", "none"]
-BatchFaultKind = Literal["failed", "expired", "item_errors", "late", "500", "429"]
+BatchFaultKind = Literal["failed", "expired", "expired_partial", "item_errors", "late", "500", "429"]
+"""``expired_partial``: the batch expires with half its items done (OpenAI: in the output file)."""
+BatchApiKind = Literal["openai", "openrouter"]
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(ge=0.0)]
@@ -92,6 +96,11 @@ class Faults(BaseModel):
     ai_error_body_p: Probability = 0.0
     ai_empty_p: Probability = 0.0
     split_bad_json_p: Probability = 0.0
+    # Issue 21 (OpenRouter): a request whose text contains `moderation_marker` (a lead's name
+    # or field) is answered with OpenRouter's moderation 403; `batch_api` is the Batch API
+    # served: OpenAI's files + batches, or OpenRouter's /api/beta/batches (no /files: 404).
+    moderation_marker: str = "MODERATION-FLAG"
+    batch_api: BatchApiKind = "openai"
     send_server_error_p: Probability = 0.0
     send_hang_p: Probability = 0.0
     send_hang_after_accept_p: Probability = 0.0

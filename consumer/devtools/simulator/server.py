@@ -17,6 +17,8 @@ Routes:
                                                      refuses schemas; prompt-cache model)
     POST {base}/v1/files, GET {base}/v1/files/{id}/content   batch input / output files
     POST {base}/v1/batches, GET {base}/v1/batches/{id}       the OpenAI batch shape
+    POST {base}/[api/]beta/batches, GET …/beta/batches/{id}   OpenRouter's batch shape (issue 21;
+                                                     which one answers: `Faults.batch_api`)
     GET  {base}/instance/connectionState/{instance}  the gateway's instance state
     POST {base}/message/sendText/{instance}          the gateway's send
     POST {base}/chat/findMessages/{instance}         the chat's messages we sent, newest
@@ -42,19 +44,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, get_args
+from typing import Any, ClassVar, Self, get_args
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from .answers import _ai_error, _json_body
 from .cache_batches import BatchStore, PromptCacheModel
+from .contract import validate
 from .faults import (
     _AI_KINDS,
     _FIND_KINDS,
     _SEND_KINDS,
     _STATE_KINDS,
     AIFaultKind,
+    BatchApiKind,
     BatchFaultKind,
     Faults,
     FindFaultKind,
@@ -128,7 +132,13 @@ class Simulator:
 
     ``ai_api_key`` / ``whatsapp_api_key``: when set, only that key is accepted; otherwise
     any non-empty key is. A missing or wrong key is a 401, as from the real services.
+
+    ``request_contract`` (class-wide; the test suite sets it from tests/contract/openrouter/):
+    the JSON Schema every chat-completions body must satisfy; a body that does not gets
+    OpenRouter's 400 and is listed in ``contract_violations``.
     """
+
+    request_contract: ClassVar[Mapping[str, Any] | None] = None
 
     def __init__(
         self,
@@ -165,6 +175,7 @@ class Simulator:
         self._prompt_cache = PromptCacheModel(self._rng)
         self._batches = BatchStore()
         self._recent_accepts: dict[str, deque[float]] = {}
+        self.contract_violations: list[str] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -181,6 +192,9 @@ class Simulator:
         app.router.add_get("/v1/files/{file_id}/content", self._files_content)
         app.router.add_post("/v1/batches", self._batches_create)
         app.router.add_get("/v1/batches/{batch_id}", self._batches_get)
+        for prefix in ("/beta", "/api/beta"):  # sibling of {base}/v1 and of OpenRouter's /api/v1
+            app.router.add_post(f"{prefix}/batches", self._openrouter_batches_create)
+            app.router.add_get(f"{prefix}/batches/{{batch_id}}", self._openrouter_batches_get)
         app.router.add_get("/_sim/faults", self._get_faults)
         app.router.add_post("/_sim/faults", self._patch_faults)
         app.router.add_post("/_sim/fail-next/{target}", self._fail_next)
@@ -372,6 +386,14 @@ class Simulator:
         if (refusal := self._structured_refusal(body)) is not None:
             self._record_ai(kind, body, "refused_schema")
             return refusal
+        if (invalid := self._contract_violation(body)) is not None:
+            self._record_ai(kind, body, "400_contract")
+            return invalid
+        if self._faults.moderation_marker and any(
+            self._faults.moderation_marker in text for text in _message_texts(body)
+        ):
+            self._record_ai(kind, body, "moderation_403")
+            return _moderation_403(str(body.get("model")))
         script = _take_script(self._ai_scripts, lambda s: s.only in (None, kind))
         outcome = script.kind if script else self._random_ai_fault(kind)
         self._record_ai(kind, body, outcome)
@@ -429,6 +451,14 @@ class Simulator:
             )
         if outcome == "402":
             return _ai_error(402, "Insufficient credits")
+        if outcome == "moderation_403":
+            return _moderation_403(str(body.get("model")))
+        if outcome == "guardrail_403":
+            return _ai_error(
+                403,
+                "Request blocked: prompt injection patterns detected",
+                metadata={"patterns": ["ignore all previous instructions"]},
+            )
         if outcome.isdigit() and int(outcome) < 500:
             return _ai_error(int(outcome), f"Simulated provider error {outcome}")
         await asyncio.sleep(self._ai_latency_s())
@@ -495,6 +525,7 @@ class Simulator:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body["model"],
+            "system_fingerprint": None,  # required by OpenRouter's ChatResult schema (issue 21)
             "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -814,8 +845,12 @@ class Simulator:
         _check_kind(kind, frozenset(get_args(BatchFaultKind)))
         self._batches.scripts.append(_Script(kind, times))
 
-    def batch_answer(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One batch line's chat completion: the synchronous answer at `BATCH_PRICE_FACTOR`."""
+    def batch_answer(self, body: dict[str, Any], *, model: str | None = None) -> dict[str, Any]:
+        """One batch line's chat completion: the synchronous answer at `BATCH_PRICE_FACTOR`.
+
+        ``model``: the batch's (OpenRouter), which a body may leave out to inherit."""
+        if model is not None and "model" not in body:
+            body = {**body, "model": model}
         kind = _request_kind(body)
         answer = self._completion("ok", kind, body)
         usage = answer["usage"]
@@ -834,7 +869,28 @@ class Simulator:
     async def _batches_get(self, request: web.Request) -> web.StreamResponse:
         return await self._batches.get(request, self)
 
-    def _batch_api_fault(self, request: web.Request) -> web.Response | None:
+    async def _openrouter_batches_create(self, request: web.Request) -> web.StreamResponse:
+        return await self._batches.openrouter_create(request, self)
+
+    async def _openrouter_batches_get(self, request: web.Request) -> web.StreamResponse:
+        return await self._batches.openrouter_get(request, self)
+
+    def _contract_violation(self, body: Mapping[str, Any]) -> web.Response | None:
+        """400 as OpenRouter answers an invalid body, when a request contract is loaded
+        (`request_contract`: the JSON Schema of tests/contract/openrouter/)."""
+        if self.request_contract is None:
+            return None
+        problems = validate(body, self.request_contract)
+        if not problems:
+            return None
+        self.contract_violations.append("; ".join(problems))
+        return _ai_error(
+            400, f"Invalid request body: {problems[0]}", metadata={"error_type": "invalid_request"}
+        )
+
+    def _batch_api_fault(self, request: web.Request, api: BatchApiKind) -> web.Response | None:
+        if self._faults.batch_api != api:  # the other provider's routes do not exist
+            return _ai_error(404, "Not Found")
         if not _bearer_ok(request.headers.get("Authorization"), self._ai_api_key):
             return _ai_error(401, "No auth credentials found")
         script = _take_script(self._batches.scripts, lambda s: s.kind in ("500", "429"))
@@ -860,6 +916,20 @@ _BAD_GATEWAY_PAGE = (
     "<html><head><title>502 Bad Gateway</title></head>"
     "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
 )
+
+
+def _moderation_403(model: str) -> web.Response:
+    """OpenRouter's moderation refusal (errors-and-debugging.mdx, "Moderation errors")."""
+    return _ai_error(
+        403,
+        f'{model} requires moderation on OpenAI. Your input was flagged for "harassment".',
+        metadata={
+            "reasons": ["harassment"],
+            "flagged_input": "…MODERATION-FLAG…",
+            "provider_name": "OpenAI",
+            "model_slug": model,
+        },
+    )
 
 
 def _digits(phone: str) -> str:

@@ -20,6 +20,8 @@ def _message_texts(body: Mapping[str, Any]) -> list[str]:
         content = message.get("content") if isinstance(message, Mapping) else None
         if isinstance(content, str):
             texts.append(content)
+        elif isinstance(content, list):  # content parts (a cache_control breakpoint, issue 21)
+            texts.append("".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping)))
     return texts
 
 
