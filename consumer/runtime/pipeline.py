@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from ..core import policy
+from ..core.jid import USER_SUFFIX, digits
 from ..core.models import CampaignConfig, MessageContext
 from ..core.triage import (
     ArchiveOnly,
@@ -46,12 +47,12 @@ from ..errors import (
 from ..settings import Settings
 from ..vocabulary import ErrorClass, Outcome
 from .ai import AIClient
-from .db import WRITES_IN_FLIGHT, Database, persist
+from .db import TRANSIENT_DB_ERRORS, WRITES_IN_FLIGHT, Database, persist
 from .generation import Generator
 from .lease import Lease
 from .metrics import ConsumerMetrics
 from .sender_safety import SenderSafety
-from .whatsapp import WhatsAppClient, typing_delay_ms
+from .whatsapp import SendReceipt, WhatsAppClient, typing_delay_ms
 
 T = TypeVar("T")
 
@@ -326,9 +327,10 @@ class MessagePipeline:
             began_at = datetime.now(UTC)
             try:
                 with lease.sending():
-                    await self.whatsapp.send_text(
+                    receipt = await self.whatsapp.send_text(
                         instance=config.instance, number=number, text=parts[index], delay_ms=delay_ms
                     )
+                await self._remember_chat(ctx, number, receipt)
             except SendOutcomeUnknownError as exc:
                 # The request was written and no answer came: maybe delivered. Record that
                 # first (a fact, whoever holds the lease), then ask the gateway.
@@ -353,6 +355,30 @@ class MessagePipeline:
             attempt.send_ms += elapsed_ms
             self.metrics.send_seconds.observe(elapsed_ms / 1000)
             await self._acknowledged(ctx, attempt, index, len(parts))
+
+    async def _remember_chat(self, ctx: MessageContext, number: str, receipt: SendReceipt) -> None:
+        """Keep the chat the gateway stored this message under (issue 21, point 3), so a later
+        uncertain part of it is looked for there first. Written only when it is not the plain
+        `<digits>@s.whatsapp.net` (NULL means that), once per attempt: most messages cost no
+        extra statement, a rewritten Brazilian number or a LID chat one small UPDATE."""
+        jid = receipt.remote_jid
+        if jid is None or jid == ctx.whatsapp_jid:
+            return
+        ctx.whatsapp_jid = jid
+        message_id = ctx.message_id
+        if jid == digits(number) + USER_SUFFIX or message_id is None:
+            return
+        await self._persist(functools.partial(self.db.record_whatsapp_jid, message_id, jid), "whatsapp jid")
+
+    async def _known_chat(self, ctx: MessageContext) -> str | None:
+        """The chat recorded for this message, by this attempt or an earlier one (None: none)."""
+        if ctx.whatsapp_jid is not None or ctx.message_id is None:
+            return ctx.whatsapp_jid
+        try:
+            ctx.whatsapp_jid = await self.db.message_whatsapp_jid(ctx.message_id)
+        except TRANSIENT_DB_ERRORS as exc:  # only a hint: every candidate chat is asked anyway
+            logger.debug("could not read the recorded chat of {}: {}", ctx.message_id, exc)
+        return ctx.whatsapp_jid
 
     async def _acknowledged(self, ctx: MessageContext, attempt: Attempt, index: int, total: int) -> None:
         ctx.parts_sent = index + 1
@@ -390,7 +416,11 @@ class MessagePipeline:
         unavailable: ReconcileUnavailableError | None = None
         try:
             found = await self.whatsapp.find_sent(
-                instance=config.instance, number=number, text=text, since_epoch_s=since.timestamp()
+                instance=config.instance,
+                number=number,
+                text=text,
+                since_epoch_s=since.timestamp(),
+                known_jid=await self._known_chat(ctx),
             )
         except ReconcileUnavailableError as exc:
             found, unavailable = None, exc
