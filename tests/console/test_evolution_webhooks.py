@@ -63,7 +63,7 @@ def opted_out(db: psycopg.Connection[Any]) -> list[str]:
 
 
 def event(name: str, instance: str) -> dict[str, Any]:
-    body = copy.deepcopy(EVENTS[name])
+    body: dict[str, Any] = copy.deepcopy(EVENTS[name])
     body["instance"] = instance
     return body
 
