@@ -376,13 +376,12 @@ class WhatsAppClient:
                 f"WhatsApp send lost its connection before the answer: {type(exc).__name__}"
             ) from exc
         if failure is None:
-            return self._receipt(instance, number, status, json_object(body))
+            return self._receipt(instance, number, status, body)
         raise failure
 
-    def _receipt(
-        self, instance: str, number: str, status: int, data: Mapping[str, Any] | None
-    ) -> SendReceipt:
+    def _receipt(self, instance: str, number: str, status: int, body: bytes) -> SendReceipt:
         """A 2xx is an acknowledgement only with a `key.id` (issue 21, point 2)."""
+        data = json_object(body)
         answer = evolution.classify_success(data)
         if answer.verdict is SendVerdict.ACKNOWLEDGED:
             return SendReceipt(
@@ -391,6 +390,11 @@ class WhatsAppClient:
         if answer.verdict is SendVerdict.UNCERTAIN:
             # Decision (docs/providers.md): the gateway may have sent it; reconcile, never resend blindly.
             raise SendOutcomeUnknownError(f"WhatsApp gateway answered {status} without a message key")
+        if answer.verdict is SendVerdict.UNAVAILABLE and answer.graph_code is None:
+            # An explicit error and no key (a proxy in front of the gateway, or an Evolution
+            # error object with a 2xx): it says it did not send. Retried.
+            reason = self._provider_text(data, body)
+            raise ProviderUnavailableError(f"WhatsApp gateway answered {status} with an error: {reason}")
         raise self._error_for(instance, number, status, answer, None)
 
     def _send_error(
