@@ -325,12 +325,12 @@ class MessagePipeline:
             await lease.ensure_room(needed_s)
             started = time.perf_counter()
             began_at = datetime.now(UTC)
+            receipt: SendReceipt | None = None
             try:
                 with lease.sending():
                     receipt = await self.whatsapp.send_text(
                         instance=config.instance, number=number, text=parts[index], delay_ms=delay_ms
                     )
-                await self._remember_chat(ctx, number, receipt)
             except SendOutcomeUnknownError as exc:
                 # The request was written and no answer came: maybe delivered. Record that
                 # first (a fact, whoever holds the lease), then ask the gateway.
@@ -355,20 +355,31 @@ class MessagePipeline:
             attempt.send_ms += elapsed_ms
             self.metrics.send_seconds.observe(elapsed_ms / 1000)
             await self._acknowledged(ctx, attempt, index, len(parts))
+            if receipt is not None:
+                await self._remember_chat(ctx, number, receipt, more_parts=index + 1 < len(parts))
 
-    async def _remember_chat(self, ctx: MessageContext, number: str, receipt: SendReceipt) -> None:
+    async def _remember_chat(
+        self, ctx: MessageContext, number: str, receipt: SendReceipt, *, more_parts: bool
+    ) -> None:
         """Keep the chat the gateway stored this message under (issue 21, point 3), so a later
-        uncertain part of it is looked for there first. Written only when it is not the plain
-        `<digits>@s.whatsapp.net` (NULL means that), once per attempt: most messages cost no
-        extra statement, a rewritten Brazilian number or a LID chat one small UPDATE."""
+        uncertain part of it is looked for there first (only the stored jid finds a LID chat).
+        Written only while parts remain to send, and only when it is not the plain
+        `<digits>@s.whatsapp.net` (NULL means that), once per attempt: one-part messages and
+        plain numbers cost no statement, a split message to a rewritten Brazilian number or a
+        LID chat one small UPDATE (not in the success transaction's path)."""
         jid = receipt.remote_jid
         if jid is None or jid == ctx.whatsapp_jid:
             return
         ctx.whatsapp_jid = jid
         message_id = ctx.message_id
-        if jid == digits(number) + USER_SUFFIX or message_id is None:
+        if not more_parts or jid == digits(number) + USER_SUFFIX or message_id is None:
             return
-        await self._persist(functools.partial(self.db.record_whatsapp_jid, message_id, jid), "whatsapp jid")
+        # A hint, not a fact the invariants rest on (reconciliation asks every candidate chat
+        # anyway): recorded after the acknowledgement, and a database error only costs it.
+        try:
+            await self.db.record_whatsapp_jid(message_id, jid)
+        except TRANSIENT_DB_ERRORS as exc:
+            logger.debug("could not record the chat of {}: {}", message_id, exc)
 
     async def _known_chat(self, ctx: MessageContext) -> str | None:
         """The chat recorded for this message, by this attempt or an earlier one (None: none)."""

@@ -3,8 +3,8 @@
 -- Evolution stores a sent message under its own jid for the number (createJid drops the 9th
 -- digit of most Brazilian mobiles; WhatsApp may answer a LID), and `findMessages` matches
 -- `key.remoteJid` exactly. The worker keeps the `key.remoteJid` of the gateway's answer here
--- when it is not the plain `<digits>@s.whatsapp.net`, and reconciles an unanswered part of
--- that message in this chat first (consumer/runtime/whatsapp.py `find_sent`).
+-- when it is not the plain `<digits>@s.whatsapp.net` and parts remain to send, and reconciles
+-- an unanswered part of that message in this chat first (runtime/whatsapp.py `find_sent`).
 -- NULL (the default, so a row is insertable with DESIGN's minimum columns): no answer yet, or
 -- the plain form; reconciliation then asks every jid the number may map to (core/jid.py).
 
