@@ -179,3 +179,40 @@ async def test_the_simulator_refuses_a_body_that_breaks_evolutions_schema_as_evo
         receipt = await client.send_text(instance="inst-1", number="5531980000007", text="Oi")
         assert receipt.remote_jid == "553180000007@s.whatsapp.net"
         assert sim.invalid_send_requests == [bad]
+
+
+@pytest.mark.parametrize(
+    ("fault", "contract_answer"),
+    [
+        (None, "accepted"),
+        ("dead_socket_400", "dead_socket_400"),
+        ("connection_closed", "dead_socket_400"),
+        ("not_on_whatsapp", "not_on_whatsapp_400"),
+        ("cloud_graph_error_201", "cloud_rate_limit_201"),
+    ],
+)
+async def test_the_simulator_answers_sends_in_the_contracts_shapes(
+    sim: Simulator, fault: str | None, contract_answer: str
+) -> None:
+    """The fake gateway answers only shapes found in tests/contract/evolution/send_answers.json."""
+    expected = json.loads((CONTRACT / "send_answers.json").read_text(encoding="utf-8"))["answers"][
+        contract_answer
+    ]
+    if fault is not None:
+        sim.fail_next_send(fault)  # type: ignore[arg-type]
+    async with aiohttp.ClientSession() as session:
+        url = f"{sim.whatsapp_base_url}/message/sendText/inst-1"
+        body = {"number": "5531980000006", "text": "Oi"}
+        async with session.post(url, json=body, headers={"apikey": WHATSAPP_KEY}) as response:
+            answer = await response.json()
+            assert response.status == expected["status"]
+    assert set(answer) <= set(expected["body"])
+    if "key" in answer:
+        assert set(answer["key"]) == set(expected["body"]["key"])
+    if "response" in answer:
+        assert type(answer["response"]["message"]) is type(expected["body"]["response"]["message"])
+        assert [type(m) for m in answer["response"]["message"]] == [
+            type(m) for m in expected["body"]["response"]["message"]
+        ]
+    if "error_data" in answer:
+        assert set(answer["error_data"]) <= set(expected["body"]["error_data"])
