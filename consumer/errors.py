@@ -165,6 +165,13 @@ class InvalidLeadError(PermanentError):
     error_class: str = ErrorClass.INVALID_LEAD
 
 
+class TemplateRequiredError(PermanentError):
+    """The Cloud API will only deliver a template to this lead (#131047: outside the 24 h
+    customer-service window); free text cannot go (issue 21)."""
+
+    error_class: str = ErrorClass.NEEDS_TEMPLATE
+
+
 class InvalidConfigError(PermanentError):
     """The campaign config cannot produce a message (empty prompt, missing inbox)."""
 

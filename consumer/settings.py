@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     # --- WhatsApp gateway (Evolution API shape) ------------------------------------------
     whatsapp_base_url: str = Field(default="http://127.0.0.1:8080", description="Evolution API base URL.")
     whatsapp_api_key: SecretStr | None = Field(default=None, description="Evolution API `apikey` header.")
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret of the gateway's webhooks (`/webhooks/evolution/{secret}`, or header "
+        "`apikey` / Bearer / HS256 JWT); unset: webhooks off.",
+    )
     send_timeout_s: float = Field(
         default=10.0, gt=0, description="Timeout of one send, plus its typing delay."
     )

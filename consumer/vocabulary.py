@@ -101,6 +101,8 @@ class ErrorClass(StrEnum):
     CONTENT_BLOCKED = "content_blocked"
     INVALID_LEAD = "invalid_lead"
     INVALID_CONFIG = "invalid_config"
+    NEEDS_TEMPLATE = "needs_template"
+    """The Cloud API accepts only a template for this lead now (#131047)."""
     SEND_UNCERTAIN_HELD = "send_uncertain_held"
     FATAL = "fatal"
     LEASE_LOST = "lease_lost"

@@ -544,3 +544,14 @@ DELETE FROM workspace_weights WHERE workspace_id = %(workspace_id)s::uuid RETURN
 SELECT workspace_id, weight, running_runs, due, in_queue, share_pct
   FROM campaignq_fair_share
  ORDER BY share_pct DESC, workspace_id;
+
+-- name: record_whatsapp_jid
+-- 0017: the `key.remoteJid` the gateway answered for a part of this message (issue 21). An
+-- unguarded fact like `record_part_sent`; a no-op when the row already has it.
+UPDATE campaign_messages SET whatsapp_jid = %(jid)s::text
+ WHERE id = %(message_id)s::uuid AND whatsapp_jid IS DISTINCT FROM %(jid)s::text
+RETURNING id;
+
+-- name: message_whatsapp_jid
+-- 0017: the jid to reconcile an uncertain part in first (NULL: none recorded).
+SELECT whatsapp_jid FROM campaign_messages WHERE id = %(message_id)s::uuid;

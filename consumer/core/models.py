@@ -232,6 +232,9 @@ class MessageContext:
     config: CampaignConfig | None = None
     last_error_class: str | None = None
     sender: SenderContext = field(default_factory=SenderContext)  # issue 13
+    whatsapp_jid: str | None = None
+    """The chat the gateway named for this message (`key.remoteJid`, issue 21), once known in
+    this attempt (recorded in `campaign_messages.whatsapp_jid`, read back to reconcile)."""
 
     def apply(self, row: ClaimedRow, config: CampaignConfig | None) -> None:
         """What the batch claim found (`config`: the row's, or the caller's cached copy)."""

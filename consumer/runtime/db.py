@@ -553,6 +553,15 @@ class Database:
         """Part `part` (0-based) may have been delivered by a send that began at `since`."""
         await self._scalar("record_part_uncertain", {"message_id": message_id, "part": part, "since": since})
 
+    async def record_whatsapp_jid(self, message_id: uuid.UUID, jid: str) -> None:
+        """The chat the gateway answered for a part of this message (0017; unguarded fact)."""
+        await self._scalar("record_whatsapp_jid", {"message_id": message_id, "jid": jid})
+
+    async def message_whatsapp_jid(self, message_id: uuid.UUID) -> str | None:
+        """The chat recorded by `record_whatsapp_jid`; None when none was."""
+        found = await self._scalar("message_whatsapp_jid", {"message_id": message_id})
+        return found if isinstance(found, str) and found else None
+
     async def record_part_sent(self, message_id: uuid.UUID, parts_sent: int) -> bool:
         """The gateway acknowledged `parts_sent` parts (monotonic, unguarded). Batched.
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from ..core import policy
+from ..core.jid import USER_SUFFIX, digits
 from ..core.models import CampaignConfig, MessageContext
 from ..core.triage import (
     ArchiveOnly,
@@ -47,12 +48,12 @@ from ..errors import (
 from ..settings import Settings
 from ..vocabulary import ErrorClass, Outcome
 from .ai import AIClient
-from .db import WRITES_IN_FLIGHT, Database, persist
+from .db import TRANSIENT_DB_ERRORS, WRITES_IN_FLIGHT, Database, persist
 from .generation import Generator
 from .lease import Lease
 from .metrics import ConsumerMetrics
 from .sender_safety import SenderSafety
-from .whatsapp import WhatsAppClient, typing_delay_ms
+from .whatsapp import SendReceipt, WhatsAppClient, typing_delay_ms
 
 T = TypeVar("T")
 
@@ -348,9 +349,10 @@ class MessagePipeline:
             await lease.ensure_room(needed_s)
             started = time.perf_counter()
             began_at = datetime.now(UTC)
+            receipt: SendReceipt | None = None
             try:
                 with lease.sending():
-                    await self.whatsapp.send_text(
+                    receipt = await self.whatsapp.send_text(
                         instance=config.instance, number=number, text=parts[index], delay_ms=delay_ms
                     )
             except SendOutcomeUnknownError as exc:
@@ -377,6 +379,41 @@ class MessagePipeline:
             attempt.send_ms += elapsed_ms
             self.metrics.send_seconds.observe(elapsed_ms / 1000)
             await self._acknowledged(ctx, attempt, index, len(parts))
+            if receipt is not None:
+                await self._remember_chat(ctx, number, receipt, more_parts=index + 1 < len(parts))
+
+    async def _remember_chat(
+        self, ctx: MessageContext, number: str, receipt: SendReceipt, *, more_parts: bool
+    ) -> None:
+        """Keep the chat the gateway stored this message under (issue 21, point 3), so a later
+        uncertain part of it is looked for there first (only the stored jid finds a LID chat).
+        Written only while parts remain to send, and only when it is not the plain
+        `<digits>@s.whatsapp.net` (NULL means that), once per attempt: one-part messages and
+        plain numbers cost no statement, a split message to a rewritten Brazilian number or a
+        LID chat one small UPDATE (not in the success transaction's path)."""
+        jid = receipt.remote_jid
+        if jid is None or jid == ctx.whatsapp_jid:
+            return
+        ctx.whatsapp_jid = jid
+        message_id = ctx.message_id
+        if not more_parts or jid == digits(number) + USER_SUFFIX or message_id is None:
+            return
+        # A hint, not a fact the invariants rest on (reconciliation asks every candidate chat
+        # anyway): recorded after the acknowledgement, and a database error only costs it.
+        try:
+            await self.db.record_whatsapp_jid(message_id, jid)
+        except TRANSIENT_DB_ERRORS as exc:
+            logger.debug("could not record the chat of {}: {}", message_id, exc)
+
+    async def _known_chat(self, ctx: MessageContext) -> str | None:
+        """The chat recorded for this message, by this attempt or an earlier one (None: none)."""
+        if ctx.whatsapp_jid is not None or ctx.message_id is None:
+            return ctx.whatsapp_jid
+        try:
+            ctx.whatsapp_jid = await self.db.message_whatsapp_jid(ctx.message_id)
+        except TRANSIENT_DB_ERRORS as exc:  # only a hint: every candidate chat is asked anyway
+            logger.debug("could not read the recorded chat of {}: {}", ctx.message_id, exc)
+        return ctx.whatsapp_jid
 
     async def _acknowledged(self, ctx: MessageContext, attempt: Attempt, index: int, total: int) -> None:
         ctx.parts_sent = index + 1
@@ -420,7 +457,11 @@ class MessagePipeline:
         unavailable: ReconcileUnavailableError | None = None
         try:
             found = await self.whatsapp.find_sent(
-                instance=config.instance, number=number, text=text, since_epoch_s=since.timestamp()
+                instance=config.instance,
+                number=number,
+                text=text,
+                since_epoch_s=since.timestamp(),
+                known_jid=await self._known_chat(ctx),
             )
         except ReconcileUnavailableError as exc:
             found, unavailable = None, exc

@@ -22,7 +22,10 @@ from loguru import logger
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..core import evolution
 from ..core.breaker import CircuitBreaker
+from ..core.evolution import SendAnswer, SendVerdict
+from ..core.jid import candidate_jids
 from ..errors import (
     FatalError,
     InboxBannedError,
@@ -36,20 +39,15 @@ from ..errors import (
     ReconcileUnavailableError,
     SendOutcomeUnknownError,
     SendTimedOutError,
+    TemplateRequiredError,
 )
 from ..logs import mask_phone
+from ..safejson import UnsafeJSON, loads_object
 from ..settings import Settings
 from .ai import parse_retry_after_s
-from .provider_http import JSON_CONTENT_TYPE, json_body, json_object, provider_text
+from .provider_http import JSON_CONTENT_TYPE, json_body, provider_text
 
 CONNECTED_STATE = "open"
-# Evolution's answer when Baileys' socket is gone although connectionState still says "open".
-DEAD_SOCKET_MARKER = "connection closed"
-# Issue 13: answers that mean the number itself is in trouble (WhatsApp banned or locked it,
-# or closed its session). Not our API key's fault, so never fatal for the process: the inbox
-# is paused for an operator and its messages wait.
-BAN_MARKERS = ("banned", "account locked", "131031", "temporarily blocked")
-LOGOUT_MARKERS = ("logged out", "loggedout", "logout")
 # Reconciliation reads at most this many pages of a chat (newest first), and allows this much
 # clock difference between us and the gateway when comparing a record's time with the attempt's.
 RECONCILE_MAX_PAGES = 5
@@ -60,6 +58,9 @@ RECONCILE_CLOCK_SKEW_S = 30.0
 class SendReceipt:
     message_id: str | None
     status: str
+    remote_jid: str | None = None
+    """The chat the gateway stored the message under (`key.remoteJid`): Evolution's jid for
+    the number, which is not always `<digits>@s.whatsapp.net` (core/jid.py)."""
 
 
 def typing_delay_ms(text: str, *, words_per_minute: float, cap_s: float) -> int:
@@ -254,18 +255,37 @@ class WhatsAppClient:
 
     # --- reconciling uncertain sends ---------------------------------------------------------
 
-    async def find_sent(self, *, instance: str, number: str, text: str, since_epoch_s: float) -> bool:
+    async def find_sent(
+        self,
+        *,
+        instance: str,
+        number: str,
+        text: str,
+        since_epoch_s: float,
+        known_jid: str | None = None,
+    ) -> bool:
         """Whether the gateway lists a message from us to `number` with exactly `text`, sent at
         or after `since_epoch_s` (less `RECONCILE_CLOCK_SKEW_S`).
 
         Evolution API v2 ``POST /chat/findMessages/{instance}`` lists a chat's stored messages,
-        newest first, by page. True: the uncertain part was delivered (count it sent). False:
-        the gateway answered and has no such message. Raises `ReconcileUnavailableError` when
-        it cannot answer (error, timeout, unreadable body): the caller's policy decides.
+        newest first, by page, matching ``where.key.remoteJid`` exactly; Evolution stores a
+        message under its own jid for the number (issue 21: most Brazilian mobiles lose their
+        9th digit). So the chat the gateway named for this message (`known_jid`) is asked
+        first, then every jid the number may map to (`core.jid.candidate_jids`).
+        True: the uncertain part was delivered (count it sent). False: the gateway answered
+        for every chat and has no such message. Raises `ReconcileUnavailableError` when it
+        cannot answer (error, timeout, unreadable body): the caller's policy decides.
         Needs a gateway that stores sent messages (Evolution: DATABASE_SAVE_DATA_NEW_MESSAGE).
         """
-        jid = f"{''.join(ch for ch in number if ch.isdigit())}@s.whatsapp.net"
-        oldest_wanted = since_epoch_s - RECONCILE_CLOCK_SKEW_S
+        jids = list(candidate_jids(number))
+        if known_jid:
+            jids = [known_jid, *(j for j in jids if j != known_jid)]
+        for jid in jids:
+            if await self._chat_has(instance, jid, text, since_epoch_s - RECONCILE_CLOCK_SKEW_S):
+                return True
+        return False
+
+    async def _chat_has(self, instance: str, jid: str, text: str, oldest_wanted: float) -> bool:
         for page in range(1, RECONCILE_MAX_PAGES + 1):
             data = await self._find_messages(instance, {"where": {"key": {"remoteJid": jid}}, "page": page})
             records, pages = _message_records(data)
@@ -356,14 +376,26 @@ class WhatsAppClient:
                 f"WhatsApp send lost its connection before the answer: {type(exc).__name__}"
             ) from exc
         if failure is None:
-            data = json_object(body)
-            if data is not None and data.get("error") and not isinstance(data.get("key"), Mapping):
-                # An explicit error and no message key: the gateway (or a proxy in front of
-                # it) says it did not send. Not an acknowledgement, so the part is retried.
-                reason = self._provider_text(data, body)
-                raise ProviderUnavailableError(f"WhatsApp gateway answered {status} with an error: {reason}")
-            return _receipt_from(data)
+            return self._receipt(instance, number, status, body)
         raise failure
+
+    def _receipt(self, instance: str, number: str, status: int, body: bytes) -> SendReceipt:
+        """A 2xx is an acknowledgement only with a `key.id` (issue 21, point 2)."""
+        data = json_object(body)
+        answer = evolution.classify_success(data)
+        if answer.verdict is SendVerdict.ACKNOWLEDGED:
+            return SendReceipt(
+                message_id=answer.message_id, status=answer.status or "UNKNOWN", remote_jid=answer.remote_jid
+            )
+        if answer.verdict is SendVerdict.UNCERTAIN:
+            # Decision (docs/providers.md): the gateway may have sent it; reconcile, never resend blindly.
+            raise SendOutcomeUnknownError(f"WhatsApp gateway answered {status} without a message key")
+        if answer.verdict is SendVerdict.UNAVAILABLE and answer.graph_code is None:
+            # An explicit error and no key (a proxy in front of the gateway, or an Evolution
+            # error object with a 2xx): it says it did not send. Retried.
+            reason = self._provider_text(data, body)
+            raise ProviderUnavailableError(f"WhatsApp gateway answered {status} with an error: {reason}")
+        raise self._error_for(instance, number, status, answer, None)
 
     def _send_error(
         self,
@@ -376,31 +408,57 @@ class WhatsAppClient:
     ) -> Exception:
         data = json_object(body)
         message = self._provider_text(data, body)
-        lowered = message.lower()
-        if status != 429 and any(marker in lowered for marker in BAN_MARKERS):  # issue 13
-            return InboxBannedError(f"inbox {instance!r} is banned: {message}", kind="banned")
-        if status != 429 and any(marker in lowered for marker in LOGOUT_MARKERS):  # issue 13
-            return InboxBannedError(f"inbox {instance!r} was logged out: {message}", kind="logged_out")
-        if status in (401, 403):
-            return FatalError(f"WhatsApp gateway refused our API key ({status})")
-        if status == 429:
-            retry_after_s = parse_retry_after_s(headers, now_epoch_s=self._wall_clock())
+        html = content_type == "text/html" or body.lstrip().startswith(b"<")
+        answer = evolution.classify_failure(status, data, message, html=html)
+        return self._error_for(instance, number, status, answer, headers)
+
+    def _error_for(
+        self,
+        instance: str,
+        number: str,
+        status: int,
+        answer: SendAnswer,
+        headers: Mapping[str, str] | None,
+    ) -> Exception:
+        """The `errors` type for a classified answer: the policy decides on types."""
+        verdict, detail = answer.verdict, answer.detail
+        if verdict is SendVerdict.RATE_LIMITED:
+            retry_after_s = answer.retry_after_s
+            if headers is not None:
+                retry_after_s = parse_retry_after_s(headers, now_epoch_s=self._wall_clock()) or retry_after_s
             return RateLimitedError(
-                f"WhatsApp gateway rate limited (429): {message}", retry_after_s=retry_after_s
+                f"WhatsApp gateway rate limited ({status}): {detail}", retry_after_s=retry_after_s
             )
-        if data is None and (content_type == "text/html" or body.lstrip().startswith(b"<")):
-            return ProviderUnavailableError(f"WhatsApp gateway answered {status} with an HTML page")
-        if status >= 500:
-            if DEAD_SOCKET_MARKER in message.lower():
-                return InboxUnavailableError(f"inbox {instance!r} lost its WhatsApp connection: {message}")
-            return ProviderUnavailableError(f"WhatsApp gateway unavailable ({status}): {message}")
-        if status == 404:
-            return InvalidConfigError(f"WhatsApp instance {instance!r} does not exist on the gateway")
-        if status == 400 and _not_on_whatsapp(data):
-            return InvalidLeadError(f"{mask_phone(number)} is not on WhatsApp")
-        if status in (400, 422):
-            return ProviderRejectedError(f"WhatsApp gateway rejected the message ({status}): {message}")
-        return ProviderUnavailableError(f"WhatsApp gateway answered {status}: {message}")
+        lead = mask_phone(number)
+        factories: dict[SendVerdict, Callable[[], Exception]] = {
+            SendVerdict.BANNED: lambda: InboxBannedError(f"inbox {instance!r} is banned: {detail}"),
+            SendVerdict.LOGGED_OUT: lambda: InboxBannedError(
+                f"inbox {instance!r} was logged out: {detail}", kind="logged_out"
+            ),
+            # Paused for an operator like a ban (report_inbox_trouble knows banned/logged_out).
+            SendVerdict.CREDENTIALS: lambda: InboxBannedError(
+                f"inbox {instance!r}: the Cloud API refused its token or permission ({detail})"
+            ),
+            SendVerdict.AUTH: lambda: FatalError(f"WhatsApp gateway refused our API key ({status})"),
+            SendVerdict.INBOX_DOWN: lambda: InboxUnavailableError(
+                f"inbox {instance!r} lost its WhatsApp connection ({status}): {detail}"
+            ),
+            SendVerdict.MISSING_INSTANCE: lambda: InvalidConfigError(
+                f"WhatsApp instance {instance!r} does not exist on the gateway"
+            ),
+            SendVerdict.NOT_ON_WHATSAPP: lambda: InvalidLeadError(f"{lead} is not on WhatsApp"),
+            SendVerdict.UNDELIVERABLE: lambda: InvalidLeadError(f"{lead} cannot receive it: {detail}"),
+            SendVerdict.NEEDS_TEMPLATE: lambda: TemplateRequiredError(
+                f"{lead}: a template is needed ({detail})"
+            ),
+            SendVerdict.REJECTED: lambda: ProviderRejectedError(
+                f"WhatsApp gateway rejected the message ({status}): {detail}"
+            ),
+        }
+        factory = factories.get(verdict)
+        if factory is not None:
+            return factory()
+        return ProviderUnavailableError(f"WhatsApp gateway answered {status}: {detail}")
 
     def _provider_text(self, data: Mapping[str, Any] | None, body: bytes) -> str:
         """Evolution nests its reason in ``response.message`` (a string or a list); mask phones."""
@@ -413,27 +471,6 @@ class WhatsAppClient:
             if reason is not None:
                 text = reason if isinstance(reason, str) else json.dumps(reason, ensure_ascii=False)
         return provider_text(text, body, api_key=self._api_key)
-
-
-def _not_on_whatsapp(data: Mapping[str, Any] | None) -> bool:
-    response = data.get("response") if data else None
-    entries = response.get("message") if isinstance(response, Mapping) else None
-    if not isinstance(entries, list):
-        return False
-    return any(isinstance(entry, Mapping) and entry.get("exists") is False for entry in entries)
-
-
-def _receipt_from(data: Mapping[str, Any] | None) -> SendReceipt:
-    """A 2xx is an acknowledgement even if its body is odd (``data`` None: not a JSON object):
-    resending would risk a duplicate."""
-    data = data or {}
-    key = data.get("key")
-    message_id = key.get("id") if isinstance(key, Mapping) else None
-    status = data.get("status")
-    return SendReceipt(
-        message_id=message_id if isinstance(message_id, str) and message_id else None,
-        status=status if isinstance(status, str) and status else "UNKNOWN",
-    )
 
 
 def _message_records(data: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]] | None, int]:
@@ -471,3 +508,12 @@ def _is_our_copy(record: Mapping[str, Any], *, jid: str, text: str) -> bool:
     extended = message.get("extendedTextMessage")
     extended_text = extended.get("text") if isinstance(extended, Mapping) else None
     return text in (message.get("conversation"), extended_text)
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """A gateway answer as a JSON object through `safejson` (size and nesting checked before
+    parsing); None when it is not one."""
+    try:
+        return loads_object(body)
+    except UnsafeJSON:
+        return None

@@ -5,12 +5,14 @@ through two runs of 1,000 messages (one split into bubbles) while the simulator,
 process, injects 5 % AI 429 with Retry-After, 3 % AI 5xx, 2 % AI hangs past the timeout,
 1 % permanent 400 (leads not on WhatsApp), 2 % unusable split answers, 1 % gateway 502
 pages, 3 % sends the gateway accepts and then never answers (`hang_after_accept`: the
-ambiguous timeout) and 2 % findMessages calls that fail. During the run, in this order: the
-split run is paused for a few seconds and resumed; one inbox disconnects for a few seconds;
-one consumer is SIGKILLed and a new one started; the PostgreSQL server is stopped, kept down
-for longer than the visibility timeout while parts are being sent, and started again (every
-connection dies and every lease expires; nobody may exit). Then every Invariant is checked,
-faults are turned off and `campaignq replay` must drive the dead-letter queue to zero.
+ambiguous timeout) and 2 % findMessages calls that fail; the gateway files the split run's
+Brazilian numbers under Evolution's jid, without the 9th digit (`br_jid_rewrite`, issue 21).
+During the run, in this order: the split run is paused for a few seconds and resumed; one
+inbox disconnects for a few seconds; one consumer is SIGKILLed and a new one started; the
+PostgreSQL server is stopped, kept down for longer than the visibility timeout while parts
+are being sent, and started again (every connection dies and every lease expires; nobody
+may exit). Then every Invariant is checked, faults are turned off and `campaignq replay`
+must drive the dead-letter queue to zero.
 
 Duplicates: none, whatever the fault (issue 9). A send whose answer never came is recorded
 *uncertain* and reconciled with the gateway's message list before any resend; a holder that
@@ -83,6 +85,7 @@ CHAOS_FAULTS: dict[str, Any] = {
     "send_server_error_p": 0.01,
     "send_hang_after_accept_p": 0.03,  # accepted, then no answer before the 2 s send timeout
     "find_unavailable_p": 0.02,
+    "br_jid_rewrite": True,  # issue 21: sends filed under Evolution's jid, with the hung sends above
 }
 NO_FAULTS: dict[str, Any] = {
     **{key: 0.0 for key in CHAOS_FAULTS if key.endswith("_p")},
@@ -176,7 +179,9 @@ def seed_campaigns(db: psycopg.Connection[Any]) -> tuple[uuid.UUID, list[str]]:
     the gateway will reject as not on WhatsApp."""
     seeder = Seeder(db)
     plain_phones = [f"+5511{9100_0000 + i:08d}" for i in range(MESSAGES_PER_RUN)]
-    split_phones = [f"+5521{9200_0000 + i:08d}" for i in range(MESSAGES_PER_RUN)]
+    # Belo Horizonte mobiles (DDD 31, 9 + 8xxxxxxx): with `br_jid_rewrite` the gateway files
+    # them under createJid's form without the 9th digit, as Evolution 2.3 does (issue 21).
+    split_phones = [f"+55319{8200_0000 + i:08d}" for i in range(MESSAGES_PER_RUN)]
     seeder.campaign(MESSAGES_PER_RUN, instance="chaos-plain", phones=list(plain_phones))
     split = seeder.campaign(
         MESSAGES_PER_RUN, split=True, max_parts=3, instance="chaos-split", phones=list(split_phones)

@@ -33,7 +33,7 @@ async def client(database_url: str) -> AsyncIterator[TestClient[Any, Any]]:
     store = Store(database_url, prices=DEFAULT_MODEL_PRICES)
     config = ConsoleConfig(
         tokens=auth.Tokens(admin=ADMIN_TOKEN, read=READ_TOKEN),
-        webhook_api_key=WEBHOOK_KEY,
+        webhook_secret=WEBHOOK_KEY,
         sample_interval_s=0.3,
     )
     async with TestClient(TestServer(create_app(store, config))) as test_client:
@@ -329,16 +329,17 @@ async def test_webhook_connection_state_and_opt_out(
         return {
             "event": "MESSAGES_UPSERT",
             "instance": "inst-w",
-            "apikey": WEBHOOK_KEY,
+            "apikey": None,  # Evolution: the instance's own token, or null; never our secret
             "data": {
                 "key": {"remoteJid": f"{phone}@s.whatsapp.net", "fromMe": False},
                 "message": {"conversation": text},
             },
         }
 
-    chatty = await (await client.post(hook, json=reply("Thanks, see you STOPping by"))).json()
+    by_path = f"{hook}/{WEBHOOK_KEY}"
+    chatty = await (await client.post(by_path, json=reply("Thanks, see you STOPping by"))).json()
     assert chatty["opted_out"] == 0
-    stop = await (await client.post(hook, json=reply("Stop!"))).json()
+    stop = await (await client.post(by_path, json=reply("Stop!"))).json()
     assert stop["opted_out"] == 1
     opted = db.execute("SELECT phone FROM leads WHERE opted_out_at IS NOT NULL").fetchall()
     assert opted == [("+55 11 90000-0001",)]

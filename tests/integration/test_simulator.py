@@ -245,7 +245,7 @@ async def test_send_faults_by_instance_phone_and_script(
     sim.fail_next_send("429", number="5511900008888")
 
     assert await post_send(session, sim, number="5511900009999") == 400
-    assert await post_send(session, sim, instance="zombie") == 500
+    assert await post_send(session, sim, instance="zombie") == 400  # Evolution 2.3: the catch answers 400
     assert await post_send(session, sim, instance="unknown-2") == 404
     assert await post_send(session, sim, text="plain") == 201
     assert await post_send(session, sim, text="a special one") == 502

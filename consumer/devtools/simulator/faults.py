@@ -53,7 +53,9 @@ SendFaultKind = Literal[
     "429",
     "500",  # JSON 500 that does not blame the socket
     "502_html",  # a proxy's HTML error page
-    "connection_closed",  # 500 "Connection Closed": the instance's socket is dead
+    "connection_closed",  # 400 "Error: Connection Closed": the instance's socket is dead
+    "dead_socket_400",  # the same, by the name issue 21 gives it (Evolution 2.3 wraps it as a 400)
+    "cloud_graph_error_201",  # WHATSAPP-BUSINESS: a Graph error object returned as a 201
     "not_on_whatsapp",  # 400 exists:false
     "hang",  # never answers within `hang_s`, and does not send
     "hang_after_accept",  # records the send, then hangs: the ambiguous-timeout case
@@ -117,6 +119,16 @@ class Faults(BaseModel):
     instance_rate_window_s: Annotated[float, Field(gt=0.0)] = 60.0
     banned_instances: frozenset[str] = frozenset()
     logged_out_instances: frozenset[str] = frozenset()
+    # Issue 21 (Evolution 2.3 as it really answers): `br_jid_rewrite` stores a send under
+    # Evolution's createJid form of the number (a Brazilian mobile loses its 9th digit when
+    # DDD >= 31 and the subscriber number starts 7-9), answers that jid and matches
+    # findMessages on it exactly; `lid_sender` stores and answers a made-up `…@lid` chat
+    # (WhatsApp's LID addressing); `send_graph_error_p` answers a share of sends 201 with a
+    # Graph error of code `graph_error_code` (Evolution's WHATSAPP-BUSINESS channel).
+    br_jid_rewrite: bool = False
+    lid_sender: bool = False
+    send_graph_error_p: Probability = 0.0
+    graph_error_code: int = 130429
     seed: int | None = None
 
 
@@ -170,6 +182,7 @@ class _Script:
     instance: str | None = None
     number: str | None = None
     text_contains: str | None = None
+    graph_code: int | None = None
 
 
 def _take_script(scripts: list[_Script], matches: Callable[[_Script], bool]) -> _Script | None:

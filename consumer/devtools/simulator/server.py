@@ -52,6 +52,7 @@ from pydantic import ValidationError
 from .answers import _ai_error, _json_body
 from .cache_batches import BatchStore, PromptCacheModel
 from .contract import validate
+from .evolution_contract import SENDTEXT_SCHEMA, lid_for, schema_errors, stored_jid
 from .faults import (
     _AI_KINDS,
     _FIND_KINDS,
@@ -163,7 +164,8 @@ class Simulator:
     def _reset_records(self) -> None:
         self._sends: list[SentMessage] = []
         self._send_counts: Counter[tuple[str, str]] = Counter()
-        self._chats: dict[tuple[str, str], list[SentMessage]] = {}
+        self._chats: dict[tuple[str, str], list[SentMessage]] = {}  # (instance, stored jid)
+        self._invalid_sends: list[Any] = []
         self._duplicates: list[SentMessage] = []
         self._ai_requests: deque[AIRequest] = deque(maxlen=_AI_RECORDS_KEPT)
         self._ai_sequence = 0
@@ -286,8 +288,10 @@ class Simulator:
         number: str | None = None,
         text_contains: str | None = None,
         retry_after_s: float | None = None,
+        graph_code: int | None = None,
     ) -> None:
-        """The next `times` sends matching every filter given fail as `kind`."""
+        """The next `times` sends matching every filter given fail as `kind`
+        (`graph_code`: the Graph error code of a `cloud_graph_error_201`)."""
         _check_kind(kind, _SEND_KINDS)
         self._send_scripts.append(
             _Script(
@@ -297,6 +301,7 @@ class Simulator:
                 instance=instance,
                 number=number,
                 text_contains=text_contains,
+                graph_code=graph_code,
             )
         )
 
@@ -575,6 +580,12 @@ class Simulator:
             return _evolution_error(401, "Unauthorized")
         instance = request.match_info["instance"]
         body = await _json_body(request)
+        # Issue 21: Evolution's router validates the body against textMessageSchema first.
+        violations = schema_errors(body, SENDTEXT_SCHEMA) if body is not None else ["Bad Request"]
+        if violations:
+            self._counts.send["400_schema"] += 1
+            self._invalid_sends.append(body)
+            return _evolution_error(400, violations)
         number = body.get("number") if body else None
         text = body.get("text") if body else None
         delay = body.get("delay", 0) if body else 0
@@ -603,12 +614,9 @@ class Simulator:
             wait_s = script.retry_after_s if script and script.retry_after_s is not None else 1.0
             return _evolution_error(429, "Too Many Requests", headers=_retry_after_headers(wait_s, "seconds"))
         await asyncio.sleep(self._faults.send_latency_s)
-        if outcome == "not_on_whatsapp":
-            return _evolution_error(
-                400, [{"jid": f"{number}@s.whatsapp.net", "exists": False, "number": number}]
-            )
-        if outcome == "connection_closed":
-            return _evolution_error(500, ["Error: Connection Closed"])
+        failed = self._failed_send(outcome, number, script)
+        if failed is not None:
+            return failed
         if outcome == "500":
             return _evolution_error(500, "Internal Server Error")
         if outcome == "502_html":
@@ -622,13 +630,27 @@ class Simulator:
             await asyncio.sleep(self._faults.hang_s)
         return web.json_response(
             {
-                "key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True, "id": sent.message_id},
+                "key": {"remoteJid": self._stored_jid(number), "fromMe": True, "id": sent.message_id},
                 "message": {"conversation": text},
                 "messageTimestamp": int(sent.at),
                 "status": "PENDING",
             },
             status=201,
         )
+
+    def _failed_send(self, outcome: str, number: str, script: _Script | None) -> web.Response | None:
+        """The answers of a gateway that got the request and did not send (issue 21 shapes)."""
+        if outcome == "not_on_whatsapp":
+            return _evolution_error(
+                400, [{"jid": f"{number}@s.whatsapp.net", "exists": False, "number": number}]
+            )
+        if outcome in ("connection_closed", "dead_socket_400"):
+            # Evolution 2.3 wraps the send's exception as a 400 (sendMessageWithTyping's catch).
+            return _evolution_error(400, ["Error: Connection Closed"])
+        if outcome == "cloud_graph_error_201":
+            code = script.graph_code if script and script.graph_code else self._faults.graph_error_code
+            return web.json_response(_graph_error(code), status=201)
+        return None
 
     def _send_outcome(self, instance: str, number: str, text: str) -> tuple[str, _Script | None]:
         if instance.startswith(_UNKNOWN_INSTANCE_PREFIX):
@@ -649,6 +671,7 @@ class Simulator:
         if _digits(number) in {_digits(phone) for phone in faults.reject_phones}:
             return "not_on_whatsapp", None
         chances = [
+            ("cloud_graph_error_201", faults.send_graph_error_p),
             ("502_html", faults.send_server_error_p),
             ("hang", faults.send_hang_p),
             ("hang_after_accept", faults.send_hang_after_accept_p),
@@ -688,12 +711,23 @@ class Simulator:
             monotonic_s=time.monotonic(),
         )
         self._sends.append(sent)
-        self._chats.setdefault((instance, _digits(number)), []).append(sent)
+        self._chats.setdefault((instance, self._stored_jid(number)), []).append(sent)
         key = (_digits(number), text)
         self._send_counts[key] += 1
         if self._send_counts[key] > 1:
             self._duplicates.append(sent)
         return sent
+
+    def _stored_jid(self, number: str) -> str:
+        """The chat this gateway files a send to `number` under (faults `lid_sender`, `br_jid_rewrite`)."""
+        if self._faults.lid_sender:
+            return lid_for(number)
+        return stored_jid(number, rewrite=self._faults.br_jid_rewrite)
+
+    @property
+    def invalid_send_requests(self) -> list[Any]:
+        """sendText bodies that failed Evolution's schema (answered 400, as Evolution does)."""
+        return list(self._invalid_sends)
 
     async def _find_messages(self, request: web.Request) -> web.StreamResponse:
         """Evolution v2's findMessages for the one filter we use (``where.key.remoteJid``):
@@ -728,7 +762,8 @@ class Simulator:
         page_size = page_size if isinstance(page_size, int) and page_size > 0 else _FIND_PAGE_SIZE
         page = body.get("page") if body else None
         page = page if isinstance(page, int) and page > 0 else 1
-        chat = list(reversed(self._chats.get((instance, _digits(jid.split("@")[0])), [])))
+        # Evolution matches `key.remoteJid` exactly (channel.service.ts fetchMessages).
+        chat = list(reversed(self._chats.get((instance, jid), [])))
         records = [
             {
                 "id": sent.message_id,
@@ -985,6 +1020,25 @@ def _cloud_rate_limited(retry_after_s: float) -> web.Response:
     }
     headers = _retry_after_headers(max(1.0, math.ceil(retry_after_s)), "seconds")
     return web.json_response(body, status=429, headers=headers)
+
+
+def _graph_error(code: int) -> dict[str, Any]:
+    """A Graph error object as Evolution's WHATSAPP-BUSINESS channel returns it from a send
+    (whatsapp.business.service.ts `post()`: `e.response.data.error`, answered as a 201)."""
+    titles = {
+        130429: "Rate limit hit",
+        131056: "(Business Account, Consumer Account) pair rate limit hit",
+        131026: "Message undeliverable",
+        131047: "Re-engagement message",
+        190: "Error validating access token",
+    }
+    return {
+        "message": f"(#{code}) {titles.get(code, 'Graph API error')}",
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": titles.get(code, "Graph API error")},
+        "fbtrace_id": "AbCdEfGhIjKlMnOp",
+    }
 
 
 def _evolution_error(status: int, message: Any, *, headers: Mapping[str, str] | None = None) -> web.Response:

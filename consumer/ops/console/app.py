@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import html
 import json
 import string
@@ -28,10 +27,9 @@ from aiohttp import web
 from loguru import logger
 from psycopg_pool import PoolTimeout
 
-from ...core.optout import is_opt_out_reply
 from ...errors import one_line
 from ..replay import DEFAULT_BATCH_SIZE
-from . import auth
+from . import auth, webhook
 from .filters import REPLAY_KEYS, FilterError, parse_dry_run, parse_filter
 from .sampler import Sampler
 from .store import AI_BUDGET, RUN_TRANSITIONS, Actor, ConflictError, NotFoundError, Store
@@ -44,7 +42,6 @@ PAGES: dict[str, tuple[str, str]] = {  # path -> (page id, title)
     "/workspaces": ("workspaces", "Workspaces"),
     "/audit": ("audit", "Audit"),
 }
-WEBHOOK_ACTOR = Actor("evolution-webhook")
 ANONYMOUS = "anonymous"  # no token configured at all: loopback only, view only
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -59,7 +56,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @dataclass(frozen=True)
 class ConsoleConfig:
     tokens: auth.Tokens
-    webhook_api_key: str | None
+    webhook_secret: str | None
     sample_interval_s: float
 
 
@@ -93,7 +90,7 @@ def create_app(store: Store, config: ConsoleConfig) -> web.Application:
     app.router.add_post("/api/workspaces/{workspace_id}/weight", _api_workspace_weight)
     app.router.add_post("/api/rate-limits/{name}", _api_rate_limit)
     app.router.add_post("/api/inboxes/{inbox_id}/{action}", _api_inbox_action)
-    app.router.add_post("/webhooks/evolution", _webhook_evolution)
+    webhook.add_routes(app, store=lambda request: request.app[STORE_KEY], secret=config.webhook_secret)
     app.router.add_static("/static", _package_dir("static"), append_version=False)
     return app
 
@@ -277,7 +274,13 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     except (psycopg.Error, PoolTimeout) as exc:
         return web.json_response({"ok": False, "database": one_line(exc)[:200]}, status=503)
     return web.json_response(
-        {"ok": True, "database": "ok", "subscribers": sampler.subscribers, "samples": sampler.samples}
+        {
+            "ok": True,
+            "database": "ok",
+            "subscribers": sampler.subscribers,
+            "samples": sampler.samples,
+            "webhooks_refused": request.app[webhook.COUNTS_KEY].rejected,
+        }
     )
 
 
@@ -423,68 +426,6 @@ async def _api_inbox_action(request: web.Request) -> web.StreamResponse:
     except NotFoundError as exc:
         raise _error(404, str(exc)) from None
     return web.json_response(result)
-
-
-# --- the gateway's webhook --------------------------------------------------------------------------------
-
-
-async def _webhook_evolution(request: web.Request) -> web.StreamResponse:
-    """Evolution API events: `connection.update` sets the inbox state; an opt-out reply opts out.
-
-    Authenticated by the gateway's apikey (header `apikey`, or the `apikey` field Evolution
-    puts in the body); unknown events are acknowledged and ignored so the gateway never retries.
-    """
-    expected = request.app[CONFIG_KEY].webhook_api_key
-    if not expected:
-        raise _error(404, "webhooks are off: set CAMPAIGNQ_WHATSAPP_API_KEY")
-    body = await _json_body(request)
-    presented = request.headers.get("apikey") or body.get("apikey")
-    if not isinstance(presented, str) or not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise _error(401, "wrong or missing apikey")
-    event = str(body.get("event", "")).lower().replace("_", ".")
-    instance = body.get("instance")
-    if not isinstance(instance, str) or not instance:
-        raise _error(400, "the event names no instance")
-    store = request.app[STORE_KEY]
-    data = body.get("data")
-    if event == "connection.update" and isinstance(data, dict):
-        state = data.get("state")
-        if not isinstance(state, str) or not state:
-            raise _error(400, "connection.update without data.state")
-        inboxes = await asyncio.to_thread(
-            store.set_connection_state, instance, state[:40], actor=WEBHOOK_ACTOR
-        )
-        return web.json_response({"ok": True, "event": event, "inboxes": inboxes})
-    if event == "messages.upsert":
-        opted_out = 0
-        for message in data if isinstance(data, list) else [data]:
-            phone, text = _inbound_text(message)
-            if phone and is_opt_out_reply(text):
-                opted_out += await asyncio.to_thread(
-                    store.record_opt_out, instance, phone, actor=WEBHOOK_ACTOR
-                )
-        return web.json_response({"ok": True, "event": event, "opted_out": opted_out})
-    return web.json_response({"ok": True, "event": event, "ignored": True})
-
-
-def _inbound_text(message: Any) -> tuple[str | None, str | None]:
-    """(sender phone, text) of an inbound Evolution message; (None, None) for our own."""
-    if not isinstance(message, dict):
-        return None, None
-    key = message.get("key") or {}
-    if not isinstance(key, dict) or key.get("fromMe"):
-        return None, None
-    jid = key.get("remoteJid")
-    if not isinstance(jid, str) or jid.endswith("@g.us"):
-        return None, None
-    content = message.get("message") or {}
-    text = None
-    if isinstance(content, dict):
-        text = content.get("conversation")
-        extended = content.get("extendedTextMessage")
-        if not text and isinstance(extended, dict):
-            text = extended.get("text")
-    return jid.split("@", 1)[0], text if isinstance(text, str) else None
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def console_config(settings: Settings) -> ConsoleConfig:
     )
     return ConsoleConfig(
         tokens=tokens,
-        webhook_api_key=settings.whatsapp_key() or None,
+        webhook_secret=secret_value(settings.webhook_secret),
         sample_interval_s=settings.console_sample_interval_s,
     )
 
@@ -33,6 +33,7 @@ def check_bind(settings: Settings) -> ConsoleConfig:
     config = console_config(settings)
     register_secret(config.tokens.admin)
     register_secret(config.tokens.read)
+    register_secret(config.webhook_secret)  # it is in the webhook's URL path
     if not may_bind(settings.console_host, config.tokens):
         raise ConfigurationError(
             f"refusing to serve the console on {settings.console_host}: without CAMPAIGNQ_CONSOLE_TOKEN "

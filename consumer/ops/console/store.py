@@ -10,7 +10,7 @@ the numbers can never differ from `campaignq stats --json`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +199,21 @@ class Store:
             ).fetchall()
             _audit(conn, actor, "connection_state", instance, {}, {"state": state, "inboxes": len(rows)})
         return len(rows)
+
+    def record_opt_out_forms(self, instance: str, phones: Sequence[str], *, actor: Actor) -> int:
+        """Opt out the leads stored under any of `phones` (every form of one WhatsApp number,
+        core/jid.py `number_forms`: a reply from 553180000006 is the lead +5531980000006),
+        in one transaction with one audit row."""
+        changed = 0
+        with self._pool.connection() as conn, conn.transaction():
+            for phone in phones:
+                row = conn.execute(
+                    query("console_record_opt_out"), {"instance": instance, "phone": phone, "reason": "reply"}
+                ).fetchone()
+                changed += int(row[0]) if row and row[0] is not None else 0
+            masked = mask_phone(phones[0]) if phones else ""
+            _audit(conn, actor, "opt_out", instance, {}, {"phone": masked, "leads": changed})
+        return changed
 
     def record_opt_out(self, instance: str, phone: str, *, actor: Actor) -> int:
         with self._pool.connection() as conn, conn.transaction():
