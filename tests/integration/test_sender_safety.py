@@ -170,9 +170,12 @@ async def test_send_windows_in_each_leads_zone_hold_without_burning_and_drain_at
     db.execute("UPDATE leads SET timezone = 'America/Sao_Paulo' WHERE id = ANY(%s)", (brazil.lead_ids,))
     per_minute = 30
     set_inbox(db, tokyo, max_sends_per_minute=per_minute)
-    opens_at = datetime.now(UTC) + timedelta(seconds=6)
+    # Long enough for two consumer processes to start and hold all 12 on a loaded machine
+    # (6 s was not, under a parallel load of 5+ on 2 cores).
+    opens_in_s = 12
+    opens_at = datetime.now(UTC) + timedelta(seconds=opens_in_s)
     for campaign, zone in ((tokyo, "Asia/Tokyo"), (brazil, "America/Sao_Paulo")):
-        start, end = _local_window(zone, opens_in_s=6, lasts_s=3600)
+        start, end = _local_window(zone, opens_in_s=opens_in_s, lasts_s=3600)
         db.execute(
             "UPDATE campaign_configs SET send_window_start = %s, send_window_end = %s, timezone = 'UTC' "
             "WHERE id = %s",
