@@ -21,3 +21,18 @@ LANGUAGE sql IMMUTABLE AS $$
        AND (p_message ->> 'run_id') ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
        AND (p_message ->> 'lead_id') ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
 $$;
+
+-- Console login sessions (issue 22). Before, the cookie was `role.HMAC(token)`: the same at
+-- every login, valid forever, still valid after logout. Now the cookie holds a random id and
+-- this table its SHA-256 (a leaked row cannot be replayed as a cookie), the role, when it
+-- was last used (idle expiry, `CAMPAIGNQ_CONSOLE_SESSION_IDLE_S`) and a fingerprint of the
+-- role's token at login (a rotated token ends every session opened with the old one).
+CREATE TABLE campaignq_console_sessions (
+    id_hash           text PRIMARY KEY,
+    role              text NOT NULL CHECK (role IN ('admin', 'read')),
+    token_fingerprint text NOT NULL,
+    client            text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    last_seen_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX campaignq_console_sessions_seen_idx ON campaignq_console_sessions (last_seen_at);

@@ -190,6 +190,37 @@ class Store:
         with self._pool.connection() as conn:
             _audit(conn, actor, action, target, {}, result)
 
+    # --- sessions (issue 22) ------------------------------------------------------------------
+
+    def create_session(
+        self, *, id_hash: str, role: str, fingerprint: str, client: str | None, idle_s: float
+    ) -> None:
+        """A login's session (and the audit row), removing the sessions idle past `idle_s`."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute(
+                query("console_session_create"),
+                {
+                    "id_hash": id_hash,
+                    "role": role,
+                    "fingerprint": fingerprint,
+                    "client": client,
+                    "idle_s": idle_s,
+                },
+            )
+            _audit(conn, Actor(role), "login", client, {}, {})
+
+    def touch_session(self, id_hash: str, *, idle_s: float) -> tuple[str, str] | None:
+        """(role, token fingerprint) of a live session, its last use moved to now; else None."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                query("console_session_touch"), {"id_hash": id_hash, "idle_s": idle_s}
+            ).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def end_session(self, id_hash: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(query("console_session_end"), {"id_hash": id_hash})
+
     # --- webhooks ----------------------------------------------------------------------------
 
     def set_connection_state(self, instance: str, state: str, *, actor: Actor) -> int:
