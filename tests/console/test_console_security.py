@@ -135,6 +135,19 @@ async def test_failed_logins_are_throttled_per_address_and_audited(
     assert (await client.post("/login", data={"token": ADMIN_TOKEN}, allow_redirects=False)).status == 303
 
 
+async def test_wrong_bearer_tokens_are_throttled_like_failed_logins(make_client: Factory) -> None:
+    """The API must not be a faster way to guess a token than the form."""
+    client = await make_client()
+    statuses = [
+        (await client.get("/api/stats", headers={"Authorization": f"Bearer guess-{i}"})).status
+        for i in range(7)
+    ]
+    assert statuses == [401] * 6 + [429], statuses
+    blocked = await client.get("/api/stats", headers=ADMIN)
+    assert blocked.status == 429 and int(blocked.headers["Retry-After"]) >= 1
+    assert "try again" in (await blocked.json())["error"]
+
+
 async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy_only(make_client: Factory) -> None:
     forwarded = {"X-Forwarded-Proto": "https"}
     trusted = await make_client(trust_proxy=True)

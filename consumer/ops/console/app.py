@@ -202,14 +202,46 @@ async def _role(request: web.Request) -> auth.Role | None:
     """The bearer token's role, else the session cookie's (looked up once per request)."""
     if ROLE_KEY in request:
         return request[ROLE_KEY]
-    tokens = request.app[CONFIG_KEY].tokens
     presented = auth.bearer(request.headers.get("Authorization"))
     if presented is not None:
-        role = tokens.role_of_token(presented)
+        role = await _bearer_role(request, presented)
     else:
         role = await _session_role(request)
     request[ROLE_KEY] = role
     return role
+
+
+async def _bearer_role(request: web.Request, presented: str) -> auth.Role | None:
+    """The role of a bearer token. A wrong one counts against the client like a failed login
+    (the API must not be a faster way to guess than the form); it is logged, not audited:
+    the audit keeps actions and form logins, and the throttle bounds the log."""
+    client = _client_address(request)
+    _refuse_while_throttled(request, client)
+    role = request.app[CONFIG_KEY].tokens.role_of_token(presented)
+    throttle = request.app[THROTTLE_KEY]
+    if role is None:
+        failures = throttle.failed(client, time.monotonic())
+        logger.warning("console: wrong bearer token from {} ({} failures)", client, failures)
+    else:
+        throttle.succeeded(client)
+    return role
+
+
+def _refuse_while_throttled(request: web.Request, client: str) -> None:
+    wait_s = request.app[THROTTLE_KEY].retry_after_s(client, time.monotonic())
+    if wait_s is not None:
+        retry_after = str(max(1, int(wait_s + 0.999)))
+        refused = _error(429, f"too many wrong tokens from {client}: try again in {retry_after} s")
+        refused.headers["Retry-After"] = retry_after
+        raise refused
+
+
+async def _login_failed(request: web.Request, client: str) -> None:
+    """A wrong token at the login form: counted by the throttle and written to the audit."""
+    failures = request.app[THROTTLE_KEY].failed(client, time.monotonic())
+    await asyncio.to_thread(
+        request.app[STORE_KEY].record_audit, Actor(ANONYMOUS), "login_failed", client, {"failures": failures}
+    )
 
 
 async def _session_role(request: web.Request) -> auth.Role | None:
@@ -240,10 +272,9 @@ async def _require_view(request: web.Request) -> str:
 async def _require_admin(request: web.Request) -> Actor:
     """The admin token, by header; or a live admin session with its CSRF token and a same-origin Origin."""
     _same_origin(request)
-    tokens = request.app[CONFIG_KEY].tokens
     presented = auth.bearer(request.headers.get("Authorization"))
     if presented is not None:
-        if tokens.role_of_token(presented) == auth.ADMIN:
+        if await _role(request) == auth.ADMIN:
             return Actor(auth.ADMIN)
         raise _error(401, "this action needs the admin token (CAMPAIGNQ_CONSOLE_TOKEN)")
     session_id = request.cookies.get(auth.COOKIE_NAME)
@@ -315,7 +346,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     throttle = request.app[THROTTLE_KEY]
     client = _client_address(request)
     wait_s = throttle.retry_after_s(client, time.monotonic())
-    if wait_s is not None:
+    if wait_s is not None:  # the form answers a page, the API a JSON error (_refuse_while_throttled)
         retry_after = str(max(1, int(wait_s + 0.999)))
         page = _login_page(f"Too many wrong tokens from {client}: try again in {retry_after} s.", status=429)
         page.headers["Retry-After"] = retry_after
@@ -325,10 +356,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     role = config.tokens.role_of_token(presented) if isinstance(presented, str) and presented else None
     store = request.app[STORE_KEY]
     if role is None:
-        failures = throttle.failed(client, time.monotonic())
-        await asyncio.to_thread(
-            store.record_audit, Actor(ANONYMOUS), "login_failed", client, {"failures": failures}
-        )
+        await _login_failed(request, client)
         return _login_page("That is not a console token.", status=401)
     throttle.succeeded(client)
     session_id = auth.new_session_id()
@@ -621,6 +649,7 @@ def _error(status: int, message: str) -> web.HTTPException:
         404: web.HTTPNotFound,
         408: web.HTTPRequestTimeout,
         409: web.HTTPConflict,
+        429: web.HTTPTooManyRequests,
         413: web.HTTPRequestEntityTooLarge,
         421: web.HTTPMisdirectedRequest,
         500: web.HTTPInternalServerError,
