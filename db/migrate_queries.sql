@@ -75,3 +75,32 @@ SELECT cron.schedule(%s, %s, %s);
 -- name: migrate_role_exists
 -- `migrate --create-roles`: does the worker role exist already?
 SELECT 1 FROM pg_roles WHERE rolname = %s;
+
+-- name: grant_reader_role
+-- Issue 22: `campaignq_reader` may read our tables, views and the four queue tables, and
+-- nothing else: no write, no DDL, and every transaction read-only by default as a second wall
+-- (our functions run as their caller, so calling a writing one is refused by these grants).
+-- Not the console's sessions (hashes of live cookies) nor the migration history. Revoked
+-- first, so re-running gives exactly this set; only on what is ours (see grant_worker_role).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel, c.relkind, c.relname, n.nspname
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                AND ((n.nspname = 'public' AND pg_has_role(c.relowner, 'USAGE'))
+                     OR (n.nspname = 'pgmq' AND c.relname IN ('q_campaign_messages', 'a_campaign_messages',
+                                                              'q_campaign_messages_dlq',
+                                                              'a_campaign_messages_dlq')))
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s %s FROM campaignq_reader',
+                       CASE WHEN r.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.rel);
+        IF r.relkind <> 'S' AND r.relname NOT IN ('campaignq_console_sessions', 'campaignq_schema_migrations') THEN
+            EXECUTE format('GRANT SELECT ON TABLE %s TO campaignq_reader', r.rel);
+        END IF;
+    END LOOP;
+END;
+$$;
+GRANT USAGE ON SCHEMA public, pgmq TO campaignq_reader;
+ALTER ROLE campaignq_reader SET default_transaction_read_only = on;

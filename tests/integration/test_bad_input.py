@@ -29,6 +29,9 @@ from psycopg.types.json import Jsonb
 
 from consumer.devtools.seeding import Campaign, Seeder
 from consumer.devtools.simulator import Faults, Simulator
+from consumer.ops.replay import ReplayFilters, replay_dead_letters
+from consumer.ops.stats import collect_stats
+from consumer.settings import DEFAULT_MODEL_PRICES
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, message_row, produce, queue_count, terminal
 
@@ -255,6 +258,11 @@ async def test_a_poison_payload_among_good_ones_is_dead_lettered_and_the_worker_
     row = message_row(db, other.message_ids[0])
     assert (row["status"], row["retry_count"]) == ("pending", 0), row
     assert queue_count(db) == 0
+    # the letter (which carries the poison) stops neither stats nor a replay
+    stats = collect_stats(db, prices=DEFAULT_MODEL_PRICES)
+    assert stats
+    report = replay_dead_letters(db, ReplayFilters(), dry_run=True)
+    assert report.by_action() == {"archived_invalid_payload": 1}
 
 
 async def test_a_lead_whose_custom_fields_nest_too_deep_costs_only_its_own_message(
