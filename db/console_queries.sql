@@ -97,7 +97,13 @@ RETURNING p.previous, r.status;
 SELECT status FROM campaign_runs WHERE id = %(run_id)s::uuid;
 
 -- name: console_set_workspace_weight
-INSERT INTO workspace_weights (workspace_id, weight) VALUES (%(workspace_id)s::uuid, %(weight)s::integer)
+-- Only for a workspace something names (a config, an inbox or a lead): no row back means
+-- there is no such workspace (issue 22: a typo'd id used to get a weight of its own).
+INSERT INTO workspace_weights (workspace_id, weight)
+SELECT %(workspace_id)s::uuid, %(weight)s::integer
+ WHERE EXISTS (SELECT 1 FROM campaign_configs WHERE workspace_id = %(workspace_id)s::uuid)
+    OR EXISTS (SELECT 1 FROM inboxes WHERE workspace_id = %(workspace_id)s::uuid)
+    OR EXISTS (SELECT 1 FROM leads WHERE workspace_id = %(workspace_id)s::uuid)
 ON CONFLICT (workspace_id) DO UPDATE SET weight = EXCLUDED.weight
 RETURNING weight;
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -314,3 +315,16 @@ async def test_replay_answers_counts_and_a_bounded_sample(
     report = await response.json()
     assert report["examined"] == 150 and report["by_action"] == {"replayed": 150}
     assert report["letters_shown"] == len(report["letters"]) == 100 and report["letters_truncated"] is True
+
+
+async def test_a_weight_for_a_workspace_nothing_names_is_a_404(
+    make_client: Factory, db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    client = await make_client()
+    campaign = seed.campaign(1)
+    missing = await client.post(f"/api/workspaces/{uuid.uuid4()}/weight", json={"weight": 3}, headers=ADMIN)
+    assert missing.status == 404 and "no workspace" in (await missing.json())["error"]
+    assert db.execute("SELECT count(*) FROM workspace_weights").fetchone() == (0,)
+    path = f"/api/workspaces/{campaign.workspace_id}/weight"
+    known = await client.post(path, json={"weight": 3}, headers=ADMIN)
+    assert known.status == 200

@@ -535,9 +535,11 @@ async def _api_workspace_weight(request: web.Request) -> web.StreamResponse:
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
         raise _error(400, f"weight must be an integer from 1 to 1000, got {weight!r}")
     store = request.app[STORE_KEY]
-    return web.json_response(
-        await asyncio.to_thread(store.set_workspace_weight, workspace_id, weight, actor=actor)
-    )
+    try:
+        result = await asyncio.to_thread(store.set_workspace_weight, workspace_id, weight, actor=actor)
+    except NotFoundError as exc:
+        raise _error(404, str(exc)) from None
+    return web.json_response(result)
 
 
 async def _api_rate_limit(request: web.Request) -> web.StreamResponse:

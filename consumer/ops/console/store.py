@@ -150,9 +150,11 @@ class Store:
 
     def set_workspace_weight(self, workspace_id: uuid.UUID, weight: int, *, actor: Actor) -> dict[str, Any]:
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute(
+            row = conn.execute(
                 query("console_set_workspace_weight"), {"workspace_id": workspace_id, "weight": weight}
-            )
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no workspace {workspace_id}: no config, inbox or lead names it")
             result = {"weight": weight}
             _audit(conn, actor, "workspace_weight", str(workspace_id), {}, result)
         return {"workspace_id": str(workspace_id), **result}
