@@ -305,6 +305,29 @@ async def test_a_body_that_never_arrives_is_a_408(
     writer.close()
 
 
+async def test_slow_anonymous_clients_cannot_take_every_connection(
+    make_client: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anonymous requests (no token, no session) are capped; an operator's are not."""
+    monkeypatch.setattr(console_app, "MAX_ANONYMOUS_IN_FLIGHT", 2)
+    client = await make_client()
+    writers = []
+    for _ in range(2):  # two login uploads that never finish
+        _reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ntoken="
+        )
+        await writer.drain()
+        writers.append(writer)
+    await asyncio.sleep(0.3)
+    busy = await client.get("/api/stats")
+    assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+    assert (await client.get("/api/stats", headers=ADMIN)).status == 200
+    for writer in writers:
+        writer.close()
+
+
 async def test_replay_answers_counts_and_a_bounded_sample(
     make_client: Factory, db: psycopg.Connection[Any], seed: Seeder
 ) -> None:

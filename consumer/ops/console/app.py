@@ -62,6 +62,9 @@ REPLAY_SAMPLE = 100
 """A replay answers its counts and at most this many letters (`letters_truncated` says so):
 a 200,000-letter replay built a 42 MB answer."""
 MAX_INT4 = 2**31 - 1
+MAX_ANONYMOUS_IN_FLIGHT = 64
+"""Requests without any credential (no bearer, no session cookie) served at once; more get
+503 with Retry-After, so slow anonymous clients cannot take every connection."""
 SERVER_NAME = "campaignq"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,15 +86,19 @@ SAMPLER_KEY = web.AppKey("sampler", Sampler)
 CONFIG_KEY = web.AppKey("config", ConsoleConfig)
 CLOSING_KEY = web.AppKey("closing", asyncio.Event)
 THROTTLE_KEY = web.AppKey("login_throttle", auth.LoginThrottle)
+ANONYMOUS_KEY = web.AppKey("anonymous_in_flight", list)
 ROLE_KEY: web.RequestKey[auth.Role | None] = web.RequestKey("campaignq_role")
 """The request's role, once looked up (a session costs one query per request, not per check)."""
 
 
 def create_app(store: Store, config: ConsoleConfig) -> web.Application:
-    app = web.Application(middlewares=[_headers_and_errors, _loopback_hosts], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[_headers_and_errors, _loopback_hosts, _anonymous_cap], client_max_size=MAX_BODY_BYTES
+    )
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
     app[THROTTLE_KEY] = auth.LoginThrottle()
+    app[ANONYMOUS_KEY] = [0]
     app.on_response_prepare.append(_on_response_prepare)
     app[SAMPLER_KEY] = Sampler(lambda: asyncio.to_thread(store.snapshot), interval_s=config.sample_interval_s)
     app[CLOSING_KEY] = asyncio.Event()
@@ -169,6 +176,30 @@ async def _loopback_hosts(request: web.Request, handler: Handler) -> web.StreamR
             "[::1]; set a token to serve it under another name",
         )
     return await handler(request)
+
+
+@web.middleware
+async def _anonymous_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """At most `MAX_ANONYMOUS_IN_FLIGHT` requests without a credential at once (the login
+    form's slow uploads, scanners); an operator with a token or a session is never queued
+    behind them. The gateway's webhooks carry their secret in the path or a header."""
+    anonymous = (
+        "Authorization" not in request.headers
+        and auth.COOKIE_NAME not in request.cookies
+        and not request.path.startswith("/webhooks/")
+    )
+    if not anonymous:
+        return await handler(request)
+    in_flight = request.app[ANONYMOUS_KEY]
+    if in_flight[0] >= MAX_ANONYMOUS_IN_FLIGHT:
+        busy = _error(503, "too many requests without a token at once: try again shortly")
+        busy.headers["Retry-After"] = "1"
+        raise busy
+    in_flight[0] += 1
+    try:
+        return await handler(request)
+    finally:
+        in_flight[0] -= 1
 
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
