@@ -182,8 +182,10 @@ async def _loopback_hosts(request: web.Request, handler: Handler) -> web.StreamR
 async def _anonymous_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
     """At most `MAX_ANONYMOUS_IN_FLIGHT` requests without a credential at once (the login
     form's slow uploads, scanners); an operator with a token or a session is never queued
-    behind them. The gateway's webhooks carry their secret in the path or a header."""
-    anonymous = (
+    behind them. Every `/login` counts, whatever cookie it carries (a made-up one must not
+    let slow uploads past). The gateway's webhooks carry their secret in the path or a
+    header; a request with a credential is refused at once when it is wrong (401/429)."""
+    anonymous = request.path == "/login" or (
         "Authorization" not in request.headers
         and auth.COOKIE_NAME not in request.cookies
         and not request.path.startswith("/webhooks/")
