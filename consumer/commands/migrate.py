@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--create-roles",
         action="store_true",
-        help="create the least-privilege roles campaignq_worker and campaignq_reader (read-only)",
+        help="create the least-privilege roles campaignq_worker, campaignq_console and campaignq_reader",
     )
 
 

@@ -44,7 +44,13 @@ PRODUCER_CRON_JOB = "campaignq-producer"
 WORKER_ROLE = "campaignq_worker"
 READER_ROLE = "campaignq_reader"
 """Read-only (issue 22): dashboards, `campaignq stats`, ad-hoc psql. Grants: `grant_reader_role`."""
-ROLES = ((WORKER_ROLE, "grant_worker_role"), (READER_ROLE, "grant_reader_role"))
+CONSOLE_ROLE = "campaignq_console"
+"""`campaignq serve`: the console's reads and actions only. Grants: `grant_console_role`."""
+ROLES = (
+    (WORKER_ROLE, "grant_worker_role"),
+    (READER_ROLE, "grant_reader_role"),
+    (CONSOLE_ROLE, "grant_console_role"),
+)
 
 # Supported PGMQ: 1.4.4 (what Supabase shipped for a long time) up to the 1.x line. Tested
 # in CI at 1.4.4, 1.5.1, 1.4.4 updated to 1.5.1 under a migrated database, and the bundled
