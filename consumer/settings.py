@@ -290,6 +290,19 @@ class Settings(BaseSettings):
     console_sample_interval_s: float = Field(
         default=2.0, gt=0, description="How often the console's one shared reader refreshes open pages."
     )
+    console_session_idle_s: float = Field(
+        default=12 * 3600,
+        gt=0,
+        le=30 * 86400,
+        description="A console login session ends after this long without a request (12 h).",
+    )
+    console_trust_proxy: bool = Field(
+        default=False,
+        description=(
+            "Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (Secure cookie) and "
+            "X-Forwarded-For (the client address login throttling counts)."
+        ),
+    )
 
     @field_validator("database_url")
     @classmethod

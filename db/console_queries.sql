@@ -97,7 +97,13 @@ RETURNING p.previous, r.status;
 SELECT status FROM campaign_runs WHERE id = %(run_id)s::uuid;
 
 -- name: console_set_workspace_weight
-INSERT INTO workspace_weights (workspace_id, weight) VALUES (%(workspace_id)s::uuid, %(weight)s::integer)
+-- Only for a workspace something names (a config, an inbox or a lead): no row back means
+-- there is no such workspace (issue 22: a typo'd id used to get a weight of its own).
+INSERT INTO workspace_weights (workspace_id, weight)
+SELECT %(workspace_id)s::uuid, %(weight)s::integer
+ WHERE EXISTS (SELECT 1 FROM campaign_configs WHERE workspace_id = %(workspace_id)s::uuid)
+    OR EXISTS (SELECT 1 FROM inboxes WHERE workspace_id = %(workspace_id)s::uuid)
+    OR EXISTS (SELECT 1 FROM leads WHERE workspace_id = %(workspace_id)s::uuid)
 ON CONFLICT (workspace_id) DO UPDATE SET weight = EXCLUDED.weight
 RETURNING weight;
 
@@ -128,3 +134,25 @@ RETURNING id;
 -- name: console_record_opt_out
 SELECT campaignq_record_opt_out(p_instance => %(instance)s::text, p_phone => %(phone)s::text,
                                 p_reason => %(reason)s::text);
+
+-- name: console_session_create
+-- A login: the new session, and every session idle past the expiry removed on the way.
+WITH expired AS (
+    DELETE FROM campaignq_console_sessions
+     WHERE last_seen_at < now() - make_interval(secs => %(idle_s)s::double precision)
+)
+INSERT INTO campaignq_console_sessions (id_hash, role, token_fingerprint, client)
+VALUES (%(id_hash)s, %(role)s, %(fingerprint)s, %(client)s);
+
+-- name: console_session_touch
+-- A request with a session cookie: the session's role and token fingerprint when it is not
+-- idle past the expiry (its last use moves to now), else no row.
+UPDATE campaignq_console_sessions
+   SET last_seen_at = now()
+ WHERE id_hash = %(id_hash)s
+   AND last_seen_at >= now() - make_interval(secs => %(idle_s)s::double precision)
+RETURNING role, token_fingerprint;
+
+-- name: console_session_end
+-- Logout, or a session whose token was rotated.
+DELETE FROM campaignq_console_sessions WHERE id_hash = %(id_hash)s;

@@ -75,3 +75,74 @@ SELECT cron.schedule(%s, %s, %s);
 -- name: migrate_role_exists
 -- `migrate --create-roles`: does the worker role exist already?
 SELECT 1 FROM pg_roles WHERE rolname = %s;
+
+-- name: grant_reader_role
+-- Issue 22: `campaignq_reader` may read our tables, views and the four queue tables, and
+-- nothing else: no write, no DDL, and every transaction read-only by default as a second wall
+-- (our functions run as their caller, so calling a writing one is refused by these grants).
+-- Not the console's sessions (hashes of live cookies) nor the migration history. Revoked
+-- first, so re-running gives exactly this set; only on what is ours (see grant_worker_role).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel, c.relkind, c.relname, n.nspname
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                AND ((n.nspname = 'public' AND pg_has_role(c.relowner, 'USAGE'))
+                     OR (n.nspname = 'pgmq' AND c.relname IN ('q_campaign_messages', 'a_campaign_messages',
+                                                              'q_campaign_messages_dlq',
+                                                              'a_campaign_messages_dlq')))
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s %s FROM campaignq_reader',
+                       CASE WHEN r.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.rel);
+        IF r.relkind <> 'S' AND r.relname NOT IN ('campaignq_console_sessions', 'campaignq_schema_migrations') THEN
+            EXECUTE format('GRANT SELECT ON TABLE %s TO campaignq_reader', r.rel);
+        END IF;
+    END LOOP;
+END;
+$$;
+GRANT USAGE ON SCHEMA public, pgmq TO campaignq_reader;
+ALTER ROLE campaignq_reader SET default_transaction_read_only = on;
+
+-- name: grant_console_role
+-- Issue 22: `campaignq serve` as `campaignq_console`: it reads what the pages show and does
+-- only the console's actions — run status, weights, the shared AI budget, inbox pause and
+-- connection state, opt-outs from the webhook, dead-letter replay, its audit and sessions.
+-- It cannot write a message's text, parts, lead or run, nor a lead's name or phone, nor
+-- delete business rows; column lists are the columns those actions' SQL sets. Revoked first
+-- (idempotent), only on what is ours (see grant_worker_role).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel, c.relkind, c.relname
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                AND ((n.nspname = 'public' AND pg_has_role(c.relowner, 'USAGE'))
+                     OR (n.nspname = 'pgmq' AND c.relname IN ('q_campaign_messages', 'a_campaign_messages',
+                                                              'q_campaign_messages_dlq',
+                                                              'a_campaign_messages_dlq')))
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s %s FROM campaignq_console',
+                       CASE WHEN r.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.rel);
+        IF r.relkind <> 'S' AND r.relname <> 'campaignq_schema_migrations' THEN
+            EXECUTE format('GRANT SELECT ON TABLE %s TO campaignq_console', r.rel);
+        END IF;
+    END LOOP;
+END;
+$$;
+GRANT USAGE ON SCHEMA public, pgmq TO campaignq_console;
+GRANT INSERT ON campaignq_console_audit TO campaignq_console;
+GRANT INSERT, UPDATE, DELETE ON campaignq_console_sessions TO campaignq_console;
+GRANT INSERT, UPDATE ON workspace_weights TO campaignq_console;
+GRANT INSERT, UPDATE, DELETE ON rate_limits TO campaignq_console;
+GRANT UPDATE (status, pause_reason, leads_processed, finished_at) ON campaign_runs TO campaignq_console;
+GRANT UPDATE (paused_at, pause_reason, connection_state, connection_state_at) ON inboxes TO campaignq_console;
+GRANT UPDATE (opted_out_at) ON leads TO campaignq_console;
+GRANT UPDATE (status, retry_count, deferral_count, first_deferred_at, queued_at, finished_at, error_class,
+              error_message, attempt_history, held_until, held_reason) ON campaign_messages TO campaignq_console;
+-- replay: lock and archive dead letters, send their payloads back to the main queue
+GRANT UPDATE, DELETE ON pgmq.q_campaign_messages_dlq TO campaignq_console;
+GRANT INSERT ON pgmq.a_campaign_messages_dlq TO campaignq_console;
+GRANT INSERT ON pgmq.q_campaign_messages TO campaignq_console;

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--create-roles",
         action="store_true",
-        help="create the least-privilege campaignq_worker role and its grants",
+        help="create the least-privilege roles campaignq_worker, campaignq_console and campaignq_reader",
     )
 
 

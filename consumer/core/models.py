@@ -10,9 +10,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .. import safejson
 from .pacing import InboxSafety, SendPlan
 
 PAYLOAD_VERSION = 1
+PAYLOAD_MAX_BYTES = 1024
+"""The largest queue payload accepted, as PostgreSQL prints it (a contract payload is about
+170 bytes). `campaignq_payload_ok` (db/migrations/0016) trusts only payloads this short, so
+every payload the claim trusts, `parse_payload` accepts."""
+PAYLOAD_MAX_DEPTH = PAYLOAD_MAX_BYTES // 2
+"""Any JSON text of `PAYLOAD_MAX_BYTES` nests at most this deep: the size bound decides."""
 
 
 class QueuePayload(BaseModel):
@@ -31,6 +38,16 @@ class InvalidPayloadError(ValueError):
 
 
 def parse_payload(raw: Any) -> QueuePayload:
+    """The contract payload of a queue message, or `InvalidPayloadError` saying why not.
+
+    `raw` is the payload's JSON text as read (str or bytes, parsed here under the size and
+    nesting guard: one hostile message must not stop the batch, issue 22) or a decoded value.
+    """
+    if isinstance(raw, str | bytes):
+        try:
+            raw = safejson.loads(raw, max_bytes=PAYLOAD_MAX_BYTES, max_depth=PAYLOAD_MAX_DEPTH)
+        except safejson.UnsafeJSON as exc:
+            raise InvalidPayloadError(f"payload: {exc}") from None
     try:
         return QueuePayload.model_validate(raw)
     except ValidationError as exc:
@@ -160,9 +177,14 @@ class ClaimedRow:
     config_sent: bool
     config: CampaignConfig | None
     sender: SenderContext
+    context_error: str | None = None
+    """A JSON column of the row or its lead that could not be read (too deep, too large):
+    the message is dead-lettered, never processed with half its context."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ClaimedRow:
+        """A claim's row; its JSON columns may come as text (read under the guard here)."""
+        row, context_error = _decode_json_columns(row)
         config_sent = row["ai_model"] is not None
         return cls(
             msg_id=int(row["msg_id"]),
@@ -193,7 +215,36 @@ class ClaimedRow:
                 else None
             ),
             sender=SenderContext.from_row(row),
+            context_error=context_error,
         )
+
+
+CONTEXT_MAX_BYTES = 256 * 1024 * 1024
+"""Our own columns (a lead's custom_fields may hold megabytes): size is not the risk there."""
+CONTEXT_MAX_DEPTH = 128
+"""Deeper than any custom_fields a planner writes; deeper than this stops Python's parser."""
+_JSON_COLUMNS = ("parts", "attempt_history", "custom_fields")
+
+
+def _decode_json_columns(row: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """`row` with its JSON columns parsed when they came as text, and the first refusal.
+
+    The database hands jsonb over as text (consumer/runtime/db.py) so that one lead whose
+    custom_fields nest 3,000 deep costs its own message, not the whole batch (issue 22)."""
+    if not any(isinstance(row.get(column), str | bytes) for column in _JSON_COLUMNS):
+        return row, None
+    decoded = dict(row)
+    error: str | None = None
+    for column in _JSON_COLUMNS:
+        value = decoded.get(column)
+        if not isinstance(value, str | bytes):
+            continue
+        try:
+            decoded[column] = safejson.loads(value, max_bytes=CONTEXT_MAX_BYTES, max_depth=CONTEXT_MAX_DEPTH)
+        except safejson.UnsafeJSON as exc:
+            decoded[column] = None
+            error = error or f"{column} cannot be read: {exc}"
+    return decoded, error
 
 
 @dataclass
@@ -235,6 +286,8 @@ class MessageContext:
     whatsapp_jid: str | None = None
     """The chat the gateway named for this message (`key.remoteJid`, issue 21), once known in
     this attempt (recorded in `campaign_messages.whatsapp_jid`, read back to reconcile)."""
+    context_error: str | None = None
+    """See `ClaimedRow.context_error` (issue 22)."""
 
     def apply(self, row: ClaimedRow, config: CampaignConfig | None) -> None:
         """What the batch claim found (`config`: the row's, or the caller's cached copy)."""
@@ -260,6 +313,7 @@ class MessageContext:
         self.config_id = row.config_id
         self.config = config
         self.sender = row.sender  # issue 13
+        self.context_error = row.context_error
 
     @property
     def message_id(self) -> uuid.UUID | None:

@@ -97,6 +97,8 @@ def triage(ctx: MessageContext, *, max_attempts: int) -> Action:
         return LeaseLost()
     if ctx.sender.opted_out_at is not None:  # issue 13: before any AI spend
         return Skip(ErrorClass.OPTED_OUT, "the lead opted out")
+    if ctx.context_error is not None:  # issue 22: a lead's JSON too deep to read
+        return DeadLetterNow(DeadLetterReason.PERMANENT, ErrorClass.INVALID_LEAD, ctx.context_error)
     if ctx.previous_status in IN_FLIGHT_STATUSES and ctx.retry_count >= max_attempts:
         return DeadLetterNow(
             DeadLetterReason.MAX_ATTEMPTS,

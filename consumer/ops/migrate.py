@@ -42,6 +42,15 @@ from ..pooler import PoolerMode, uses_transaction_pooler
 MIGRATION_LOCK_KEY = 0x43414D51  # "CAMQ"
 PRODUCER_CRON_JOB = "campaignq-producer"
 WORKER_ROLE = "campaignq_worker"
+READER_ROLE = "campaignq_reader"
+"""Read-only (issue 22): dashboards, `campaignq stats`, ad-hoc psql. Grants: `grant_reader_role`."""
+CONSOLE_ROLE = "campaignq_console"
+"""`campaignq serve`: the console's reads and actions only. Grants: `grant_console_role`."""
+ROLES = (
+    (WORKER_ROLE, "grant_worker_role"),
+    (READER_ROLE, "grant_reader_role"),
+    (CONSOLE_ROLE, "grant_console_role"),
+)
 
 # Supported PGMQ: 1.4.4 (what Supabase shipped for a long time) up to the 1.x line. Tested
 # in CI at 1.4.4, 1.5.1, 1.4.4 updated to 1.5.1 under a migrated database, and the bundled
@@ -176,7 +185,7 @@ def migrate(
                 report.reapplied = _reapply_superseded(conn, reapply)
                 report.applied = _apply_pending(conn)
                 if create_roles:
-                    report.roles_created = _create_worker_role(conn)
+                    report.roles_created = _create_roles(conn)
                 if schedule_producer:
                     report.cron_job_id = _schedule_producer(conn, producer_interval_s, producer_batch_size)
             finally:
@@ -377,20 +386,25 @@ def _schedule_producer(
     return job_id
 
 
-def _create_worker_role(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
-    try:
-        with conn.transaction():
-            exists = conn.execute(sqlfiles.query("migrate_role_exists"), (WORKER_ROLE,)).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(WORKER_ROLE)))
-            conn.execute(sqlfiles.query("grant_worker_role"))
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise ConfigurationError(
-            f"cannot create or grant the {WORKER_ROLE} role as {_current_user(conn)} "
-            f"({exc.diag.message_primary}); it needs CREATEROLE — the migration itself is done, "
-            "run consumers as this role instead"
-        ) from exc
-    return [] if exists else [WORKER_ROLE]
+def _create_roles(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """The least-privilege roles (`ROLES`) and their grants; returns those it created."""
+    created: list[str] = []
+    for role, grants in ROLES:
+        try:
+            with conn.transaction():
+                exists = conn.execute(sqlfiles.query("migrate_role_exists"), (role,)).fetchone()
+                if not exists:
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+                conn.execute(sqlfiles.query(grants))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ConfigurationError(
+                f"cannot create or grant the {role} role as {_current_user(conn)} "
+                f"({exc.diag.message_primary}); it needs CREATEROLE — the migration itself is done, "
+                "run consumers as this role instead"
+            ) from exc
+        if not exists:
+            created.append(role)
+    return created
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ import psycopg
 from loguru import logger
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..core.models import ClaimedRow, QueueMessage, QueuePayload
@@ -271,6 +272,15 @@ def _json_array(values: Iterable[Any]) -> str:
     return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
 
 
+def _json_as_text(cur: psycopg.AsyncCursor[Any]) -> None:
+    """This cursor hands json/jsonb columns over as text, parsed later one value at a time
+    under the guard (`parse_payload`, `ClaimedRow.from_row`). psycopg's own loader parses
+    them inside `fetchall` with the recursive stdlib parser: one payload nested 3,000 deep
+    raised RecursionError there and stopped the consumer on every start (issue 22)."""
+    for name in ("json", "jsonb"):
+        cur.adapters.register_loader(name, TextLoader)
+
+
 def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
     for _, future in batch:
         if not future.done():
@@ -395,8 +405,10 @@ class Database:
     async def read(self, *, qty: int, vt_s: int) -> list[QueueMessage]:
         self.statements["read_messages"] += 1
         async with self.connection() as conn:
-            cur = await conn.execute(query("read_messages"), {"qty": qty, "vt_s": vt_s})
-            rows = await cur.fetchall()
+            async with conn.cursor() as cur:
+                _json_as_text(cur)
+                await cur.execute(query("read_messages"), {"qty": qty, "vt_s": vt_s})
+                rows = await cur.fetchall()
         return [
             QueueMessage(msg_id=r[0], read_ct=r[1], enqueued_at=r[2], vt=r[3], message=r[4]) for r in rows
         ]
@@ -407,11 +419,13 @@ class Database:
         """Read up to `qty` messages and claim their rows with their context, in one statement
         (0014's `campaignq_read_and_claim`). Each message comes with its claimed row, or None
         when the database did not trust its payload: the caller parses it, and claims a valid
-        one with `claim_batch`. All or nothing: on an error nothing was read."""
+        one with `claim_batch`. All or nothing: on an error nothing was read. Payloads and
+        JSON columns arrive as text (`_json_as_text`): no value can fail the whole batch."""
         self.statements["read_and_claim"] += 1
         params = {"qty": qty, "vt_s": vt_s, "cached_config_ids": _array(cached_config_ids)}
         async with self.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cur:
+                _json_as_text(cur)
                 await cur.execute(query("read_and_claim"), params)
                 rows: list[dict[str, Any]] = await cur.fetchall()
         if rows:
@@ -448,6 +462,7 @@ class Database:
         }
         async with self.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cur:
+                _json_as_text(cur)
                 await cur.execute(query("claim_batch"), params)
                 rows: list[dict[str, Any]] = await cur.fetchall()
         return [ClaimedRow.from_row(row) for row in rows]

@@ -208,7 +208,8 @@ async def test_replay_of_ten_thousand_letters_in_one_request(
     assert response.status == 200
     report = await response.json()
     assert report["examined"] == 10_000 and report["by_action"] == {"replayed": 10_000}
-    assert len(report["letters"]) == 10_000
+    # counts for all, a bounded sample of letters (issue 22: 200k letters answered 42 MB)
+    assert len(report["letters"]) == report["letters_shown"] == 100 and report["letters_truncated"]
     assert dlq_count(db) == 0
     assert seed.statuses(campaign.run_id) == {"queued": 10_000}
     BENCH_OUT.write_text(

@@ -29,6 +29,9 @@ from psycopg.types.json import Jsonb
 
 from consumer.devtools.seeding import Campaign, Seeder
 from consumer.devtools.simulator import Faults, Simulator
+from consumer.ops.replay import ReplayFilters, replay_dead_letters
+from consumer.ops.stats import collect_stats
+from consumer.settings import DEFAULT_MODEL_PRICES
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, message_row, produce, queue_count, terminal
 
@@ -216,6 +219,72 @@ async def test_payloads_of_the_wrong_shape_are_dead_lettered_with_a_reason(
     assert_all_sent(seed, good)
     # the mismatching payload did not touch the row it named
     assert message_row(db, other.message_ids[0])["status"] == "pending"
+
+
+def deep_array(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def letters_as_text(db: psycopg.Connection[Any]) -> list[tuple[str, str, str, str | None]]:
+    """(reason, error_class, error, campaign_message_id) of every dead letter, read in SQL: a
+    letter may carry a poison payload that Python's json could not decode."""
+    rows = db.execute(
+        "SELECT message->>'reason', message->>'error_class', message->>'error',"
+        " message->>'campaign_message_id' FROM pgmq.q_campaign_messages_dlq ORDER BY msg_id"
+    ).fetchall()
+    return [(str(a), str(b), str(c), d) for a, b, c, d in rows]
+
+
+async def test_a_poison_payload_among_good_ones_is_dead_lettered_and_the_worker_keeps_going(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    """Issue 22: a contract payload with a 3,000-deep array in an extra field (6 KB) stopped
+    `campaignq consume` with RecursionError while it decoded the batch, on every start."""
+    good = seed.campaign(200)
+    other = seed.campaign(1, scheduled_offset=timedelta(hours=1))  # not due: only the poison names it
+    poison = (
+        f'{{"v": 1, "campaign_message_id": "{other.message_ids[0]}", "run_id": "{other.run_id}",'
+        f' "lead_id": "{other.lead_ids[0]}", "extra": {deep_array(3000)}}}'
+    )
+    db.execute("SELECT pgmq.send('campaign_messages', %s::jsonb)", (poison,))  # first in the batch
+
+    await run_until_settled(db, seed, sim, database_url, good, batch_size=50, concurrency=50)
+
+    assert_all_sent(seed, good)
+    [(reason, error_class, error, named)] = letters_as_text(db)
+    assert (reason, error_class, named) == ("invalid_payload", "invalid_payload", str(other.message_ids[0]))
+    assert "larger than" in error or "deeper than" in error, error
+    # the row it names was never claimed, nor charged a crash
+    row = message_row(db, other.message_ids[0])
+    assert (row["status"], row["retry_count"]) == ("pending", 0), row
+    assert queue_count(db) == 0
+    # the letter (which carries the poison) stops neither stats nor a replay
+    stats = collect_stats(db, prices=DEFAULT_MODEL_PRICES)
+    assert stats
+    report = replay_dead_letters(db, ReplayFilters(), dry_run=True)
+    assert report.by_action() == {"archived_invalid_payload": 1}
+
+
+async def test_a_lead_whose_custom_fields_nest_too_deep_costs_only_its_own_message(
+    db: psycopg.Connection[Any], seed: Seeder, sim: Simulator, database_url: str
+) -> None:
+    campaign = seed.campaign(5)
+    good = seed.campaign(5)
+    bad_id = campaign.message_ids[0]
+    db.execute(
+        "UPDATE leads SET custom_fields = %s::jsonb WHERE id = %s",
+        (f'{{"notes": {deep_array(3000)}}}', campaign.lead_ids[0]),
+    )
+
+    await run_until_settled(db, seed, sim, database_url, campaign, good)
+
+    assert_all_sent(seed, good)
+    assert seed.statuses(campaign.run_id) == {"sent": 4, "failed": 1}
+    row = message_row(db, bad_id)
+    assert row["status"] == "failed" and row["error_class"] == "invalid_lead", row
+    [(reason, error_class, error, named)] = letters_as_text(db)
+    assert (reason, error_class, named) == ("permanent", "invalid_lead", str(bad_id))
+    assert "custom_fields" in error
 
 
 @pytest.mark.parametrize("status", ["sent", "failed", "skipped"])

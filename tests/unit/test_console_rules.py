@@ -14,7 +14,8 @@ from consumer.ops.console import auth
 from consumer.ops.console.filters import FilterError, parse_dry_run, parse_filter
 from consumer.ops.console.sampler import Sampler
 
-TOKENS = auth.Tokens(admin="admin-secret-1234", read="read-secret-1234")
+ADMIN_SECRET = "admin-secret-1234"  # noqa: S105 - a test token
+TOKENS = auth.Tokens(admin=ADMIN_SECRET, read="read-secret-1234")
 
 
 def test_tokens_grant_their_role_only() -> None:
@@ -32,23 +33,98 @@ def test_bearer(header: str | None, token: str | None) -> None:
     assert auth.bearer(header) == token
 
 
-def test_session_cookie_holds_no_token_and_dies_with_rotation() -> None:
-    cookie = auth.session_cookie(TOKENS, auth.ADMIN)
-    assert "admin-secret" not in cookie
-    assert auth.role_of_cookie(TOKENS, cookie) == auth.ADMIN
+def test_a_session_id_is_random_and_stored_only_as_a_hash() -> None:
+    first, second = auth.new_session_id(), auth.new_session_id()
+    assert first != second and len(first) >= 40
+    assert auth.session_hash(first) != first and len(auth.session_hash(first)) == 64
+    assert ADMIN_SECRET not in first
+
+
+def test_a_session_dies_with_its_token() -> None:
+    fingerprint = auth.token_fingerprint(TOKENS, auth.ADMIN)
+    assert ADMIN_SECRET not in fingerprint
+    assert auth.session_role(TOKENS, "admin", fingerprint) == auth.ADMIN
     rotated = auth.Tokens(admin="another-secret-99", read=TOKENS.read)
-    assert auth.role_of_cookie(rotated, cookie) is None
-    forged = "admin." + cookie.split(".", 1)[1][:-1] + "0"
-    assert auth.role_of_cookie(TOKENS, forged) is None
-    assert auth.role_of_cookie(TOKENS, "read." + cookie.split(".", 1)[1]) is None
-    assert auth.role_of_cookie(TOKENS, "root.x") is None
+    assert auth.session_role(rotated, "admin", fingerprint) is None
+    assert auth.session_role(TOKENS, "read", fingerprint) is None  # another role's fingerprint
+    assert auth.session_role(auth.Tokens(read=TOKENS.read), "admin", fingerprint) is None
+    assert auth.session_role(TOKENS, "root", fingerprint) is None
 
 
 def test_csrf_token_is_bound_to_the_session() -> None:
-    cookie = auth.session_cookie(TOKENS, auth.ADMIN)
-    assert auth.csrf_ok(cookie, auth.csrf_token(cookie))
-    assert not auth.csrf_ok(cookie, None)
-    assert not auth.csrf_ok(cookie, auth.csrf_token(auth.session_cookie(TOKENS, auth.READ)))
+    session = auth.new_session_id()
+    assert auth.csrf_ok(session, auth.csrf_token(session))
+    assert not auth.csrf_ok(session, None)
+    assert not auth.csrf_ok(session, auth.csrf_token(auth.new_session_id()))
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("127.evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("localhost.evil.example", False),
+        ("0.0.0.0", False),  # noqa: S104 (the case under test)
+        ("10.0.0.5", False),
+        ("", False),
+    ],
+)
+def test_loopback_is_decided_by_ipaddress_not_a_prefix(host: str, loopback: bool) -> None:
+    assert auth.is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("header", "allowed"),
+    [
+        ("localhost:8900", True),
+        ("127.0.0.1:8900", True),
+        ("[::1]:8900", True),
+        ("[::1]", True),
+        ("rebind.evil.example", False),
+        ("rebind.evil.example:8900", False),
+        ("127.evil.example:8900", False),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_host_headers_a_tokenless_console_answers(header: str | None, allowed: bool) -> None:
+    assert auth.loopback_host_header(header) is allowed
+
+
+def test_short_tokens_are_refused() -> None:
+    assert auth.token_problem(TOKENS) is None
+    assert auth.token_problem(auth.Tokens()) is None
+    problem = auth.token_problem(auth.Tokens(admin="x" * 16, read="short"))
+    assert problem is not None and "CAMPAIGNQ_CONSOLE_READ_TOKEN" in problem and "16" in problem
+
+
+def test_login_throttle_backs_off_then_forgives_a_success() -> None:
+    throttle = auth.LoginThrottle(free_failures=2, first_delay_s=1.0, max_delay_s=8.0, max_clients=2)
+    assert throttle.retry_after_s("a", 0.0) is None
+    throttle.failed("a", 0.0)
+    throttle.failed("a", 0.0)
+    assert throttle.retry_after_s("a", 0.0) is None  # the free failures
+    throttle.failed("a", 0.0)
+    assert throttle.retry_after_s("a", 0.5) == 0.5
+    assert throttle.retry_after_s("a", 1.0) is None
+    delays = []
+    for now in (10.0, 20.0, 30.0, 40.0, 50.0):
+        throttle.failed("a", now)
+        delays.append(throttle.retry_after_s("a", now))
+    assert delays == [2.0, 4.0, 8.0, 8.0, 8.0]  # doubling, capped
+    assert throttle.retry_after_s("b", 50.0) is None  # per address
+    throttle.succeeded("a")
+    assert throttle.retry_after_s("a", 50.0) is None
+    for client in ("c", "d", "e"):  # bounded memory: the oldest address is forgotten
+        throttle.failed(client, 60.0)
+    assert set(throttle._clients) == {"d", "e"}
 
 
 @pytest.mark.parametrize(

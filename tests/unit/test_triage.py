@@ -56,6 +56,12 @@ def _ctx(**changes: Any) -> MessageContext:
         ),
         ({"payload": None}, DeadLetterNow("invalid_payload", "invalid_payload", "unparsable payload")),
         ({"found": False}, "unknown_message"),
+        (
+            {"context_error": "custom_fields cannot be read: too deep"},
+            DeadLetterNow(
+                DeadLetterReason.PERMANENT, ErrorClass.INVALID_LEAD, "custom_fields cannot be read: too deep"
+            ),
+        ),
         ({"run_id": uuid.uuid4()}, "mismatch"),
         ({"lead_id": uuid.uuid4()}, "mismatch"),
         ({"previous_status": "sent"}, ArchiveOnly("row is already sent")),
@@ -109,3 +115,19 @@ def test_every_dead_letter_triage_produces_is_a_reason_of_the_vocabulary() -> No
         assert isinstance(action, DeadLetterNow)
         assert action.reason in set(DeadLetterReason)
         assert action.error_class in set(ErrorClass)
+
+
+def test_payload_text_is_parsed_under_the_guard() -> None:
+    """Issue 22: the payload arrives as text; too large or too deep is an invalid payload,
+    never a RecursionError, and the bound agrees with 0016's `campaignq_payload_ok`."""
+    from consumer.core.models import PAYLOAD_MAX_BYTES, InvalidPayloadError, parse_payload
+
+    ids = f'"campaign_message_id": "{uuid.uuid4()}", "run_id": "{RUN}", "lead_id": "{LEAD}"'
+    assert parse_payload(f'{{"v": 1, {ids}}}').run_id == RUN
+    deep = "[" * 3000 + "]" * 3000
+    for text in (f'{{"v": 1, {ids}, "x": {deep}}}', f'{{"v": 1, {ids}, "x": "{"y" * PAYLOAD_MAX_BYTES}"}}'):
+        with pytest.raises(InvalidPayloadError, match="payload: JSON document"):
+            parse_payload(text)
+    # anything within the size bound is accepted whatever its nesting
+    half = (PAYLOAD_MAX_BYTES - 200) // 2
+    assert parse_payload(f'{{"v": 1, {ids}, "x": {"[" * half + "]" * half}}}').lead_id == LEAD

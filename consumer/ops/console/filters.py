@@ -16,6 +16,9 @@ from ...durations import parse_duration_s
 from ..replay import ReplayFilters
 
 KEYS = ("run", "reason", "error_class", "older_than", "newer_than", "limit")
+MAX_DURATION_S = 100 * 365 * 86400.0
+"""A century: longer than any letter has waited; a larger age overflowed PostgreSQL's interval."""
+MAX_LIMIT = 2**31 - 1
 REPLAY_KEYS = (*KEYS, "dry_run")
 
 
@@ -95,7 +98,17 @@ def _text(value: Any, name: str) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > 200:
         raise FilterError(f"{name} must be a short text, got {value!r}")
+    if "\x00" in value or not _encodable(value):
+        raise FilterError(f"{name} must be text without NUL characters or lone surrogates")
     return value.strip()
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _duration(value: Any, name: str) -> float | None:
@@ -112,6 +125,8 @@ def _duration(value: Any, name: str) -> float | None:
             raise FilterError(f"{name}: {exc}") from None
     if seconds < 0:
         raise FilterError(f"{name} must not be negative, got {value!r}")
+    if not seconds <= MAX_DURATION_S:  # NaN included
+        raise FilterError(f"{name} must be at most a century (36500d), got {value!r}")
     return seconds
 
 
@@ -122,6 +137,6 @@ def _limit(value: Any) -> int | None:
         limit = int(value) if not isinstance(value, bool | float) else -1
     except (TypeError, ValueError):
         limit = -1
-    if limit < 1:
-        raise FilterError(f"limit must be a positive integer, got {value!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise FilterError(f"limit must be a positive integer (at most {MAX_LIMIT}), got {value!r}")
     return limit

@@ -1,4 +1,4 @@
-"""Run the console: check the bind address against the tokens, then serve until SIGINT/SIGTERM."""
+"""Run the console: check the tokens and the bind address, then serve until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ...errors import ConfigurationError
 from ...logs import register_secret
 from ...settings import Settings, secret_value
 from .app import ConsoleConfig, create_app
-from .auth import Tokens, may_bind
+from .auth import Tokens, may_bind, token_problem
 from .store import Store
 
 
@@ -25,6 +25,8 @@ def console_config(settings: Settings) -> ConsoleConfig:
         tokens=tokens,
         webhook_secret=secret_value(settings.webhook_secret),
         sample_interval_s=settings.console_sample_interval_s,
+        session_idle_s=settings.console_session_idle_s,
+        trust_proxy=settings.console_trust_proxy,
     )
 
 
@@ -34,6 +36,9 @@ def check_bind(settings: Settings) -> ConsoleConfig:
     register_secret(config.tokens.admin)
     register_secret(config.tokens.read)
     register_secret(config.webhook_secret)  # it is in the webhook's URL path
+    problem = token_problem(config.tokens)
+    if problem is not None:
+        raise ConfigurationError(f"refusing to serve the console: {problem}")
     if not may_bind(settings.console_host, config.tokens):
         raise ConfigurationError(
             f"refusing to serve the console on {settings.console_host}: without CAMPAIGNQ_CONSOLE_TOKEN "

@@ -150,9 +150,11 @@ class Store:
 
     def set_workspace_weight(self, workspace_id: uuid.UUID, weight: int, *, actor: Actor) -> dict[str, Any]:
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute(
+            row = conn.execute(
                 query("console_set_workspace_weight"), {"workspace_id": workspace_id, "weight": weight}
-            )
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no workspace {workspace_id}: no config, inbox or lead names it")
             result = {"weight": weight}
             _audit(conn, actor, "workspace_weight", str(workspace_id), {}, result)
         return {"workspace_id": str(workspace_id), **result}
@@ -189,6 +191,37 @@ class Store:
     def record_audit(self, actor: Actor, action: str, target: str | None, result: Mapping[str, Any]) -> None:
         with self._pool.connection() as conn:
             _audit(conn, actor, action, target, {}, result)
+
+    # --- sessions (issue 22) ------------------------------------------------------------------
+
+    def create_session(
+        self, *, id_hash: str, role: str, fingerprint: str, client: str | None, idle_s: float
+    ) -> None:
+        """A login's session (and the audit row), removing the sessions idle past `idle_s`."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute(
+                query("console_session_create"),
+                {
+                    "id_hash": id_hash,
+                    "role": role,
+                    "fingerprint": fingerprint,
+                    "client": client,
+                    "idle_s": idle_s,
+                },
+            )
+            _audit(conn, Actor(role), "login", client, {}, {})
+
+    def touch_session(self, id_hash: str, *, idle_s: float) -> tuple[str, str] | None:
+        """(role, token fingerprint) of a live session, its last use moved to now; else None."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                query("console_session_touch"), {"id_hash": id_hash, "idle_s": idle_s}
+            ).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def end_session(self, id_hash: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(query("console_session_end"), {"id_hash": id_hash})
 
     # --- webhooks ----------------------------------------------------------------------------
 
