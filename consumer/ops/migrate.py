@@ -41,7 +41,16 @@ from ..pooler import PoolerMode, uses_transaction_pooler
 # pg_advisory_lock key shared by every `campaignq migrate` (any constant unique to us).
 MIGRATION_LOCK_KEY = 0x43414D51  # "CAMQ"
 PRODUCER_CRON_JOB = "campaignq-producer"
-WORKER_ROLE = "campaignq_worker"
+WORKER_ROLE = "campaignq_worker"  # `consume`, `produce`: only the consumer's definer functions
+CONSOLE_ROLE = "campaignq_console"  # `serve`, `replay`, `limits`: the console's reads and actions
+READER_ROLE = "campaignq_reader"  # `stats`, dashboards: read-only
+# Each role created by `migrate --create-roles`, with the named query that grants it exactly
+# its set (db/queries.sql; revoke-then-grant, so re-running converges).
+ROLE_GRANTS = (
+    (WORKER_ROLE, "grant_worker_role"),
+    (CONSOLE_ROLE, "grant_console_role"),
+    (READER_ROLE, "grant_reader_role"),
+)
 
 # Supported PGMQ: 1.4.4 (what Supabase shipped for a long time) up to the 1.x line. Tested
 # in CI at 1.4.4, 1.5.1, 1.4.4 updated to 1.5.1 under a migrated database, and the bundled
@@ -176,7 +185,7 @@ def migrate(
                 report.reapplied = _reapply_superseded(conn, reapply)
                 report.applied = _apply_pending(conn)
                 if create_roles:
-                    report.roles_created = _create_worker_role(conn)
+                    report.roles_created = _create_roles(conn)
                 if schedule_producer:
                     report.cron_job_id = _schedule_producer(conn, producer_interval_s, producer_batch_size)
             finally:
@@ -377,20 +386,25 @@ def _schedule_producer(
     return job_id
 
 
-def _create_worker_role(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+def _create_roles(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """Create the missing roles (LOGIN, no password: set one with ALTER ROLE) and grant each
+    its set, all in one transaction. Needs CREATEROLE, not superuser (Supabase's postgres)."""
+    created: list[str] = []
+    role = WORKER_ROLE
     try:
         with conn.transaction():
-            exists = conn.execute(sqlfiles.query("migrate_role_exists"), (WORKER_ROLE,)).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(WORKER_ROLE)))
-            conn.execute(sqlfiles.query("grant_worker_role"))
+            for role, grants in ROLE_GRANTS:
+                if not conn.execute(sqlfiles.query("migrate_role_exists"), (role,)).fetchone():
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+                    created.append(role)
+                conn.execute(sqlfiles.query(grants))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigurationError(
-            f"cannot create or grant the {WORKER_ROLE} role as {_current_user(conn)} "
+            f"cannot create or grant the {role} role as {_current_user(conn)} "
             f"({exc.diag.message_primary}); it needs CREATEROLE — the migration itself is done, "
-            "run consumers as this role instead"
+            "run every process as this role instead"
         ) from exc
-    return [] if exists else [WORKER_ROLE]
+    return created
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
