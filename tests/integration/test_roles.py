@@ -16,14 +16,22 @@ from typing import Any
 
 import psycopg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
 
+from consumer.core.models import ClaimedRow
 from consumer.devtools.seeding import Seeder
 from consumer.devtools.simulator import Faults, Simulator
+from consumer.ops.console import auth
+from consumer.ops.console.app import PAGES, ConsoleConfig, create_app
+from consumer.ops.console.store import Store
 from consumer.ops.migrate import CONSOLE_ROLE, READER_ROLE, WORKER_ROLE
+from consumer.settings import DEFAULT_MODEL_PRICES
 from consumer.sql import query
 from tests.cli import run_cli
+from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_KEY, dead_letter_bulk, dlq_count
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, produce, queue_count, terminal
 
@@ -180,7 +188,9 @@ def test_the_worker_role_runs_every_other_statement_of_the_consumer(
         cooldown = {"name": "ai", "seconds": 86_400.0, "holder": "h1", "reason": "a day, please"}
         conn.execute(query("rate_limit_cooldown"), cooldown)
         conn.execute(query("release_rate_limit"), {"name": "ai", "holder": "h1"})
-    rows = db.execute("SELECT msg_id, read_ct, message FROM pgmq.read('campaign_messages', 30, 10)").fetchall()
+    rows = db.execute(
+        "SELECT msg_id, read_ct, message FROM pgmq.read('campaign_messages', 30, 10)"
+    ).fetchall()
     params = {
         "msg_ids": [r[0] for r in rows],
         "read_cts": [r[1] for r in rows],
@@ -189,9 +199,10 @@ def test_the_worker_role_runs_every_other_statement_of_the_consumer(
         "lead_ids": [r[2]["lead_id"] for r in rows],
         "cached_config_ids": [],
     }
-    with psycopg.connect(worker_url, autocommit=True) as conn:
-        claimed = conn.execute(query("claim_batch"), params).fetchall()
-    assert len(claimed) == 2 and seed.statuses(campaign.run_id) == {"generating": 2}
+    with psycopg.connect(worker_url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+        claimed = [ClaimedRow.from_row(row) for row in cur.execute(query("claim_batch"), params).fetchall()]
+    assert [(row.claimed, row.previous_status) for row in claimed] == [(True, "queued")] * 2
+    assert seed.statuses(campaign.run_id) == {"generating": 2}
     left = db.execute("SELECT until - now() FROM rate_limit_cooldowns WHERE name = 'ai'").fetchone()
     assert left is not None and left[0].total_seconds() <= 600
     assert db.execute("SELECT count(*) FROM rate_limit_slices").fetchone() == (0,)
@@ -261,22 +272,18 @@ async def test_the_console_app_works_as_the_console_role(
     db: psycopg.Connection[Any], seed: Seeder, console_url: str
 ) -> None:
     """Every page's read and every action of `campaignq serve`, as campaignq_console."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from consumer.ops.console import auth
-    from consumer.ops.console.app import PAGES, ConsoleConfig, create_app
-    from consumer.ops.console.store import Store
-    from consumer.settings import DEFAULT_MODEL_PRICES
-    from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_KEY, dead_letter_bulk, dlq_count
-
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     read = {"Authorization": f"Bearer {READ_TOKEN}"}
     campaign = seed.campaign(4, instance="inst-r", phones=[f"+55 11 90000-000{i}" for i in range(4)])
-    dead_letter_bulk(db, campaign, message_ids=campaign.message_ids[:2], reason="permanent", error_class="bad")
+    dead_letter_bulk(
+        db, campaign, message_ids=campaign.message_ids[:2], reason="permanent", error_class="bad"
+    )
     dead_letter_bulk(db, campaign, message_ids=campaign.message_ids[2:3], reason="max_attempts")
     store = Store(console_url, prices=DEFAULT_MODEL_PRICES)
     config = ConsoleConfig(
-        tokens=auth.Tokens(admin=ADMIN_TOKEN, read=READ_TOKEN), webhook_api_key=WEBHOOK_KEY, sample_interval_s=0.3
+        tokens=auth.Tokens(admin=ADMIN_TOKEN, read=READ_TOKEN),
+        webhook_api_key=WEBHOOK_KEY,
+        sample_interval_s=0.3,
     )
     async with TestClient(TestServer(create_app(store, config))) as client:
 
@@ -333,8 +340,6 @@ async def test_the_console_app_works_as_the_console_role(
 def test_replay_and_limits_work_as_the_console_role(
     db: psycopg.Connection[Any], seed: Seeder, console_url: str
 ) -> None:
-    from tests.console.helpers import dead_letter_bulk
-
     campaign = seed.campaign(2)
     dead_letter_bulk(db, campaign)
     replay = run_cli("replay", "--dry-run", database_url=console_url)
@@ -347,9 +352,9 @@ def test_replay_and_limits_work_as_the_console_role(
         assert result.returncode == 0, result.stderr
 
 
-def test_stats_json_works_as_the_reader_role(db: psycopg.Connection[Any], seed: Seeder, reader_url: str) -> None:
-    from tests.console.helpers import dead_letter_bulk
-
+def test_stats_json_works_as_the_reader_role(
+    db: psycopg.Connection[Any], seed: Seeder, reader_url: str
+) -> None:
     campaign = seed.campaign(3)
     dead_letter_bulk(db, campaign, message_ids=campaign.message_ids[:1])
     result = run_cli("stats", "--json", database_url=reader_url)
@@ -403,7 +408,9 @@ READER_FORBIDDEN = [
 ]
 
 
-@pytest.mark.parametrize(("role", "statements"), [(CONSOLE_ROLE, CONSOLE_FORBIDDEN), (READER_ROLE, READER_FORBIDDEN)])
+@pytest.mark.parametrize(
+    ("role", "statements"), [(CONSOLE_ROLE, CONSOLE_FORBIDDEN), (READER_ROLE, READER_FORBIDDEN)]
+)
 def test_the_console_and_reader_roles_cannot_touch_what_they_do_not_need(
     db: psycopg.Connection[Any], seed: Seeder, roles_created: str, role: str, statements: list[str]
 ) -> None:
@@ -412,7 +419,7 @@ def test_the_console_and_reader_roles_cannot_touch_what_they_do_not_need(
     with psycopg.connect(make_conninfo(roles_created, user=role, password=""), autocommit=True) as conn:
         for statement in statements:
             try:
-                conn.execute(sql.SQL(statement))  # type: ignore[arg-type]
+                conn.execute(sql.SQL(statement))
             except psycopg.errors.InsufficientPrivilege:
                 continue
             allowed.append(statement)
