@@ -32,7 +32,10 @@ SELECT campaignq_grant_execute('campaignq_worker', ARRAY[
     'campaignq_archive_leased', 'campaignq_release_now', 'campaignq_book_send_slot',
     'campaignq_hold_back', 'campaignq_report_inbox_trouble', 'campaignq_lease_rate_limit',
     'campaignq_release_rate_limit', 'campaignq_share_cooldown', 'campaignq_sample_queues',
-    'enqueue_due_campaign_messages', 'campaignq_resume_within_budget']);
+    'campaignq_record_whatsapp_jid', 'campaignq_message_whatsapp_jid',
+    'enqueue_due_campaign_messages', 'campaignq_resume_within_budget'],
+    -- 0015_lock_order's opt-out-checking acknowledgements, where that migration is applied.
+    ARRAY['campaignq_record_part_sent_checked', 'campaignq_record_parts_sent_many_checked']);
 GRANT SELECT ON campaignq_run_ai_costs, campaignq_workspace_ai_costs TO campaignq_worker;
 
 -- name: grant_reader_role
@@ -56,8 +59,11 @@ END;
 $$;
 GRANT SELECT (id, run_id, finished_at, ai_cost_usd, ai_tokens_used, ai_prompt_tokens, ai_completion_tokens)
    ON campaign_messages TO campaignq_reader;
-GRANT SELECT (id, config_id) ON campaign_runs TO campaignq_reader;
+GRANT SELECT ON campaign_runs TO campaignq_reader;  -- statuses, counters and costs: no lead data
 GRANT SELECT (id, workspace_id, ai_model) ON campaign_configs TO campaignq_reader;
+-- A second wall: its transactions are read-only unless it says otherwise (which its grants
+-- make pointless anyway).
+ALTER ROLE campaignq_reader SET default_transaction_read_only = on;
 
 -- name: grant_console_role
 -- `campaignq serve` (and the operator commands `replay` and `limits`): what the reader sees,
@@ -92,10 +98,11 @@ SELECT campaignq_grant_execute('campaignq_console', ARRAY[
     'campaignq_replay_dead_letters', 'campaignq_record_opt_out']);
 GRANT SELECT (id, run_id, finished_at, ai_cost_usd, ai_tokens_used, ai_prompt_tokens, ai_completion_tokens)
    ON campaign_messages TO campaignq_console;
-GRANT SELECT (id, config_id, status) ON campaign_runs TO campaignq_console;
+GRANT SELECT ON campaign_runs TO campaignq_console;
 GRANT SELECT (id, workspace_id, ai_model) ON campaign_configs TO campaignq_console;
-GRANT SELECT (id, name, phone) ON leads TO campaignq_console;  -- the dead-letter page's lead column
-GRANT SELECT (id, instance, paused_at),
+-- The dead-letter page's lead column; workspace_id: whether a workspace exists at all.
+GRANT SELECT (id, workspace_id, name, phone) ON leads TO campaignq_console;
+GRANT SELECT (id, workspace_id, instance, paused_at),
       UPDATE (paused_at, pause_reason, connection_state, connection_state_at) ON inboxes TO campaignq_console;
 GRANT SELECT, INSERT, UPDATE, DELETE ON rate_limits, workspace_weights TO campaignq_console;
 

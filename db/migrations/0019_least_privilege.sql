@@ -165,6 +165,29 @@ LANGUAGE sql AS $$
         left(p_reason, 500));
 $$;
 
+-- The chat a message went to, as the gateway named it (issue 21, `campaign_messages.whatsapp_jid`
+-- from 0017_whatsapp_jid): recorded and read by the worker through these, not by table
+-- grants. PL/pgSQL, so they can be created before that column exists (its body is checked
+-- when first called); `record_whatsapp_jid` / `message_whatsapp_jid` call them.
+CREATE OR REPLACE FUNCTION campaignq_record_whatsapp_jid(p_message_id uuid, p_jid text)
+RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    UPDATE campaign_messages m SET whatsapp_jid = p_jid
+     WHERE m.id = p_message_id AND m.whatsapp_jid IS DISTINCT FROM p_jid
+    RETURNING m.id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION campaignq_message_whatsapp_jid(p_message_id uuid)
+RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT m.whatsapp_jid FROM campaign_messages m WHERE m.id = p_message_id);
+END;
+$$;
+
 -- --- the console's remaining statements, as functions --------------------------------------
 
 -- An operator's pause / resume / cancel (console_set_run_status before 0019): a plain status
@@ -247,6 +270,9 @@ BEGIN
                     'campaignq_hold_back', 'campaignq_report_inbox_trouble',
                     'campaignq_lease_rate_limit', 'campaignq_release_rate_limit',
                     'campaignq_share_cooldown', 'campaignq_sample_queues',
+                    'campaignq_record_whatsapp_jid', 'campaignq_message_whatsapp_jid',
+                    -- 0015_lock_order's variants of record_part(s)_sent, where that migration is
+                    'campaignq_record_part_sent_checked', 'campaignq_record_parts_sent_many_checked',
                     -- the producer (campaignq_worker too: `campaignq produce`)
                     'enqueue_due_campaign_messages', 'campaignq_resume_within_budget',
                     -- the console and the CLI's replay (campaignq_console)
@@ -303,8 +329,9 @@ $$;
 
 -- Grants EXECUTE on the named functions of ours (every signature) to `p_role`. Refuses a
 -- function that is not SECURITY DEFINER with a fixed search_path (a later CREATE OR REPLACE
--- that forgot to restate them) or that does not exist: the role could not do its job.
-CREATE OR REPLACE FUNCTION campaignq_grant_execute(p_role text, p_names text[])
+-- that forgot to restate them) or, unless named in `p_if_present`, that does not exist: the
+-- role could not do its job.
+CREATE OR REPLACE FUNCTION campaignq_grant_execute(p_role text, p_names text[], p_if_present text[] DEFAULT '{}')
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -312,7 +339,7 @@ DECLARE
     r record;
     v_found boolean;
 BEGIN
-    FOREACH v_name IN ARRAY p_names LOOP
+    FOREACH v_name IN ARRAY p_names || p_if_present LOOP
         v_found := false;
         FOR r IN SELECT p.oid::regprocedure AS fn, p.prosecdef,
                         coalesce(array_to_string(p.proconfig, ',') LIKE '%search_path=%', false) AS fixed_path
@@ -328,11 +355,11 @@ BEGIN
             EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %I', r.fn, p_role);
             v_found := true;
         END LOOP;
-        IF NOT v_found THEN
+        IF NOT v_found AND NOT v_name = ANY (p_if_present) THEN
             RAISE EXCEPTION 'no function % to grant to %', v_name, p_role;
         END IF;
     END LOOP;
 END;
 $$;
 REVOKE ALL ON FUNCTION campaignq_revoke_role(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION campaignq_grant_execute(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION campaignq_grant_execute(text, text[], text[]) FROM PUBLIC;

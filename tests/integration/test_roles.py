@@ -417,6 +417,9 @@ def test_the_console_and_reader_roles_cannot_touch_what_they_do_not_need(
     seed.campaign(1)
     allowed = []
     with psycopg.connect(make_conninfo(roles_created, user=role, password=""), autocommit=True) as conn:
+        # The reader's transactions are read-only by default (a second wall): turned off here,
+        # so what refuses each statement below is the grants themselves.
+        conn.execute("SET default_transaction_read_only = off")
         for statement in statements:
             try:
                 conn.execute(sql.SQL(statement))
@@ -425,3 +428,9 @@ def test_the_console_and_reader_roles_cannot_touch_what_they_do_not_need(
             allowed.append(statement)
     assert allowed == []
     assert db.execute("SELECT count(*) FROM campaign_messages").fetchone() == (1,)
+    read_only = db.execute(
+        "SELECT 'default_transaction_read_only=on' = ANY (coalesce(rolconfig, '{}')) FROM pg_roles "
+        "WHERE rolname = %s",
+        (role,),
+    ).fetchone()
+    assert read_only == (role == READER_ROLE,)
