@@ -14,9 +14,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
@@ -24,14 +24,18 @@ from psycopg.rows import dict_row
 from consumer.core.models import ClaimedRow
 from consumer.devtools.seeding import Seeder
 from consumer.devtools.simulator import Faults, Simulator
-from consumer.ops.console import auth
-from consumer.ops.console.app import PAGES, ConsoleConfig, create_app
-from consumer.ops.console.store import Store
+from consumer.ops.console.app import PAGES
 from consumer.ops.migrate import CONSOLE_ROLE, READER_ROLE, WORKER_ROLE
-from consumer.settings import DEFAULT_MODEL_PRICES
 from consumer.sql import query
 from tests.cli import run_cli
-from tests.console.helpers import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_KEY, dead_letter_bulk, dlq_count
+from tests.console.helpers import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    WEBHOOK_KEY,
+    console_process,
+    dead_letter_bulk,
+    dlq_count,
+)
 from tests.harness import consumer_settings, running_worker, wait_until
 from tests.integration.test_consumer import dead_letters, produce, queue_count, terminal
 
@@ -268,10 +272,11 @@ def test_the_worker_role_cannot_touch_what_it_does_not_need(
     assert db.execute("SELECT count(*) FROM leads").fetchone() == (1,)
 
 
-async def test_the_console_app_works_as_the_console_role(
+async def test_campaignq_serve_works_as_the_console_role(
     db: psycopg.Connection[Any], seed: Seeder, console_url: str
 ) -> None:
-    """Every page's read and every action of `campaignq serve`, as campaignq_console."""
+    """Every page's read, every action and both webhooks of a real `campaignq serve`, as
+    campaignq_console."""
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     read = {"Authorization": f"Bearer {READ_TOKEN}"}
     campaign = seed.campaign(4, instance="inst-r", phones=[f"+55 11 90000-000{i}" for i in range(4)])
@@ -279,62 +284,56 @@ async def test_the_console_app_works_as_the_console_role(
         db, campaign, message_ids=campaign.message_ids[:2], reason="permanent", error_class="bad"
     )
     dead_letter_bulk(db, campaign, message_ids=campaign.message_ids[2:3], reason="max_attempts")
-    store = Store(console_url, prices=DEFAULT_MODEL_PRICES)
-    config = ConsoleConfig(
-        tokens=auth.Tokens(admin=ADMIN_TOKEN, read=READ_TOKEN),
-        webhook_api_key=WEBHOOK_KEY,
-        sample_interval_s=0.3,
-    )
-    async with TestClient(TestServer(create_app(store, config))) as client:
+    with console_process(console_url, CAMPAIGNQ_WEBHOOK_SECRET=WEBHOOK_KEY) as base:
+        async with aiohttp.ClientSession(base) as client:
 
-        async def ok(method: str, path: str, **kwargs: Any) -> Any:
-            response = await client.request(method, path, **kwargs)
-            assert response.status == 200, (path, response.status, await response.text())
-            return await response.json()
+            async def ok(method: str, path: str, **kwargs: Any) -> Any:
+                async with client.request(method, path, **kwargs) as response:
+                    assert response.status == 200, (path, response.status, await response.text())
+                    return await response.json() if path.startswith(("/api", "/webhooks")) else None
 
-        assert (await ok("GET", "/api/stats", headers=read))["schema_version"]
-        snapshot = await ok("GET", "/api/snapshot", headers=read)
-        assert snapshot["ok"], snapshot
-        letters = await ok("GET", "/api/dead-letters", headers=read)
-        assert letters["matching"] == 3
-        for page in PAGES:
-            response = await client.get(page, headers=read)
-            assert response.status == 200, (page, response.status)
-        preview = await ok("POST", "/api/replay", json={"dry_run": True}, headers=admin)
-        assert preview["examined"] == 3
-        by_class = await ok("POST", "/api/replay", json={"error_class": "bad"}, headers=admin)
-        assert by_class["by_action"] == {"replayed": 2}
-        await ok("POST", "/api/replay", json={"reason": "max_attempts"}, headers=admin)
-        assert dlq_count(db) == 0
-        run = f"/api/runs/{campaign.run_id}"
-        for action in ("pause", "resume", "cancel"):
-            await ok("POST", f"{run}/{action}", headers=admin)
-        assert (await client.post(f"{run}/resume", headers=admin)).status == 409
-        await ok("POST", f"/api/workspaces/{campaign.workspace_id}/weight", json={"weight": 3}, headers=admin)
-        await ok("POST", "/api/rate-limits/ai", json={"requests_per_minute": 120}, headers=admin)
-        await ok("POST", "/api/rate-limits/ai", json={"requests_per_minute": None}, headers=admin)
-        inbox = f"/api/inboxes/{campaign.inbox_id}"
-        await ok("POST", f"{inbox}/pause", json={"reason": "ban risk"}, headers=admin)
-        await ok("POST", f"{inbox}/resume", headers=admin)
-        hook = {"apikey": WEBHOOK_KEY}
-        update = {"event": "connection.update", "instance": "inst-r", "data": {"state": "close"}}
-        assert (await ok("POST", "/webhooks/evolution", json=update, headers=hook))["inboxes"] == 1
-        stop = {
-            "event": "MESSAGES_UPSERT",
-            "instance": "inst-r",
-            "apikey": WEBHOOK_KEY,
-            "data": {"key": {"remoteJid": "5511900000001@s.whatsapp.net", "fromMe": False},
-                     "message": {"conversation": "Stop!"}},
-        }  # fmt: skip
-        assert (await ok("POST", "/webhooks/evolution", json=stop))["opted_out"] == 1
-        login = await client.post("/login", data={"token": ADMIN_TOKEN}, allow_redirects=False)
-        assert login.status == 303
-        assert (await client.post("/logout", allow_redirects=False)).status == 303
-        audit = [row["action"] for row in (await ok("GET", "/api/audit", headers=read))["audit"]]
+            assert (await ok("GET", "/api/stats", headers=read))["schema_version"]
+            snapshot = await ok("GET", "/api/snapshot", headers=read)
+            assert snapshot["ok"], snapshot
+            assert (await ok("GET", "/api/dead-letters", headers=read))["matching"] == 3
+            for page in PAGES:
+                await ok("GET", page, headers=read)
+            assert (await ok("POST", "/api/replay", json={"dry_run": True}, headers=admin))["examined"] == 3
+            by_class = await ok("POST", "/api/replay", json={"error_class": "bad"}, headers=admin)
+            assert by_class["by_action"] == {"replayed": 2}
+            await ok("POST", "/api/replay", json={"reason": "max_attempts"}, headers=admin)
+            assert dlq_count(db) == 0
+            run = f"/api/runs/{campaign.run_id}"
+            for action in ("pause", "resume", "cancel"):
+                await ok("POST", f"{run}/{action}", headers=admin)
+            async with client.post(f"{run}/resume", headers=admin) as refused:
+                assert refused.status == 409
+            weight = f"/api/workspaces/{campaign.workspace_id}/weight"
+            await ok("POST", weight, json={"weight": 3}, headers=admin)
+            await ok("POST", "/api/rate-limits/ai", json={"requests_per_minute": 120}, headers=admin)
+            await ok("POST", "/api/rate-limits/ai", json={"requests_per_minute": None}, headers=admin)
+            inbox = f"/api/inboxes/{campaign.inbox_id}"
+            await ok("POST", f"{inbox}/pause", json={"reason": "ban risk"}, headers=admin)
+            await ok("POST", f"{inbox}/resume", headers=admin)
+            hook = {"apikey": WEBHOOK_KEY}
+            update = {"event": "connection.update", "instance": "inst-r", "data": {"state": "close"}}
+            assert (await ok("POST", "/webhooks/evolution", json=update, headers=hook))["inboxes"] == 1
+            stop = {
+                "event": "MESSAGES_UPSERT",
+                "instance": "inst-r",
+                "apikey": WEBHOOK_KEY,
+                "data": {"key": {"remoteJid": "5511900000001@s.whatsapp.net", "fromMe": False},
+                         "message": {"conversation": "Stop!"}},
+            }  # fmt: skip
+            assert (await ok("POST", "/webhooks/evolution", json=stop, headers=hook))["opted_out"] == 1
+            async with client.post("/login", data={"token": ADMIN_TOKEN}, allow_redirects=False) as login:
+                assert login.status == 303
+            async with client.post("/logout", allow_redirects=False) as logout:
+                assert logout.status == 303
+            audit = [row["action"] for row in (await ok("GET", "/api/audit", headers=read))["audit"]]
     assert {"replay", "run_cancel", "workspace_weight", "rate_limit", "inbox_resume", "opt_out"} <= set(audit)
-    assert db.execute("SELECT status FROM campaign_runs WHERE id = %s", (campaign.run_id,)).fetchone() == (
-        "cancelled",
-    )
+    status = db.execute("SELECT status FROM campaign_runs WHERE id = %s", (campaign.run_id,)).fetchone()
+    assert status == ("cancelled",)
 
 
 def test_replay_and_limits_work_as_the_console_role(
