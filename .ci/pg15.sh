@@ -52,7 +52,7 @@ export CQ_PG15_CRON_URL="postgresql://postgres@127.0.0.1:$CQ_PG15_PORT/campaignq
 cq_pg15_pgbouncer() {
   CQ_PGBOUNCER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   # trust: no passwords, but every user must be listed (the tests' roles).
-  printf '"%s" ""\n' postgres cq_app campaignq_worker > "$CQ_PG15_DIR/pgbouncer.users"
+  printf '"%s" ""\n' postgres cq_app campaignq_worker campaignq_console campaignq_reader > "$CQ_PG15_DIR/pgbouncer.users"
   cat > "$CQ_PG15_DIR/pgbouncer.ini" <<INI
 [databases]
 * = host=127.0.0.1 port=$CQ_PG15_PORT

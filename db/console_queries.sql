@@ -58,20 +58,14 @@ SELECT d.dlq_msg_id, d.campaign_message_id, d.run_id, d.reason,
 
 -- name: console_lock_dead_letters_of_class
 -- Replay by error class, step 1 (campaignq_replay_dead_letters has no class filter): lock
--- the next page of matching letters in this transaction. Step 2 replays exactly these.
-SELECT d.msg_id
-  FROM pgmq.q_campaign_messages_dlq d
- WHERE d.msg_id > %(after_msg_id)s::bigint
-   AND coalesce(d.message->>'error_class', 'unknown') = %(error_class)s::text
-   AND (%(run_id)s::uuid IS NULL OR campaignq_try_uuid(d.message->>'run_id') = %(run_id)s::uuid)
-   AND (%(reason)s::text IS NULL OR coalesce(d.message->>'reason', 'unknown') = %(reason)s::text)
-   AND (%(older_than_s)s::float8 IS NULL
-        OR d.enqueued_at <= now() - make_interval(secs => %(older_than_s)s::float8))
-   AND (%(newer_than_s)s::float8 IS NULL
-        OR d.enqueued_at >= now() - make_interval(secs => %(newer_than_s)s::float8))
- ORDER BY d.msg_id
- LIMIT %(limit)s
-   FOR UPDATE OF d SKIP LOCKED;
+-- the next page of matching letters in this transaction (`campaignq_lock_dead_letters_of_class`,
+-- 0019: the console role has no grant on the queue tables). Step 2 replays exactly these.
+SELECT msg_id
+  FROM campaignq_lock_dead_letters_of_class(
+           p_after_msg_id => %(after_msg_id)s::bigint, p_error_class => %(error_class)s::text,
+           p_run_id => %(run_id)s::uuid, p_reason => %(reason)s::text,
+           p_older_than_s => %(older_than_s)s::float8, p_newer_than_s => %(newer_than_s)s::float8,
+           p_limit => %(limit)s::integer) AS t(msg_id);
 
 -- name: console_replay_locked_letters
 -- Step 2: one call of the replay function per locked letter. Starting right before it,
@@ -85,13 +79,11 @@ SELECT r.dlq_msg_id, r.campaign_message_id, r.run_id, r.reason, r.previous_statu
  ORDER BY t.ord;
 
 -- name: console_set_run_status
--- An operator's pause / resume / cancel: a plain status change (a trigger of its own, if
--- any, carries the side effects), only from the statuses the action makes sense from.
-UPDATE campaign_runs r
-   SET status = %(status)s::text, pause_reason = NULL
-  FROM (SELECT id, status AS previous FROM campaign_runs WHERE id = %(run_id)s::uuid FOR UPDATE) p
- WHERE r.id = p.id AND p.previous = ANY (%(allowed_from)s::text[])
-RETURNING p.previous, r.status;
+-- An operator's pause / resume / cancel: a plain status change (the run's triggers carry the
+-- side effects), only from the statuses the action makes sense from
+-- (`campaignq_console_set_run_status`, 0019: the console role cannot update runs itself).
+SELECT previous_status, new_status
+  FROM campaignq_console_set_run_status(%(run_id)s::uuid, %(status)s::text, %(allowed_from)s::text[]);
 
 -- name: console_run_status
 SELECT status FROM campaign_runs WHERE id = %(run_id)s::uuid;

@@ -15,47 +15,96 @@ WITH target AS MATERIALIZED (
 SELECT enqueue_due_campaign_messages(%(limit)s::integer) FROM target;
 
 -- name: grant_worker_role
--- Least privilege for `campaignq consume`: read context, update its messages and their
--- runs, and drive the two queues. No DDL, no DELETE on business tables, no sequences (PGMQ's
--- ids are identity columns), and the archive can only be added to. Everything is revoked
--- first, so re-running gives exactly this set (tests/integration/test_roles.py) — but only
--- on what is ours: our own tables and sequences in public, our four queue tables in pgmq.
--- Other applications' objects (Supabase projects share both schemas) are never touched, and
--- a non-owner's REVOKE on them would fail outright anyway.
+-- Least privilege for `campaignq consume` (and `produce`): EXECUTE on the functions the
+-- consumer calls, each SECURITY DEFINER (db/migrations/0019_least_privilege.sql), and the two
+-- cost views its metrics sampler reads. No table grant at all: it cannot rewrite a message,
+-- cancel a run, read a lead or touch a queue except through one lease-checked outcome.
+-- Everything is revoked first, so re-running gives exactly this set
+-- (tests/integration/test_roles.py), on our own objects only (campaignq_revoke_role).
+SELECT campaignq_revoke_role('campaignq_worker');
+GRANT USAGE ON SCHEMA public TO campaignq_worker;
+SELECT campaignq_grant_execute('campaignq_worker', ARRAY[
+    'campaignq_read_and_claim', 'campaignq_claim_batch', 'campaignq_extend_leases',
+    'campaignq_store_ai_generation', 'campaignq_store_ai_generations_many',
+    'campaignq_record_part_uncertain', 'campaignq_record_part_sent', 'campaignq_record_parts_sent_many',
+    'campaignq_complete_sent', 'campaignq_complete_sent_many', 'campaignq_retry_later',
+    'campaignq_dead_letter', 'campaignq_release_to_pending', 'campaignq_skip_and_finalize',
+    'campaignq_archive_leased', 'campaignq_release_now', 'campaignq_book_send_slot',
+    'campaignq_hold_back', 'campaignq_report_inbox_trouble', 'campaignq_lease_rate_limit',
+    'campaignq_release_rate_limit', 'campaignq_share_cooldown', 'campaignq_sample_queues',
+    'campaignq_record_whatsapp_jid', 'campaignq_message_whatsapp_jid',
+    'enqueue_due_campaign_messages', 'campaignq_resume_within_budget'],
+    -- 0015_lock_order's opt-out-checking acknowledgements, where that migration is applied.
+    ARRAY['campaignq_record_part_sent_checked', 'campaignq_record_parts_sent_many_checked']);
+GRANT SELECT ON campaignq_run_ai_costs, campaignq_workspace_ai_costs TO campaignq_worker;
+
+-- name: grant_reader_role
+-- Read-only, for `campaignq stats` and dashboards: every campaignq_* view (they read as their
+-- owner) and the few columns `stats_workspace_unpriced` reads directly. No lead data, no
+-- message text, no write of any kind.
+SELECT campaignq_revoke_role('campaignq_reader');
+GRANT USAGE ON SCHEMA public TO campaignq_reader;
 DO $$
 DECLARE
     r record;
 BEGIN
-    FOR r IN SELECT c.oid::regclass AS rel, c.relkind
+    FOR r IN SELECT c.oid::regclass AS rel
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-                AND ((n.nspname = 'public' AND pg_has_role(c.relowner, 'USAGE'))
-                     OR (n.nspname = 'pgmq' AND c.relname IN ('q_campaign_messages', 'a_campaign_messages',
-                                                              'q_campaign_messages_dlq',
-                                                              'a_campaign_messages_dlq')))
+              WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm') AND c.relname LIKE 'campaignq\_%'
+                AND pg_has_role(c.relowner, 'USAGE')
     LOOP
-        EXECUTE format('REVOKE ALL ON %s %s FROM campaignq_worker',
-                       CASE WHEN r.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.rel);
+        EXECUTE format('GRANT SELECT ON %s TO campaignq_reader', r.rel);
     END LOOP;
 END;
 $$;
-GRANT USAGE ON SCHEMA public, pgmq TO campaignq_worker;
-GRANT SELECT ON leads, inboxes, campaign_configs, campaign_runs TO campaignq_worker;
-GRANT SELECT, UPDATE ON campaign_messages TO campaignq_worker;
-GRANT UPDATE (status, leads_processed, finished_at, updated_at) ON campaign_runs TO campaignq_worker;
-GRANT UPDATE (pause_reason, ai_cost_spent_usd) ON campaign_runs TO campaignq_worker;
-GRANT SELECT ON workspace_budgets TO campaignq_worker;
-GRANT SELECT, INSERT, UPDATE ON workspace_ai_spend TO campaignq_worker;
-GRANT SELECT ON campaignq_run_ai_costs, campaignq_workspace_ai_costs TO campaignq_worker;
-GRANT SELECT, UPDATE, DELETE ON pgmq.q_campaign_messages TO campaignq_worker;
-GRANT SELECT, INSERT ON pgmq.a_campaign_messages TO campaignq_worker;
-GRANT SELECT, INSERT ON pgmq.q_campaign_messages_dlq TO campaignq_worker;
--- issue 13 (sender safety): the shared pacing rows, and the automatic pause of an inbox.
-GRANT SELECT, INSERT, UPDATE ON inbox_pacing TO campaignq_worker;
-GRANT UPDATE (paused_at, pause_reason) ON inboxes TO campaignq_worker;
--- The shared AI budget (0008): read the budget, hold a slice, share a cooldown.
-GRANT SELECT ON rate_limits TO campaignq_worker;
-GRANT SELECT, INSERT, UPDATE, DELETE ON rate_limit_slices, rate_limit_cooldowns TO campaignq_worker;
+GRANT SELECT (id, run_id, finished_at, ai_cost_usd, ai_tokens_used, ai_prompt_tokens, ai_completion_tokens)
+   ON campaign_messages TO campaignq_reader;
+GRANT SELECT ON campaign_runs TO campaignq_reader;  -- statuses, counters and costs: no lead data
+GRANT SELECT (id, workspace_id, ai_model) ON campaign_configs TO campaignq_reader;
+-- A second wall: its transactions are read-only unless it says otherwise (which its grants
+-- make pointless anyway).
+ALTER ROLE campaignq_reader SET default_transaction_read_only = on;
+
+-- name: grant_console_role
+-- `campaignq serve` (and the operator commands `replay` and `limits`): what the reader sees,
+-- plus the console's pages and actions. Run status changes, replays and opt-outs go through
+-- definer functions (a status an operator may set, from the statuses it makes sense from);
+-- budgets, weights and its own tables directly; inboxes only their pause and connection
+-- columns. It cannot write a message or a lead, nor touch a queue but through a replay. The
+-- audit is append-only for it.
+SELECT campaignq_revoke_role('campaignq_console');
+GRANT USAGE ON SCHEMA public TO campaignq_console;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel, c.relname, c.relkind
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm') AND c.relname LIKE 'campaignq\_%'
+                AND pg_has_role(c.relowner, 'USAGE')
+    LOOP
+        IF r.relkind IN ('v', 'm') THEN
+            EXECUTE format('GRANT SELECT ON %s TO campaignq_console', r.rel);
+        ELSIF r.relname = 'campaignq_console_audit' THEN
+            EXECUTE format('GRANT SELECT, INSERT ON %s TO campaignq_console', r.rel);
+        ELSIF r.relname LIKE 'campaignq\_console\_%' THEN  -- the console's own tables (sessions…)
+            EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO campaignq_console', r.rel);
+        END IF;
+    END LOOP;
+END;
+$$;
+SELECT campaignq_grant_execute('campaignq_console', ARRAY[
+    'campaignq_console_set_run_status', 'campaignq_lock_dead_letters_of_class',
+    'campaignq_replay_dead_letters', 'campaignq_record_opt_out']);
+GRANT SELECT (id, run_id, finished_at, ai_cost_usd, ai_tokens_used, ai_prompt_tokens, ai_completion_tokens)
+   ON campaign_messages TO campaignq_console;
+GRANT SELECT ON campaign_runs TO campaignq_console;
+GRANT SELECT (id, workspace_id, ai_model) ON campaign_configs TO campaignq_console;
+-- The dead-letter page's lead column; workspace_id: whether a workspace exists at all.
+GRANT SELECT (id, workspace_id, name, phone) ON leads TO campaignq_console;
+GRANT SELECT (id, workspace_id, instance, paused_at),
+      UPDATE (paused_at, pause_reason, connection_state, connection_state_at) ON inboxes TO campaignq_console;
+GRANT SELECT, INSERT, UPDATE, DELETE ON rate_limits, workspace_weights TO campaignq_console;
 
 -- name: read_messages
 SELECT msg_id, read_ct, enqueued_at, vt, message
@@ -71,93 +120,13 @@ SELECT * FROM campaignq_read_and_claim(%(qty)s::integer, %(vt_s)s::integer,
 -- (status -> generating, or sending when its text was generated by an earlier attempt) and
 -- returns each message with its run, lead and, unless cached, its config and inbox.
 -- A row found `generating`/`sending` was left by a holder that crashed: that burns an
--- attempt here, because PGMQ's read_ct also counts deferrals and graceful releases.
--- The main SELECT sees the rows as they were before this statement (one snapshot), which
--- is exactly the "previous_status" the worker needs.
--- Only a row whose run and lead match the payload is claimed: a payload naming someone
--- else's row is dead-lettered without touching that row.
-WITH batch AS (
-    SELECT b.msg_id, b.read_ct, b.message_id, b.run_id, b.lead_id, b.ord
-      FROM unnest(%(msg_ids)s::bigint[], %(read_cts)s::integer[], %(message_ids)s::uuid[],
-                  %(run_ids)s::uuid[], %(lead_ids)s::uuid[])
-           WITH ORDINALITY AS b(msg_id, read_ct, message_id, run_id, lead_id, ord)
-), claimed AS (
-    UPDATE campaign_messages m
-       SET status = CASE WHEN m.parts IS NULL THEN 'generating' ELSE 'sending' END,
-           retry_count = m.retry_count + CASE WHEN m.status IN ('generating', 'sending') THEN 1 ELSE 0 END,
-           attempt_history = CASE WHEN m.status IN ('generating', 'sending')
-               THEN campaignq_history_append(m.attempt_history, jsonb_build_object(
-                        'at', now(), 'attempt', m.retry_count + 1, 'burned', true,
-                        'error_class', 'crashed', 'stage', m.status,
-                        'error', 'the previous holder stopped mid-message (crash or lost lease)'))
-               ELSE m.attempt_history END
-      FROM batch b, campaign_runs r
-     WHERE m.id = b.message_id
-       AND m.run_id = b.run_id
-       AND m.lead_id = b.lead_id
-       AND r.id = m.run_id
-       AND r.status = 'running'
-       AND m.status IN ('queued', 'generating', 'sending')
-       AND EXISTS (SELECT 1 FROM pgmq.q_campaign_messages q
-                    WHERE q.msg_id = b.msg_id AND q.read_ct = b.read_ct)
-    RETURNING m.id, m.retry_count, m.attempt_history
-)
-SELECT b.msg_id,
-       m.id IS NOT NULL              AS found,
-       c.id IS NOT NULL              AS claimed,
-       m.status                      AS previous_status,
-       r.status                      AS run_status,
-       m.run_id,
-       m.lead_id,
-       coalesce(c.retry_count, m.retry_count)         AS retry_count,
-       m.deferral_count,
-       m.first_deferred_at,
-       m.generated_message,
-       m.parts,
-       m.parts_sent,
-       m.uncertain_part,
-       m.uncertain_since,
-       m.updated_at                  AS last_progress_at,
-       coalesce(c.attempt_history, m.attempt_history) AS attempt_history,
-       l.name                        AS lead_name,
-       l.phone,
-       l.custom_fields,
-       r.config_id,
-       cf.workspace_id,
-       cf.ai_model,
-       cf.system_prompt,
-       cf.split_messages,
-       cf.max_parts,
-       cf.max_tokens,
-       cf.inbox_id,
-       i.instance,
-       i.uncertain_send_policy,
-       -- issue 13 (sender safety), read fresh with every batch (never from the config cache):
-       l.opted_out_at,
-       l.timezone                    AS lead_timezone,
-       sc.timezone                   AS config_timezone,
-       sc.send_window_start,
-       sc.send_window_end,
-       sc.inbox_id                   AS safety_inbox_id,
-       si.max_sends_per_minute,
-       si.daily_send_cap,
-       si.paused_at                  AS inbox_paused_at,
-       si.pause_reason               AS inbox_pause_reason,
-       si.warmup_started_at,
-       si.warmup_first_day_cap,
-       si.warmup_daily_growth,
-       extract(epoch FROM m.send_slot_at - clock_timestamp())::double precision AS send_slot_wait_s
-  FROM batch b
-  LEFT JOIN campaign_messages m ON m.id = b.message_id
-  LEFT JOIN claimed c ON c.id = b.message_id
-  LEFT JOIN campaign_runs r ON r.id = m.run_id
-  LEFT JOIN leads l ON l.id = m.lead_id
-  LEFT JOIN campaign_configs cf
-         ON cf.id = r.config_id AND NOT (cf.id = ANY (%(cached_config_ids)s::uuid[]))
-  LEFT JOIN inboxes i ON i.id = cf.inbox_id
-  LEFT JOIN campaign_configs sc ON sc.id = r.config_id   -- issue 13
-  LEFT JOIN inboxes si ON si.id = sc.inbox_id            -- issue 13
- ORDER BY b.ord;
+-- attempt here, because PGMQ's read_ct also counts deferrals and graceful releases. Only a
+-- row whose run and lead match the payload is claimed: a payload naming someone else's row
+-- is dead-lettered without touching that row. The statement lives in
+-- `campaignq_claim_batch` (0019), so the worker role needs no grant on the tables.
+SELECT * FROM campaignq_claim_batch(%(msg_ids)s::bigint[], %(read_cts)s::integer[], %(message_ids)s::uuid[],
+                                    %(run_ids)s::uuid[], %(lead_ids)s::uuid[],
+                                    %(cached_config_ids)s::uuid[]);
 
 -- name: extend_leases
 SELECT campaignq_extend_leases(%(msg_ids)s::bigint[], %(read_cts)s::integer[], %(vt_s)s::integer);
@@ -334,21 +303,9 @@ SELECT run_id, workspace_id, reason, dead_letters, oldest_at, newest_at
 
 -- name: sample_queues
 -- The metrics sampler, every few seconds per consumer: one scan of each queue table (what
--- pgmq.metrics() costs) and nothing per message. Reads the tables, not the views, so it
--- needs only the grants the worker role already has.
-SELECT 'campaign_messages' AS queue_name,
-       count(*) AS depth,
-       count(*) FILTER (WHERE vt <= now()) AS visible,
-       count(*) FILTER (WHERE vt > now() AND read_ct > 0) AS in_flight,
-       coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::double precision AS oldest_age_s
-  FROM pgmq.q_campaign_messages
-UNION ALL
-SELECT 'campaign_messages_dlq',
-       count(*),
-       count(*) FILTER (WHERE vt <= now()),
-       count(*) FILTER (WHERE vt > now() AND read_ct > 0),
-       coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::double precision
-  FROM pgmq.q_campaign_messages_dlq;
+-- pgmq.metrics() costs) and nothing per message, in `campaignq_sample_queues` (0019) so the
+-- worker role reads counts, never queue rows.
+SELECT queue_name, depth, visible, in_flight, oldest_age_s FROM campaignq_sample_queues();
 
 -- name: prune_cutoff
 SELECT now() - make_interval(secs => %(older_than_s)s::double precision);
@@ -503,11 +460,12 @@ SELECT budget_rpm, granted_rpm, holders, cooldown_until
            p_lease_s    => %(lease_s)s::double precision);
 
 -- name: release_rate_limit
-DELETE FROM rate_limit_slices WHERE name = %(name)s::text AND holder = %(holder)s::text;
+SELECT campaignq_release_rate_limit(%(name)s::text, %(holder)s::text);
 
 -- name: rate_limit_cooldown
-SELECT campaignq_rate_limit_cooldown(%(name)s::text, %(seconds)s::double precision,
-                                     %(holder)s::text, %(reason)s::text);
+-- 0019: bounded to 600 s, whatever the caller asks.
+SELECT campaignq_share_cooldown(%(name)s::text, %(seconds)s::double precision,
+                                %(holder)s::text, %(reason)s::text);
 
 -- name: limits_usage
 SELECT name, requests_per_minute, holders, granted_rpm, wanted_rpm, used_rpm, used_pct,
@@ -548,10 +506,9 @@ SELECT workspace_id, weight, running_runs, due, in_queue, share_pct
 -- name: record_whatsapp_jid
 -- 0017: the `key.remoteJid` the gateway answered for a part of this message (issue 21). An
 -- unguarded fact like `record_part_sent`; a no-op when the row already has it.
-UPDATE campaign_messages SET whatsapp_jid = %(jid)s::text
- WHERE id = %(message_id)s::uuid AND whatsapp_jid IS DISTINCT FROM %(jid)s::text
-RETURNING id;
+-- Through 0019's definer function: the worker role has no UPDATE on the table.
+SELECT * FROM campaignq_record_whatsapp_jid(%(message_id)s::uuid, %(jid)s::text);
 
 -- name: message_whatsapp_jid
 -- 0017: the jid to reconcile an uncertain part in first (NULL: none recorded).
-SELECT whatsapp_jid FROM campaign_messages WHERE id = %(message_id)s::uuid;
+SELECT campaignq_message_whatsapp_jid(%(message_id)s::uuid);

@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--create-roles",
         action="store_true",
-        help="create the least-privilege roles campaignq_worker, campaignq_console and campaignq_reader",
+        help=(
+            "create the least-privilege roles campaignq_worker (consume, produce), campaignq_console "
+            "(serve, replay, limits) and campaignq_reader (stats), and their grants"
+        ),
     )
 
 

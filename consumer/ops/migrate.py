@@ -41,15 +41,15 @@ from ..pooler import PoolerMode, uses_transaction_pooler
 # pg_advisory_lock key shared by every `campaignq migrate` (any constant unique to us).
 MIGRATION_LOCK_KEY = 0x43414D51  # "CAMQ"
 PRODUCER_CRON_JOB = "campaignq-producer"
-WORKER_ROLE = "campaignq_worker"
-READER_ROLE = "campaignq_reader"
-"""Read-only (issue 22): dashboards, `campaignq stats`, ad-hoc psql. Grants: `grant_reader_role`."""
-CONSOLE_ROLE = "campaignq_console"
-"""`campaignq serve`: the console's reads and actions only. Grants: `grant_console_role`."""
-ROLES = (
+WORKER_ROLE = "campaignq_worker"  # `consume`, `produce`: only the consumer's definer functions
+CONSOLE_ROLE = "campaignq_console"  # `serve`, `replay`, `limits`: the console's reads and actions
+READER_ROLE = "campaignq_reader"  # `stats`, dashboards: read-only
+# Each role created by `migrate --create-roles`, with the named query that grants it exactly
+# its set (db/queries.sql; revoke-then-grant, so re-running converges).
+ROLE_GRANTS = (
     (WORKER_ROLE, "grant_worker_role"),
-    (READER_ROLE, "grant_reader_role"),
     (CONSOLE_ROLE, "grant_console_role"),
+    (READER_ROLE, "grant_reader_role"),
 )
 
 # Supported PGMQ: 1.4.4 (what Supabase shipped for a long time) up to the 1.x line. Tested
@@ -387,23 +387,23 @@ def _schedule_producer(
 
 
 def _create_roles(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
-    """The least-privilege roles (`ROLES`) and their grants; returns those it created."""
+    """Create the missing roles (LOGIN, no password: set one with ALTER ROLE) and grant each
+    its set, all in one transaction. Needs CREATEROLE, not superuser (Supabase's postgres)."""
     created: list[str] = []
-    for role, grants in ROLES:
-        try:
-            with conn.transaction():
-                exists = conn.execute(sqlfiles.query("migrate_role_exists"), (role,)).fetchone()
-                if not exists:
+    role = WORKER_ROLE
+    try:
+        with conn.transaction():
+            for role, grants in ROLE_GRANTS:
+                if not conn.execute(sqlfiles.query("migrate_role_exists"), (role,)).fetchone():
                     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+                    created.append(role)
                 conn.execute(sqlfiles.query(grants))
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise ConfigurationError(
-                f"cannot create or grant the {role} role as {_current_user(conn)} "
-                f"({exc.diag.message_primary}); it needs CREATEROLE — the migration itself is done, "
-                "run consumers as this role instead"
-            ) from exc
-        if not exists:
-            created.append(role)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigurationError(
+            f"cannot create or grant the {role} role as {_current_user(conn)} "
+            f"({exc.diag.message_primary}); it needs CREATEROLE — the migration itself is done, "
+            "run every process as this role instead"
+        ) from exc
     return created
 
 
