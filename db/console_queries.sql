@@ -118,10 +118,15 @@ UPDATE inboxes SET paused_at = NULL, pause_reason = NULL
 RETURNING id;
 
 -- name: console_set_connection_state
--- The gateway's webhook: every inbox on that instance takes the reported state.
-UPDATE inboxes SET connection_state = %(state)s::text, connection_state_at = now()
- WHERE instance = %(instance)s::text
-RETURNING id;
+-- The gateway's webhook: every inbox on that instance takes the reported state, stamped with
+-- the event's own time (never later than now: a gateway clock ahead of ours must not freeze the
+-- state) — unless a state reported later is already there (deliveries arrive out of order).
+WITH reported AS (SELECT LEAST(COALESCE(%(at)s::timestamptz, now()), now()) AS at)
+UPDATE inboxes i SET connection_state = %(state)s::text, connection_state_at = reported.at
+  FROM reported
+ WHERE i.instance = %(instance)s::text
+   AND (i.connection_state_at IS NULL OR i.connection_state_at <= reported.at)
+RETURNING i.id;
 
 -- name: console_record_opt_out
 SELECT campaignq_record_opt_out(p_instance => %(instance)s::text, p_phone => %(phone)s::text,

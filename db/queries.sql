@@ -102,7 +102,7 @@ GRANT SELECT ON campaign_runs TO campaignq_console;
 GRANT SELECT (id, workspace_id, ai_model) ON campaign_configs TO campaignq_console;
 -- The dead-letter page's lead column; workspace_id: whether a workspace exists at all.
 GRANT SELECT (id, workspace_id, name, phone) ON leads TO campaignq_console;
-GRANT SELECT (id, workspace_id, instance, paused_at),
+GRANT SELECT (id, workspace_id, instance, paused_at, connection_state_at),
       UPDATE (paused_at, pause_reason, connection_state, connection_state_at) ON inboxes TO campaignq_console;
 GRANT SELECT, INSERT, UPDATE, DELETE ON rate_limits, workspace_weights TO campaignq_console;
 

@@ -154,6 +154,39 @@ async def test_events_we_do_not_use_and_non_phone_senders_are_acknowledged(
     assert (await client.post(f"{HOOK}/{SECRET}", data=b"[" * 5000)).status == 400
 
 
+async def test_an_older_connection_update_never_overwrites_a_newer_one(
+    client: TestClient[Any, Any], db: psycopg.Connection[Any], seed: Seeder
+) -> None:
+    """Deliveries arrive out of order (Evolution retries, several replicas): the state kept is
+    the one the gateway reported last by its own `date_time`, not the one that came last."""
+    campaign = seed.campaign(1, instance="inbox-br", phones=["+5531980000006"])
+
+    async def report(state: str, date_time: str | None) -> int:
+        body = event("connection_update", "inbox-br")
+        body["data"]["state"] = state
+        if date_time is None:
+            body.pop("date_time", None)
+        else:
+            body["date_time"] = date_time
+        response = await client.post(f"{HOOK}/{SECRET}/connection-update", json=body)
+        assert response.status == 200, await response.text()
+        return int((await response.json())["inboxes"])
+
+    def state() -> tuple[Any, ...] | None:
+        return db.execute(
+            "SELECT connection_state, connection_state_at FROM inboxes WHERE id = %s", (campaign.inbox_id,)
+        ).fetchone()
+
+    assert await report("open", "2026-12-08T00:02:00.000Z") == 1
+    assert await report("close", "2026-12-08T00:01:00.000Z") == 0  # older: ignored
+    assert state() is not None and state()[0] == "open"  # type: ignore[index]
+    assert await report("connecting", "2026-12-08T00:03:00Z") == 1
+    assert await report("open", "not a date") == 1  # no readable time: now, later than all
+    assert await report("close", "2099-01-01T00:00:00Z") == 1  # a clock ahead is clamped to now
+    assert await report("open", None) == 1  # so the next state is not frozen out
+    assert state()[0] == "open"  # type: ignore[index]
+
+
 def test_jwt_checks() -> None:
     now = time.time()
     assert jwt_hs256_ok(jwt(SECRET, {"exp": now + 10}), SECRET, now_epoch_s=now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -225,10 +226,12 @@ class Store:
 
     # --- webhooks ----------------------------------------------------------------------------
 
-    def set_connection_state(self, instance: str, state: str, *, actor: Actor) -> int:
+    def set_connection_state(self, instance: str, state: str, *, at: datetime | None, actor: Actor) -> int:
+        """Every inbox on `instance` takes `state`, unless it already holds a state reported at
+        or after `at` (the event's own time; None: now): an older delivery never wins."""
         with self._pool.connection() as conn, conn.transaction():
             rows = conn.execute(
-                query("console_set_connection_state"), {"instance": instance, "state": state}
+                query("console_set_connection_state"), {"instance": instance, "state": state, "at": at}
             ).fetchall()
             _audit(conn, actor, "connection_state", instance, {}, {"state": state, "inboxes": len(rows)})
         return len(rows)

@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -138,6 +139,20 @@ def event_name(body_event: object, path_event: str | None) -> str:
     return raw.strip().lower().replace("_", ".").replace("-", ".")
 
 
+def event_time(body: Mapping[str, Any]) -> datetime | None:
+    """When Evolution says the event happened (`date_time`, ISO 8601), or None when it does not
+    say in a form we read. Webhook deliveries can arrive out of order (retries, several
+    Evolution replicas): a connection state is kept only if no later one was recorded."""
+    value = body.get("date_time")
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def inbound_text(message: object) -> tuple[str | None, str | None]:
     """(sender digits, text) of an inbound message; (None, None) for our own, for groups and
     broadcasts, and for a LID sender without `remoteJidAlt`."""
@@ -198,7 +213,7 @@ async def _handle(request: web.Request, store: Store, secret: str | None) -> web
         if not isinstance(state, str) or not state:
             raise _json_error(400, "connection.update without data.state")
         inboxes = await asyncio.to_thread(
-            store.set_connection_state, instance, state[:40], actor=WEBHOOK_ACTOR
+            store.set_connection_state, instance, state[:40], at=event_time(body), actor=WEBHOOK_ACTOR
         )
         return web.json_response({"ok": True, "event": event, "inboxes": inboxes})
     if event == "messages.upsert":
