@@ -232,6 +232,7 @@ FORBIDDEN = [
     "DELETE FROM pgmq.a_campaign_messages",
     "DELETE FROM pgmq.q_campaign_messages_dlq",
     "SELECT * FROM campaignq_schema_migrations",
+    "SELECT * FROM campaignq_console_sessions",
     "CREATE ROLE sneaky",
     # issue 22: what the worker could still do on the table grants it had before 0019.
     "UPDATE campaign_messages SET generated_message = 'x'",
