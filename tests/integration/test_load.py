@@ -79,6 +79,7 @@ def _size_kb(db: psycopg.Connection[Any], table: str) -> int:
 def test_one_consumer_at_concurrency_256_stays_flat_over_thousands_of_messages(
     db: psycopg.Connection[Any], database_url: str, tmp_path: Path
 ) -> None:
+    load_at_start = os.getloadavg()[0]  # the box's load when it began: figures on a busy box are lower
     _seed(db)
     latency = ["--ai-latency", "1s", "--ai-jitter", "300ms"]
     with Simulator(log_dir=tmp_path, args=["--seed", "1", *latency]) as sim:
@@ -129,6 +130,7 @@ def test_one_consumer_at_concurrency_256_stays_flat_over_thousands_of_messages(
     FIGURES.update(
         {
             "messages": MESSAGES,
+            "load_average_1m_at_start": round(load_at_start, 2),
             "concurrency": CONCURRENCY,
             "elapsed_s": round(elapsed_s, 1),
             "first_window_msg_per_s": round(first_rate, 1),
