@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -51,6 +53,10 @@ TICK_SAMPLES = 7
 GOAL_READ_MS = 300.0
 GOAL_IDLE_TICK_MS = 20.0
 GOAL_TICK_500_MS = 100.0
+# The "before" side runs the named queries of this commit (the branch point of issue 25's
+# work): 0020 came with rewrites of stats' and the console's statements, not only the schema.
+BASELINE_REF_ENV = "BENCH_SCALE_BASELINE_REF"
+BASELINE_REF = "6393f36"
 # Reduce the size on a slow box: BENCH_SCALE_DIVISOR=5 seeds a fifth of everything.
 DIVISOR_ENV = "BENCH_SCALE_DIVISOR"
 
@@ -178,7 +184,7 @@ def reads() -> list[Read]:
 
 def _explain(conn: Conn, statement: str, params: dict[str, Any]) -> tuple[str, bool]:
     """The plan's top line (actual time included) and whether JIT compiled anything."""
-    lines = [str(r[0]) for r in conn.execute("EXPLAIN (ANALYZE) " + statement, params)]  # type: ignore[arg-type]
+    lines = [str(r[0]) for r in conn.execute("EXPLAIN (ANALYZE) " + statement, params)]
     return lines[0].strip(), any(line.strip().startswith("JIT:") for line in lines)
 
 
@@ -186,7 +192,7 @@ def _time_sql(conn: Conn, statement: str, params: dict[str, Any], samples: int) 
     times: list[float] = []
     for _ in range(samples):
         started = time.perf_counter()
-        conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+        conn.execute(statement, params).fetchall()
         times.append((time.perf_counter() - started) * 1000)
     return times
 
@@ -225,12 +231,19 @@ def measure_ticks(url: str) -> list[dict[str, Any]]:
         ("producer_sweep", "stale sweep, nothing stale", GOAL_IDLE_TICK_MS),
     ):
         with common.connect(url) as conn:
-            conn.execute(READS_SQL[key]).fetchall()  # type: ignore[arg-type]
+            conn.execute(READS_SQL[key]).fetchall()
             times = _time_sql(conn, READS_SQL[key], {}, TICK_SAMPLES)
             conn.execute("SET jit = off")
             no_jit = _time_sql(conn, READS_SQL[key], {}, TICK_SAMPLES)
         rows.append(_tick_row(name, times, no_jit, goal))
-    rows.append(_tick_row("producer tick queueing 500", _ticks_500(url, jit=True), _ticks_500(url, jit=False), GOAL_TICK_500_MS))
+    rows.append(
+        _tick_row(
+            "producer tick queueing 500",
+            _ticks_500(url, jit=True),
+            _ticks_500(url, jit=False),
+            GOAL_TICK_500_MS,
+        )
+    )
     return rows
 
 
@@ -241,9 +254,9 @@ def _ticks_500(url: str, *, jit: bool) -> list[float]:
             if not jit:
                 conn.execute("SET jit = off")
             conn.execute("BEGIN")
-            conn.execute(SEED_SQL["make_due"], {"runs": 20, "rows": 600})  # type: ignore[arg-type]
+            conn.execute(SEED_SQL["make_due"], {"runs": 20, "rows": 600})
             started = time.perf_counter()
-            queued = conn.execute(READS_SQL["producer_tick"]).fetchone()  # type: ignore[arg-type]
+            queued = conn.execute(READS_SQL["producer_tick"]).fetchone()
             elapsed = (time.perf_counter() - started) * 1000
             conn.execute("ROLLBACK")
         assert queued is not None and int(queued[0]) == 500, f"the 500-tick queued {queued}"
@@ -267,10 +280,35 @@ def _tick_row(name: str, times: list[float], no_jit: list[float], goal: float) -
     }
 
 
-def measure_all(url: str, label: str) -> list[dict[str, Any]]:
+def baseline_queries(ref: str) -> dict[str, str]:
+    """The named queries of db/*queries.sql at ``ref`` (git), as the code then ran them.
+
+    ``stats_no_jit`` did not exist: the old transaction began without it, so it is a no-op."""
+    header = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+    named: dict[str, str] = {"stats_no_jit": "SELECT 1"}
+    for file_name in sqlfiles.QUERY_FILES:
+        text = subprocess.run(
+            ["git", "show", f"{ref}:db/{file_name}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout
+        headers = list(header.finditer(text))
+        for index, found in enumerate(headers):
+            end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
+            named[found["name"]] = text[found.end() : end].strip()
+    return named
+
+
+def measure_all(url: str, label: str, queries: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every read; with ``queries``, the named statements are those instead of this checkout's."""
     print(f"  measuring {label} …", flush=True)
     common.checkpoint()
-    rows = [measure_read(url, read) for read in reads()]
+    with contextlib.ExitStack() as stack:
+        if queries is not None:
+            stack.enter_context(mock.patch.object(sqlfiles, "queries", lambda: queries))
+        rows = [measure_read(url, read) for read in reads()]
     rows += measure_ticks(url)
     for row in rows:
         row["side"] = label
@@ -296,7 +334,7 @@ def seed(url: str, sizes: Sizes) -> dict[str, float]:
             if not name.startswith("seed_"):
                 continue
             started = time.perf_counter()
-            conn.execute(statement, params)  # type: ignore[arg-type]
+            conn.execute(statement, params)
             seconds[name] = round(time.perf_counter() - started, 1)
             print(f"  {name}: {seconds[name]} s", flush=True)
         started = time.perf_counter()
@@ -308,8 +346,8 @@ def seed(url: str, sizes: Sizes) -> dict[str, float]:
 def drop_history(url: str) -> float:
     started = time.perf_counter()
     with common.connect(url) as conn:
-        conn.execute("DELETE FROM campaign_messages m USING campaign_runs r WHERE r.id = m.run_id AND r.status = 'completed'")
-        conn.execute("DELETE FROM campaign_runs WHERE status = 'completed'")
+        conn.execute(READS_SQL["drop_history_messages"])
+        conn.execute(READS_SQL["drop_history_runs"])
         conn.execute("VACUUM ANALYZE")
     return round(time.perf_counter() - started, 1)
 
@@ -323,30 +361,41 @@ def run(quick: bool) -> dict[str, Any]:
             url = stack.enter_context(common.fresh_database("scale"))
         seed_s = seed(url, sizes)
         table_mb = _sizes_mb(url)
-        before = measure_all(url, "before")
+        baseline_ref = os.environ.get(BASELINE_REF_ENV, BASELINE_REF)
+        before = measure_all(url, "before", baseline_queries(baseline_ref))
         started = time.perf_counter()
         migrate(url)  # applies 0020 (and only it) to the seeded database
         migrate_s = round(time.perf_counter() - started, 1)
         with common.connect(url) as conn:
-            conn.execute("ANALYZE")
+            conn.execute("VACUUM ANALYZE")  # as after the seed: the new indexes' visibility and stats
         after = measure_all(url, "after")
         drop_s = drop_history(url)
         no_history = measure_all(url, "after, no history")
-    return _result(sizes, divisor, load_at_start, seed_s, table_mb, migrate_s, drop_s, before, after, no_history)
+    return _result(
+        sizes,
+        divisor,
+        baseline_ref,
+        load_at_start,
+        seed_s,
+        table_mb,
+        migrate_s,
+        drop_s,
+        before,
+        after,
+        no_history,
+    )
 
 
 def _sizes_mb(url: str) -> dict[str, float]:
     with common.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT relname, round(pg_total_relation_size(oid) / 1048576.0, 1) FROM pg_class "
-            "WHERE relname IN ('campaign_messages', 'a_campaign_messages', 'q_campaign_messages_dlq', 'leads')"
-        ).fetchall()
+        rows = conn.execute(READS_SQL["table_sizes"]).fetchall()
     return {str(name): float(mb) for name, mb in rows}
 
 
 def _result(
     sizes: Sizes,
     divisor: int,
+    baseline_ref: str,
     load_at_start: tuple[float, float, float],
     seed_s: dict[str, float],
     table_mb: dict[str, float],
@@ -381,11 +430,13 @@ def _result(
         if row["plan"]
     ]
     return {
-        "title": f"Operator reads at scale ({'quick' if sizes == QUICK else f'1/{divisor}' if divisor > 1 else 'full'} size)",
+        "title": f"Operator reads at scale ({_size_label(sizes, divisor)} size)",
         "sizes": asdict(sizes),
         "divisor": divisor,
+        "baseline": f"migrations below {SCALE_MIGRATION:04d} and the named queries of {baseline_ref}",
         "load_at_start": [round(x, 2) for x in load_at_start],
-        "load_note": "shared 2-core box loaded by other engineers' test runs: compare ratios and plans, not absolute times",
+        "load_note": "shared 2-core box loaded by other engineers' test runs: "
+        "compare ratios and plans, not absolute times",
         "seed_s": seed_s,
         "table_mb": table_mb,
         "migrate_0020_s": migrate_s,
@@ -400,6 +451,12 @@ def _result(
             f"0020 applied to the seeded database in {migrate_s} s (index builds)",
         ],
     }
+
+
+def _size_label(sizes: Sizes, divisor: int) -> str:
+    if sizes == QUICK:
+        return "quick"
+    return f"1/{divisor}" if divisor > 1 else "full"
 
 
 def _yes(value: bool | None) -> str:

@@ -52,3 +52,15 @@ SELECT enqueue_due_campaign_messages(5000);
 
 -- name: producer_sweep
 SELECT campaignq_sweep_stale_pending();
+
+-- name: drop_history_messages
+-- "After, no history": the finished rows of the completed runs go, everything else stays.
+DELETE FROM campaign_messages m USING campaign_runs r WHERE r.id = m.run_id AND r.status = 'completed';
+
+-- name: drop_history_runs
+DELETE FROM campaign_runs WHERE status = 'completed';
+
+-- name: table_sizes
+SELECT relname, round(pg_total_relation_size(oid) / 1048576.0, 1)
+  FROM pg_class
+ WHERE relname IN ('campaign_messages', 'a_campaign_messages', 'q_campaign_messages_dlq', 'leads');
