@@ -36,7 +36,7 @@ def seeded(database_url: str, db: psycopg.Connection[Any]) -> psycopg.Connection
 
 
 def plan(db: psycopg.Connection[Any], statement: str, params: dict[str, Any] | None = None) -> str:
-    return "\n".join(str(r[0]) for r in db.execute("EXPLAIN " + statement, params or {}))  # type: ignore[operator]
+    return "\n".join(str(r[0]) for r in db.execute("EXPLAIN " + statement, params or {}))
 
 
 @pytest.mark.parametrize(
