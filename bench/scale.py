@@ -236,18 +236,20 @@ def measure_ticks(url: str) -> list[dict[str, Any]]:
             conn.execute("SET jit = off")
             no_jit = _time_sql(conn, READS_SQL[key], {}, TICK_SAMPLES)
         rows.append(_tick_row(name, times, no_jit, goal))
-    rows.append(
-        _tick_row(
-            "producer tick queueing 500",
-            _ticks_500(url, jit=True),
-            _ticks_500(url, jit=False),
-            GOAL_TICK_500_MS,
-        )
+    wrong: list[int | None] = []
+    row = _tick_row(
+        "producer tick queueing 500",
+        _ticks_500(url, jit=True, wrong=wrong),
+        _ticks_500(url, jit=False, wrong=wrong),
+        GOAL_TICK_500_MS,
     )
+    row["queued_other_than_500"] = wrong  # must stay empty
+    rows.append(row)
     return rows
 
 
-def _ticks_500(url: str, *, jit: bool) -> list[float]:
+def _ticks_500(url: str, *, jit: bool, wrong: list[int | None]) -> list[float]:
+    """Each sample must queue exactly 500; any other count is appended to ``wrong``."""
     times: list[float] = []
     for sample in range(TICK_SAMPLES + 1):
         with common.connect(url) as conn:
@@ -259,7 +261,8 @@ def _ticks_500(url: str, *, jit: bool) -> list[float]:
             queued = conn.execute(READS_SQL["producer_tick"]).fetchone()
             elapsed = (time.perf_counter() - started) * 1000
             conn.execute("ROLLBACK")
-        assert queued is not None and int(queued[0]) == 500, f"the 500-tick queued {queued}"
+        if queued is None or int(queued[0]) != 500:  # recorded, not raised: a long run keeps its data
+            wrong.append(None if queued is None else int(queued[0]))
         if sample > 0:  # the first one warms the caches
             times.append(elapsed)
     return times

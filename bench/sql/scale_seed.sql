@@ -33,13 +33,13 @@ SELECT md5('run' || k)::uuid, md5('cfg' || (k %% %(workspaces)s::integer + 1))::
   FROM generate_series(0, %(running_runs)s::integer - 1) AS k;
 
 -- name: seed_pending
--- Pending and not yet due (scheduled over the next day): the producer finds nothing to do
--- until the benchmark makes some of it due.
+-- Pending and not yet due (scheduled a day or two ahead, so none falls due while the
+-- benchmark runs): the producer finds nothing to do until the benchmark makes some of it due.
 INSERT INTO campaign_messages (run_id, lead_id, status, scheduled_at)
 SELECT md5('run' || (i %% %(running_runs)s::integer))::uuid,
        md5('lead' || (i %% %(leads)s::integer))::uuid,
        'pending',
-       now() + interval '10 minutes' + (i %% 86400) * interval '1 second'
+       now() + interval '1 day' + (i %% 86400) * interval '1 second'
   FROM generate_series(0, %(pending)s::integer - 1) AS i;
 
 -- name: seed_history_runs
