@@ -128,3 +128,52 @@ SELECT c.workspace_id,
   JOIN campaign_runs r ON r.id = f.run_id
   JOIN campaign_configs c ON c.id = r.config_id
  GROUP BY c.workspace_id, f.period, f.length;
+
+-- Dead letters per reason and per run, as 0005's. 0005 took every letter's ids apart (a uuid
+-- regex per id) before grouping: ~1-2 s at 100,000 letters. The letters are grouped on the
+-- raw payload text first (a cheap hash aggregate), and the ids of the few groups checked
+-- after; groups whose texts name the same uuid (or none) are merged by the outer GROUP BY,
+-- so the rows are the same.
+CREATE OR REPLACE VIEW campaignq_dead_letters_by_reason AS
+WITH raw AS (
+    SELECT coalesce(d.message->>'reason', 'unknown')      AS reason,
+           coalesce(d.message->>'error_class', 'unknown') AS error_class,
+           d.message->>'run_id'                           AS run_text,
+           count(*)                                       AS n,
+           min(d.enqueued_at)                             AS oldest_at,
+           max(d.enqueued_at)                             AS newest_at
+      FROM pgmq.q_campaign_messages_dlq d
+     GROUP BY 1, 2, 3
+)
+SELECT reason,
+       error_class,
+       sum(n)::bigint                              AS dead_letters,
+       count(DISTINCT campaignq_try_uuid(run_text)) AS runs,
+       min(oldest_at)                              AS oldest_at,
+       max(newest_at)                              AS newest_at
+  FROM raw
+ GROUP BY reason, error_class;
+
+CREATE OR REPLACE VIEW campaignq_dead_letters_by_run AS
+WITH raw AS (
+    SELECT d.message->>'run_id'                      AS run_text,
+           coalesce(d.message->>'reason', 'unknown') AS reason,
+           count(*)                                  AS n,
+           min(d.enqueued_at)                        AS oldest_at,
+           max(d.enqueued_at)                        AS newest_at
+      FROM pgmq.q_campaign_messages_dlq d
+     GROUP BY 1, 2
+), ided AS (
+    SELECT campaignq_try_uuid(raw.run_text) AS run_id, raw.reason, raw.n, raw.oldest_at, raw.newest_at
+      FROM raw
+)
+SELECT i.run_id,
+       c.workspace_id,
+       i.reason,
+       sum(i.n)::bigint  AS dead_letters,
+       min(i.oldest_at)  AS oldest_at,
+       max(i.newest_at)  AS newest_at
+  FROM ided i
+  LEFT JOIN campaign_runs r ON r.id = i.run_id
+  LEFT JOIN campaign_configs c ON c.id = r.config_id
+ GROUP BY i.run_id, c.workspace_id, i.reason;
