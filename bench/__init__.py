@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "budget": "bench.budget",
     "grouped": "bench.grouped",
     "peer": "bench.peer",
+    "scale": "bench.scale",
 }
 
 

@@ -3,7 +3,7 @@
 Why: every figure in the docs must come from a file the code wrote, and a figure copied by
 hand drifts the first time a benchmark is re-run. The blocks between
 ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in the two documents are rendered
-here from ``bench/out/{cost,peer,endtoend}.json``; ``python -m bench.report`` rewrites them
+here from ``bench/out/{cost,peer,endtoend,scale}.json``; ``python -m bench.report`` rewrites them
 (``python -m bench`` does it after the benchmarks it ran), and ``tests/unit/test_bench_report.py``
 fails when a block says something the files do not.
 
@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "bench" / "out"
 DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
-SOURCES = ("cost", "peer", "endtoend")
+SOURCES = ("cost", "peer", "endtoend", "scale")
 
 Result = Mapping[str, Any]
 
@@ -68,6 +68,8 @@ def _load(result: Result) -> str:
     load = params.get("load_at_start") or result.get("load_at_start")
     if not load:
         return "load not recorded"
+    if isinstance(load, Sequence):  # os.getloadavg() as recorded by bench/scale.py
+        return f"load {load[0]:g} at start"
     return f"load {load['load_1m']:g} at start"
 
 
@@ -249,10 +251,51 @@ def endtoend_table(results: Mapping[str, Result]) -> str:
     return "\n".join(rows)
 
 
+def _ms_cell(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _divisor_note(scale: Result) -> str:
+    divisor = int(scale.get("divisor", 1))
+    return "" if divisor == 1 else f" (1/{divisor} of issue 25's size: the full seed did not fit the time)"
+
+
+def scale_table(results: Mapping[str, Result]) -> str:
+    """Every operator read and producer tick at issue 25's size: before 0020, after, and after
+    with the finished history deleted (what "independent of history" means, measured)."""
+    scale = results["scale"]
+    sizes = _need(scale, "sizes")
+    rows = [
+        "| read | who | before ms | after ms | before/after | after, no history ms | goal ms | met |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    met = 0
+    for row in _need(scale, "table"):
+        ok = bool(row["met"])
+        met += ok
+        ratio = row["before/after"]
+        rows.append(
+            f"| {row['read']} | {row['who']} | {_ms_cell(row['before ms'])} | {_ms_cell(row['after ms'])} | "
+            f"{'' if ratio is None else f'{ratio:.1f}x'} | {_ms_cell(row['after, no history ms'])} | "
+            f"{row['goal ms']:g} | {'yes' if ok else '**no**'} |"
+        )
+    rows += [
+        "",
+        f"{met} of {len(scale['table'])} within their goal after 0020. Size: {sizes['pending']:,} pending in "
+        f"{sizes['running_runs']:,} running runs of {sizes['workspaces']} workspaces, {sizes['archived']:,} "
+        f"archived, {sizes['dead']:,} dead letters, {sizes['history']:,} finished rows in "
+        f"{sizes['history_runs']:,} completed runs over {sizes['history_days']} days"
+        f"{_divisor_note(scale)}. "
+        f"{_need(scale, 'load_note')}; {_source('scale', scale)}.",
+    ]
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, Callable[[Mapping[str, Result]], str]] = {
     "per-message-cost": headline,
     "cost-profile": profile_table,
     "endtoend-table": endtoend_table,
+    "scale-reads": scale_table,
 }
 _BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 

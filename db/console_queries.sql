@@ -39,22 +39,28 @@ RETURNING id;
 
 -- name: console_dead_letters
 -- The page's list: the first letters matching the filter (same filters as the replay, plus
--- the error class) and how many match in all.
-SELECT d.dlq_msg_id, d.campaign_message_id, d.run_id, d.reason,
-       coalesce(d.error_class, 'unknown') AS error_class, d.error, d.attempts, d.dead_lettered_at,
+-- the error class) and how many match in all. The page walks the DLQ's primary key and stops
+-- at `limit`; only its letters are joined to leads. The count is a second, narrow pass
+-- (0012's `count(*) OVER ()` computed and joined every matching letter to show 100).
+WITH matching AS NOT MATERIALIZED (
+    SELECT d.dlq_msg_id, d.campaign_message_id, d.run_id, d.lead_id, d.reason, d.error_class,
+           d.error, d.attempts, d.dead_lettered_at
+      FROM campaignq_dead_letters d
+     WHERE (%(run_id)s::uuid IS NULL OR d.run_id = %(run_id)s::uuid)
+       AND (%(reason)s::text IS NULL OR d.reason = %(reason)s::text)
+       AND (%(error_class)s::text IS NULL OR coalesce(d.error_class, 'unknown') = %(error_class)s::text)
+       AND (%(older_than_s)s::float8 IS NULL
+            OR d.dead_lettered_at <= now() - make_interval(secs => %(older_than_s)s::float8))
+       AND (%(newer_than_s)s::float8 IS NULL
+            OR d.dead_lettered_at >= now() - make_interval(secs => %(newer_than_s)s::float8))
+)
+SELECT p.dlq_msg_id, p.campaign_message_id, p.run_id, p.reason,
+       coalesce(p.error_class, 'unknown') AS error_class, p.error, p.attempts, p.dead_lettered_at,
        l.name AS lead_name, l.phone AS lead_phone,
-       count(*) OVER () AS matching
-  FROM campaignq_dead_letters d
-  LEFT JOIN leads l ON l.id = d.lead_id
- WHERE (%(run_id)s::uuid IS NULL OR d.run_id = %(run_id)s::uuid)
-   AND (%(reason)s::text IS NULL OR d.reason = %(reason)s::text)
-   AND (%(error_class)s::text IS NULL OR coalesce(d.error_class, 'unknown') = %(error_class)s::text)
-   AND (%(older_than_s)s::float8 IS NULL
-        OR d.dead_lettered_at <= now() - make_interval(secs => %(older_than_s)s::float8))
-   AND (%(newer_than_s)s::float8 IS NULL
-        OR d.dead_lettered_at >= now() - make_interval(secs => %(newer_than_s)s::float8))
- ORDER BY d.dlq_msg_id
- LIMIT %(limit)s;
+       (SELECT count(*) FROM matching) AS matching
+  FROM (SELECT * FROM matching ORDER BY dlq_msg_id LIMIT %(limit)s) AS p
+  LEFT JOIN leads l ON l.id = p.lead_id
+ ORDER BY p.dlq_msg_id;
 
 -- name: console_lock_dead_letters_of_class
 -- Replay by error class, step 1 (campaignq_replay_dead_letters has no class filter): lock

@@ -208,6 +208,7 @@ def collect_stats(
     """Everything `stats` shows, JSON-ready, read in one repeatable-read snapshot."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(query("stats_no_jit"))
         row = conn.execute(query("stats_now")).fetchone()
         generated_at = row[0] if row else None
         queues = _rows(conn, "stats_queues", {})
