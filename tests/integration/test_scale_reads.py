@@ -44,7 +44,8 @@ def plan(db: psycopg.Connection[Any], statement: str, params: dict[str, Any] | N
     [
         ("sample_workspace_ai_costs", {}, "campaign_messages_generated_day_idx"),
         ("stats_workspace_ai_costs", {"workspace_id": None}, "campaign_messages_generated_day_idx"),
-        ("sample_run_ai_costs", {}, "campaign_messages_run_ai_idx"),
+        # PostgreSQL 15 probes the plain run index at this small size; 18 the covering one.
+        ("sample_run_ai_costs", {}, "campaign_messages_run_ai_idx|campaign_messages_run_idx"),
         ("stats_workspaces", {"workspace_id": None}, "campaign_messages_finished_idx"),
         ("stats_workspace_unpriced", {"workspace_id": None}, "campaign_messages_unpriced_idx"),
         ("stats_inboxes", {"limit": 100}, "campaign_messages_opted_out_idx"),
@@ -55,7 +56,7 @@ def test_history_bound_reads_walk_their_index_not_the_table(
 ) -> None:
     shape = plan(seeded, query(name), params)
 
-    assert index in shape, shape
+    assert any(name in shape for name in index.split("|")), shape
     assert "Seq Scan on campaign_messages" not in shape, shape
 
 
